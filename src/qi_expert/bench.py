@@ -1,0 +1,30 @@
+"""The @qi benchmark: held-out tasks with reference solutions and executable tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REQUIRED_KEYS = ("id", "category", "pattern_types", "instruction", "signature", "entry",
+                 "required_calls", "forbidden", "reference", "test")
+
+
+def load_tasks(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {path} does not exist (format.benchmark / eval.benchmark)")
+    tasks = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    seen = set()
+    for i, t in enumerate(tasks):
+        missing = [k for k in REQUIRED_KEYS if k not in t]
+        if missing:
+            raise ValueError(f"{path}: task #{i} ({t.get('id', '?')}) lacks {', '.join(missing)}")
+        if t["id"] in seen:
+            raise ValueError(f"{path}: task id {t['id']} appears twice")
+        seen.add(t["id"])
+    return tasks
+
+
+def contamination_sources(tasks: list[dict]) -> list[str]:
+    """The code a training row must not copy: every reference solution and every test."""
+    return [t[k] for t in tasks for k in ("reference", "test")]

@@ -1,0 +1,65 @@
+"""Configuration: Hydra composes conf/ into params.yaml; every stage reads params.yaml.
+
+`dvc exp run -S lora_r=32` composes conf/ with the override and overwrites params.yaml before
+the pipeline runs, so params.yaml is the single source a stage reads. A by-hand run may still
+override keys (`python stages/extract.py corpus.root=/path`): Hydra's compose API applies them
+on top of params.yaml. We use compose rather than @hydra.main so that no outputs/ folders or
+log files appear beside the DVC outs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = ROOT / "conf"
+PARAMS_FILE = ROOT / "params.yaml"
+
+
+def _compose(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir)):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def compose_conf(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/config.yaml with its defaults list, as DVC does for `dvc exp run`."""
+    return _compose(CONF_DIR, "config", list(overrides or []))
+
+
+def load_params(overrides: list[str] | None = None, params_file: Path = PARAMS_FILE) -> DictConfig:
+    """The composed parameters a stage runs with: params.yaml plus key overrides."""
+    if not params_file.exists():
+        raise FileNotFoundError(
+            f"{params_file} is missing: compose it with `python -m qi_expert.config > params.yaml`"
+        )
+    return _compose(params_file.parent, params_file.stem, list(overrides or []))
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Paths in the config are relative to the repository root (where dvc runs stages)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """Turn `run(cfg)` into a command-line entry point taking Hydra key overrides."""
+
+    def main() -> None:
+        cfg = load_params(sys.argv[1:])
+        run(cfg)
+
+    return main
+
+
+if __name__ == "__main__":
+    # `python -m qi_expert.config [overrides...]` prints the composition of conf/.
+    sys.stdout.write(to_yaml(compose_conf(sys.argv[1:])))

@@ -1,0 +1,417 @@
+"""Units of @qi code, cut from the corpus with tree-sitter, as training records.
+
+A unit is an exported (or top-level) function or const arrow function, a class and each of
+its methods, a test case, or a self-contained tutorial block. Tutorial blocks that carry the
+tutorials' own markers ("// Instead of this", "// ❌ Anti-pattern", then "// ✅ Use ...") are
+cut into a counter-example and its corrected version, linked to each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from types import SimpleNamespace
+
+from omegaconf import DictConfig, OmegaConf
+from tree_sitter import Node
+
+from qi_expert import patterns, tsast
+from qi_expert.corpus import TS_FENCES, CodeBlock, SourceFile, demo_of, find_sources, iter_readmes, markdown_blocks, read_text
+
+_DECLARATIONS = frozenset({"function_declaration", "class_declaration", "abstract_class_declaration",
+                           "lexical_declaration", "interface_declaration", "type_alias_declaration",
+                           "enum_declaration", "variable_declaration", "generator_function_declaration"})
+_TEST_CALLS = frozenset({"test", "it", "describe"})
+_TEST_REFS = "[(identifier) (property_identifier) (type_identifier)] @name"
+
+
+@dataclass
+class Unit:
+    kind: str  # function | arrow_function | class | method | test_case | block
+    name: str
+    code: str
+    start_line: int
+    end_line: int
+    jsdoc: str = ""
+    signature: str = ""
+    class_name: str = ""
+    support: list[str] = field(default_factory=list)  # declarations from its own file it uses
+    role: str = ""  # "" | counter_example | corrected
+    nodes: list[Node] = field(default_factory=list)  # import statements + the unit's own nodes
+    imports: list[str] = field(default_factory=list)  # import statements it compiles with
+
+
+@dataclass
+class ExtractReport:
+    files_by_kind: Counter = field(default_factory=Counter)
+    parse_errors: list[str] = field(default_factory=list)  # "path:line"
+    not_utf8: list[str] = field(default_factory=list)
+    unclassified_files: int = 0
+    blocks_total: int = 0
+    blocks_fragment: int = 0  # fenced blocks that are not self-contained examples
+    blocks_parse_error: list[str] = field(default_factory=list)
+    too_short: int = 0
+    too_long: int = 0
+
+
+# ---------------------------------------------------------------- helpers on one parsed file
+
+def _clean_jsdoc(comment: str) -> str:
+    lines = []
+    for line in comment.strip().removeprefix("/**").removesuffix("*/").splitlines():
+        line = line.strip().removeprefix("*").strip()
+        if line:
+            lines.append(line)
+    return " ".join(lines)
+
+
+def _jsdoc_before(node: Node) -> str:
+    prev = node.prev_named_sibling
+    if prev is not None and prev.type == "comment" and prev.end_point[0] + 1 >= node.start_point[0]:
+        t = tsast.text(prev)
+        if t.startswith("/**"):
+            return _clean_jsdoc(t)
+    return ""
+
+
+def _signature(decl: Node, body: Node | None) -> str:
+    if body is None:
+        return ""
+    head = decl.text[: body.start_byte - decl.start_byte].decode("utf-8", "replace")
+    return " ".join(head.split()).rstrip(" {=>").strip()
+
+
+def _name(decl: Node) -> str:
+    return tsast.text(decl.child_by_field_name("name"))
+
+
+def _declared_names(node: Node) -> list[str]:
+    decl = node.child_by_field_name("declaration") if node.type == "export_statement" else node
+    if decl is None:
+        return []
+    if decl.type in ("lexical_declaration", "variable_declaration"):
+        return [tsast.text(d.child_by_field_name("name")) for d in decl.named_children if d.type == "variable_declarator"]
+    name = decl.child_by_field_name("name")
+    return [tsast.text(name)] if name is not None else []
+
+
+def _referenced(node: Node) -> set[str]:
+    return tsast.referenced_names(node)
+
+
+def _support(unit_node: Node, declarations: dict[str, Node]) -> list[str]:
+    """Declarations of the same file the unit needs, transitively, in file order.
+
+    `validate` falls back to these when the unit alone does not compile: a function using the
+    file's `type Price` needs it, and `Price` may in turn need `Level`.
+    """
+    picked: dict[int, Node] = {}
+    todo = [unit_node]
+    while todo:
+        for name in _referenced(todo.pop()):
+            n = declarations.get(name)
+            if n is not None and n is not unit_node and id(n) not in picked:
+                picked[id(n)] = n
+                todo.append(n)
+    return [tsast.text(n) for n in sorted(picked.values(), key=lambda n: n.start_byte)]
+
+
+def units_of_file(root: Node) -> list[Unit]:
+    """Units of one parsed .ts file."""
+    declarations: dict[str, Node] = {}
+    for child in root.children:
+        if child.type in _DECLARATIONS or child.type == "export_statement":
+            for name in _declared_names(child):
+                declarations[name] = child
+    imports = [c for c in root.children if c.type == "import_statement"]
+    units: list[Unit] = []
+    for child in root.children:
+        decl = child.child_by_field_name("declaration") if child.type == "export_statement" else child
+        if decl is None:
+            continue
+        jsdoc = _jsdoc_before(child)
+        start, end = child.start_point[0] + 1, child.end_point[0] + 1
+        if decl.type == "function_declaration":
+            units.append(Unit("function", _name(decl), tsast.text(child), start, end, jsdoc,
+                              _signature(decl, decl.child_by_field_name("body")),
+                              support=_support(child, declarations)))
+        elif decl.type == "lexical_declaration":
+            for d in decl.named_children:
+                value = d.child_by_field_name("value")
+                if d.type == "variable_declarator" and value is not None and value.type in ("arrow_function", "function_expression"):
+                    units.append(Unit("arrow_function", tsast.text(d.child_by_field_name("name")), tsast.text(child),
+                                      start, end, jsdoc, _signature(child, value.child_by_field_name("body")),
+                                      support=_support(child, declarations)))
+        elif decl.type in ("class_declaration", "abstract_class_declaration"):
+            class_name = _name(decl)
+            class_support = _support(child, declarations)
+            units.append(Unit("class", class_name, tsast.text(child), start, end, jsdoc,
+                              _signature(decl, decl.child_by_field_name("body")), support=class_support))
+            body = decl.child_by_field_name("body")
+            for member in body.named_children if body is not None else []:
+                if member.type == "method_definition":
+                    units.append(Unit("method", _name(member), tsast.text(member), member.start_point[0] + 1,
+                                      member.end_point[0] + 1, _jsdoc_before(member),
+                                      _signature(member, member.child_by_field_name("body")), class_name,
+                                      # A method compiles inside its class: the class is its context.
+                                      support=[tsast.text(child)] + class_support, nodes=imports + [member]))
+        elif decl.type == "expression_statement":
+            call = decl.named_children[0] if decl.named_children else None
+            if call is not None and call.type == "call_expression" and tsast.callee_name(call) == ("", tsast.callee_name(call)[1]) \
+                    and tsast.callee_name(call)[1] in _TEST_CALLS:
+                args = call.child_by_field_name("arguments")
+                title = tsast.text(args.named_children[0]).strip("'\"`") if args is not None and args.named_children else ""
+                units.append(Unit("test_case", title, tsast.text(child), start, end, jsdoc,
+                                  support=_support(child, declarations)))
+    for u in units:
+        if not u.nodes:
+            u.nodes = imports + [next(c for c in root.children if c.start_point[0] + 1 == u.start_line)]
+        u.imports = [tsast.text(i) for i in imports]
+    return units
+
+
+# ---------------------------------------------------------------- tutorial blocks
+
+def _marker(comment: str, markers: Sequence[str]) -> bool:
+    low = comment.lower()
+    return any(m in low for m in markers)
+
+
+def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlier_imports: list[str],
+                   counter_markers: Sequence[str], corrected_markers: Sequence[str]) -> list[Unit]:
+    """A self-contained block as one unit, or its marked counter-example/corrected parts."""
+    children = root.children
+    imports = [c for c in children if c.type == "import_statement"]
+    roles: list[tuple[str, list[Node]]] = []  # (role, statements), in order
+    role = ""
+    for c in children:
+        if c.type == "comment":
+            t = tsast.text(c)
+            if _marker(t, counter_markers):
+                role = "counter_example"
+                roles.append((role, []))
+            elif _marker(t, corrected_markers):
+                role = "corrected"
+                roles.append((role, []))
+            continue
+        if c.type == "import_statement":
+            continue
+        if not roles:
+            roles.append(("", []))
+        roles[-1][1].append(c)
+    # A block whose heading or prose says "anti-pattern" and which breaks a rule on the AST is a
+    # counter-example as a whole, even without a marker comment.
+    if len(roles) == 1 and roles[0][0] == "" and _marker(" ".join(block.headings[-1:]) + " " + block.prose, counter_markers) \
+            and patterns.analyze(block.code).anti_patterns:
+        roles = [("counter_example", roles[0][1])]
+
+    import_text = "\n".join(tsast.text(i) for i in imports)
+    # In a marked block, what comes before the first marker (shared types, helpers) is context
+    # for both halves rather than a unit of its own.
+    preamble: list[str] = []
+    if len(roles) > 1 and roles[0][0] == "":
+        preamble = [tsast.text(s) for s in roles.pop(0)[1]]
+    units = []
+    for role, stmts in roles:
+        stmts = [s for s in stmts if s.type != "empty_statement"]
+        if not stmts:
+            continue
+        if not any(s.type in _DECLARATIONS or s.type == "export_statement" for s in stmts) and not imports:
+            continue  # a fragment: statements only, nothing declared, nothing imported
+        body = block.code.encode("utf-8")[stmts[0].start_byte: stmts[-1].end_byte].decode("utf-8")
+        code = (import_text + "\n\n" + body) if import_text and role != "counter_example" else body
+        # The imports it compiles with: its own block's when the code leaves them out, else
+        # (for a block without imports) those of the blocks above it in the same tutorial.
+        unit_imports = ([tsast.text(i) for i in imports] if code == body else []) if imports else list(earlier_imports)
+        used = set()
+        for s in stmts:
+            used |= _referenced(s)
+        bound_here = {n for s in stmts for n in _declared_names(s)} | _import_names(imports)
+        support = preamble + [src for name, src in earlier.items() if name in used and name not in bound_here]
+        names = [n for s in stmts for n in _declared_names(s)]
+        units.append(Unit("block", names[0] if names else "", code, block.first_line + stmts[0].start_point[0],
+                          block.first_line + stmts[-1].end_point[0], role=role, support=list(dict.fromkeys(support)),
+                          nodes=imports + stmts, imports=unit_imports))
+    return units
+
+
+def _import_names(imports: Sequence[Node]) -> set[str]:
+    return {tsast.text(n.child_by_field_name("alias") or n.child_by_field_name("name"))
+            for i in imports for n in tsast.walk(i) if n.type == "import_specifier"}
+
+
+def _merge_import(imports: list[str], stmt: Node) -> None:
+    """Add an import statement to a list, merging named imports of a module already there.
+
+    Two blocks importing `success` from '@qi/base' must not give one snippet two `success`.
+    """
+    source = tsast.text(stmt.child_by_field_name("source"))
+    specs = [tsast.text(n) for n in tsast.walk(stmt) if n.type == "import_specifier"]
+    whole = tsast.text(stmt)
+    clause = next((c for c in stmt.named_children if c.type == "import_clause"), None)
+    only_named = clause is not None and all(c.type == "named_imports" for c in clause.named_children)
+    if not specs or not only_named or whole.startswith("import type"):
+        if whole not in imports:
+            imports.append(whole)
+        return
+    prefix = "import { "
+    for i, existing in enumerate(imports):
+        if existing.startswith(prefix) and existing.endswith(f" }} from {source};"):
+            have = existing[len(prefix):-len(f" }} from {source};")].split(", ")
+            names = {h.split()[-1] for h in have}
+            have += [sp for sp in specs if sp.split()[-1] not in names]
+            imports[i] = f"{prefix}{', '.join(have)} }} from {source};"
+            return
+    imports.append(f"{prefix}{', '.join(dict.fromkeys(specs))} }} from {source};")
+
+
+# ---------------------------------------------------------------- the corpus
+
+def record_id(source_file: str, code: str, seen: set[str]) -> str:
+    """Content hash; the same code twice in one file gets a numbered suffix (still stable)."""
+    n = 0
+    while True:
+        h = hashlib.sha256(f"{source_file}\0{code}\0{n}".encode("utf-8")).hexdigest()[:16]
+        if h not in seen:
+            seen.add(h)
+            return h
+        n += 1
+
+
+def _test_references(files: Iterable[tuple[SourceFile, Node]]) -> set[str]:
+    names = set()
+    for f, root in files:
+        if f.kind == "test":
+            names |= {tsast.text(n) for n in tsast.captures(root, _TEST_REFS).get("name", [])}
+    return names
+
+
+def extract_corpus(root: Path, cfg) -> tuple[list[dict], ExtractReport]:
+    """All records of the corpus at `root`, in a deterministic order, and the report."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    cfg = SimpleNamespace(**cfg)
+    report = ExtractReport()
+    files, report.unclassified_files = find_sources(root, cfg.kinds, cfg.exclude)
+    readmes = iter_readmes(root, files)
+    parsed: list[tuple[SourceFile, Node]] = []
+    md_units: list[tuple[SourceFile, CodeBlock, Unit]] = []
+    for f in files:
+        try:
+            text = read_text(f.path)
+        except UnicodeDecodeError:
+            report.not_utf8.append(f.rel)
+            continue
+        report.files_by_kind[f.kind] += 1
+        if f.path.suffix == ".ts":
+            tree_root = tsast.parse(text).root_node
+            if tree_root.has_error:
+                err = tsast.first_error(tree_root)
+                report.parse_errors.append(f"{f.rel}:{err.start_point[0] + 1 if err else 1}")
+                continue
+            parsed.append((f, tree_root))
+        else:
+            earlier: dict[str, str] = {}  # declarations of earlier blocks in the same file
+            earlier_imports: list[str] = []
+            if not any(f"```{fence}".encode() in text.encode() for fence in TS_FENCES):
+                continue  # no TypeScript in this Markdown file: skip the parse
+            for block in markdown_blocks(text):
+                report.blocks_total += 1
+                broot = tsast.parse(block.code).root_node
+                if broot.has_error:
+                    err = tsast.first_error(broot)
+                    report.blocks_parse_error.append(f"{f.rel}:{block.first_line + (err.start_point[0] if err else 0)}")
+                    continue
+                units = units_of_block(block, broot, earlier, earlier_imports, cfg.counter_markers,
+                                       cfg.corrected_markers)
+                if not units:
+                    report.blocks_fragment += 1
+                md_units += [(f, block, u) for u in units]
+                for c in broot.children:
+                    if c.type == "import_statement":
+                        _merge_import(earlier_imports, c)
+                    for name in _declared_names(c):
+                        earlier.setdefault(name, tsast.text(c))
+    tested = _test_references(parsed)
+
+    records: list[dict] = []
+    seen: set[str] = set()
+
+    def add(f: SourceFile, u: Unit, context: dict) -> dict | None:
+        lines = u.end_line - u.start_line + 1
+        if lines < cfg.min_lines:
+            report.too_short += 1
+            return None
+        if lines > cfg.max_lines:
+            report.too_long += 1
+            return None
+        a = patterns.analyze_nodes(u.nodes)
+        types = a.pattern_types()
+        rec = {
+            "id": record_id(f.rel, u.code, seen),
+            "source_kind": f.kind,
+            "source_file": f.rel,
+            "start_line": u.start_line,
+            "end_line": u.end_line,
+            "unit": u.kind,
+            "name": u.name,
+            "code": u.code,
+            "imports": u.imports,
+            "support": u.support,
+            "context": {k: v for k, v in context.items() if v},
+            "qi_imports": a.qi_imports,
+            "pattern_types": types,
+            "complexity": a.complexity,
+            "category": patterns.category(a, len(types), tuple(cfg.category_thresholds)),
+            "tested": f.kind != "test" and bool(u.name) and u.name in tested,
+            "counter_example": u.role == "counter_example",
+            "corrected_id": None,
+        }
+        records.append(rec)
+        return rec
+
+    for f, tree_root in parsed:
+        for u in units_of_file(tree_root):
+            add(f, u, {"jsdoc": u.jsdoc, "signature": u.signature, "class_name": u.class_name,
+                       "readme": readmes.get(demo_of(f.rel) or "", "")})
+    pending_counter: dict | None = None
+    pending_file = ""
+    for f, block, u in md_units:
+        rec = add(f, u, {"headings": block.headings, "prose": block.prose,
+                         "readme": readmes.get(demo_of(f.rel) or "", "")})
+        if rec is None:
+            continue
+        if f.rel != pending_file:
+            pending_counter, pending_file = None, f.rel
+        # Pair a counter-example with the corrected version that follows it in the same file.
+        if u.role == "counter_example":
+            pending_counter = rec
+        elif u.role == "corrected" and pending_counter is not None:
+            pending_counter["corrected_id"] = rec["id"]
+            pending_counter = None
+    return records, report
+
+
+def summarize(records: list[dict], report: ExtractReport) -> dict:
+    by_type = Counter(t for r in records for t in r["pattern_types"])
+    return {
+        "files_by_kind": dict(sorted(report.files_by_kind.items())),
+        "files_with_parse_errors": len(report.parse_errors),
+        "parse_error_files": report.parse_errors,
+        "files_not_utf8": report.not_utf8,
+        "files_unclassified": report.unclassified_files,
+        "markdown_blocks": {"total": report.blocks_total, "fragments": report.blocks_fragment,
+                            "parse_errors": len(report.blocks_parse_error)},
+        "skipped_units": {"too_short": report.too_short, "too_long": report.too_long},
+        "records": len(records),
+        "records_by_kind": dict(sorted(Counter(r["source_kind"] for r in records).items())),
+        "records_by_type": {t: by_type.get(t, 0) for t in patterns.PATTERN_TYPES},
+        "records_without_type": sum(1 for r in records if not r["pattern_types"]),
+        "records_by_category": {c: sum(1 for r in records if r["category"] == c) for c in patterns.CATEGORIES},
+        "counter_examples": sum(1 for r in records if r["counter_example"]),
+        "counter_examples_paired": sum(1 for r in records if r["corrected_id"]),
+        "records_tested": sum(1 for r in records if r["tested"]),
+    }

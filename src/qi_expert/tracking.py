@@ -1,0 +1,77 @@
+"""MLflow tracking: one run per stage invocation, in the project's experiment.
+
+Runs are tagged with the stage, the DVC experiment (DVC sets DVC_EXP_NAME inside
+`dvc exp run`), the corpus and the base model, so the MLflow UI can group and compare them.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from qi_expert.config import ROOT
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """MLFLOW_TRACKING_URI wins; a relative sqlite path is taken from the repository root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.mlflow.tracking_uri)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(ROOT / uri[len(prefix):])
+    return uri
+
+
+def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
+    return {
+        "stage": stage,
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "corpus": str(cfg.corpus.name),
+        "base_model": str(cfg.model.name),
+    }
+
+
+def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b": "value"} with MLflow's 6000-character value limit respected."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+@contextmanager
+def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Iterator[object]:
+    """Start an MLflow run for `stage`; yields the mlflow module for logging inside it."""
+    import mlflow  # imported late: it takes a second or two and only stages need it
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_experiment(str(cfg.mlflow.experiment))
+    tags = run_tags(cfg, stage)
+    with mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}", tags=tags):
+        if params:
+            mlflow.log_params(flatten(params))
+        yield mlflow
+
+
+def log_counts(mlflow, metrics: Mapping, prefix: str = "") -> None:
+    """Log every number in a nested metrics dict as `prefix.a.b`."""
+    flat: dict[str, float] = {}
+
+    def walk(obj: Mapping, path: str) -> None:
+        for k, v in obj.items():
+            name = f"{path}{k}".replace(" ", "_")
+            if isinstance(v, Mapping):
+                walk(v, name + ".")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[name] = float(v)
+
+    walk(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat)

@@ -1,0 +1,161 @@
+"""Which extracted records are fit to train on, and why the others are not.
+
+Order of the checks, each record rejected for the first reason that applies:
+compile error (TypeScript, against the corpus's own @qi packages), anti-pattern (on the AST),
+exact duplicate, near duplicate. Counter-examples are never training targets as they are; the
+ones whose corrected version was accepted become "rewrite this with @qi/base" pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from qi_expert import dedup, patterns, typecheck
+
+# TypeScript's "cannot find name" family: the snippet leans on declarations around it.
+MISSING_NAME_CODES = frozenset({2304, 2305, 2552, 2339, 2307, 2503, 2694, 2724})
+
+
+def check_source(rec: dict, with_support: bool) -> str:
+    """The virtual file a (non-method) record is type-checked as."""
+    parts = list(rec.get("imports", [])) + (rec["support"] if with_support else []) + [rec["code"]]
+    # `export {}` makes every snippet a module, so top-level names never clash across snippets.
+    return "\n\n".join(parts) + "\n\nexport {};\n"
+
+
+def _class_source(rec: dict) -> tuple[str, str, int]:
+    """(key, source, line of the class's first line) for the class a method belongs to."""
+    class_text, others = rec["support"][0], rec["support"][1:]
+    head = "\n\n".join(list(rec.get("imports", [])) + others + [""])
+    source = head + class_text + "\n\nexport {};\n"
+    key = "class_" + hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+    return key, source, head.count("\n") + 1
+
+
+def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
+                    ignore_missing_packages: bool = False) -> dict[str, dict]:
+    """id -> {"compiles", "context", "diagnostics"}: two batched compiler programs at most.
+
+    First every record with only its imports; those that fail for missing names get a second
+    try with the declarations of their own file they refer to. A method is checked inside its
+    class, one virtual file per class, and owns the diagnostics that fall on its own lines.
+    """
+    sources: dict[str, str] = {}
+    method_span: dict[str, tuple[str, int, int]] = {}  # id -> (class key, first line, last line)
+    for r in records:
+        if r["unit"] == "method":
+            key, source, class_line = _class_source(r)
+            sources[key] = source
+            offset = r["support"][0][: r["support"][0].find(r["code"])].count("\n")
+            first = class_line + offset
+            method_span[r["id"]] = (key, first, first + r["code"].count("\n"))
+        else:
+            sources[r["id"]] = check_source(r, False)
+    places = {r["id"]: _place(r) for r in records}
+    places.update({key: _place(r) for r in records if r["id"] in method_span for key in [method_span[r["id"]][0]]})
+    diags = _check(sources, places, project, tsconfig, ignore_missing_packages)
+
+    result = {}
+    for r in records:
+        if r["id"] in method_span:
+            key, first, last = method_span[r["id"]]
+            d = [x for x in diags[key] if first <= x["line"] <= last]
+        else:
+            d = diags[r["id"]]
+        result[r["id"]] = {"compiles": not d, "context": "imports", "diagnostics": d}
+    retry = [r for r in records if r["id"] not in method_span and result[r["id"]]["diagnostics"] and r["support"]
+             and any(d["code"] in MISSING_NAME_CODES for d in result[r["id"]]["diagnostics"])]
+    if retry:
+        second = _check({r["id"]: check_source(r, True) for r in retry}, places, project, tsconfig,
+                        ignore_missing_packages)
+        for rid, d in second.items():
+            if not d:
+                result[rid] = {"compiles": True, "context": "file", "diagnostics": []}
+    return result
+
+
+def _place(rec: dict) -> str:
+    """Where the snippet sits virtually: beside its source file, so relative imports resolve."""
+    folder = rec["source_file"].rsplit("/", 1)[0] if "/" in rec["source_file"] else ""
+    return folder if rec["source_file"].endswith(".ts") else ""
+
+
+def _check(sources: dict[str, str], places: dict[str, str], project: Path, tsconfig: str,
+           ignore_missing_packages: bool) -> dict[str, list[dict]]:
+    named = {f"{places.get(k, '')}/{k}".lstrip("/"): v for k, v in sources.items()}
+    out = typecheck.check(named, project, tsconfig)
+    diags = {name.rsplit("/", 1)[-1]: d for name, d in out.items()}
+    if ignore_missing_packages:
+        diags = {k: [x for x in d if not _missing_package(x)] for k, d in diags.items()}
+    return diags
+
+
+def _missing_package(diag: dict) -> bool:
+    """TS2307 for a bare npm package (not @qi, not relative) that the checkout has not installed."""
+    if diag["code"] not in (2307, 7016):
+        return False
+    msg = diag["message"]
+    spec = msg.split("'")[1] if msg.count("'") >= 2 else ""
+    return bool(spec) and not spec.startswith((".", "/", "@qi/"))
+
+
+def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """(accepted, rejected, pairs, metrics)."""
+    compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages)
+    rules = set(cfg.anti_patterns)
+    exact_seen: dict[str, str] = {}
+    near = dedup.NearDuplicateIndex(cfg.near_duplicate_threshold)
+    accepted, rejected = [], []
+    for rec in records:
+        c = compiled[rec["id"]]
+        rec = {**rec, "compiles": c["compiles"], "check_context": c["context"]}
+        reason, detail = None, None
+        if not c["compiles"]:
+            reason, detail = "compile_error", c["diagnostics"][:5]
+        elif rec["counter_example"]:
+            reason = "counter_example"
+        else:
+            found = [f for f in patterns.analyze(rec["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
+            if found:
+                reason, detail = f"anti_pattern:{found[0]['rule']}", found
+        if reason is None:
+            toks = dedup.tokens(rec["code"])
+            h = dedup.normal_form_hash(toks)
+            sh = dedup.shingles(toks, cfg.shingle_size)
+            if h in exact_seen:
+                reason, detail = "exact_duplicate", {"of": exact_seen[h]}
+            elif (m := near.match(sh)) is not None:
+                reason, detail = "near_duplicate", {"of": m[0], "similarity": round(m[1], 4)}
+            else:
+                exact_seen[h] = rec["id"]
+                near.add(rec["id"], sh)
+        if reason is None:
+            accepted.append(rec)
+        else:
+            rejected.append({**rec, "reason": reason, "detail": detail})
+
+    accepted_ids = {r["id"]: r for r in accepted}
+    pairs = [{"counter_id": r["id"], "corrected_id": r["corrected_id"], "counter_code": r["code"],
+              "corrected_code": accepted_ids[r["corrected_id"]]["code"], "source_file": r["source_file"],
+              "context": r["context"]}
+             for r in rejected if r["reason"] == "counter_example" and r.get("corrected_id") in accepted_ids]
+    checked = len(records)
+    n_compiled = sum(1 for c in compiled.values() if c["compiles"])
+    reasons = Counter(r["reason"].split(":")[0] for r in rejected)
+    metrics = {
+        "records_in": checked,
+        "accepted": len(accepted),
+        "rejected": len(rejected),
+        "compile_rate": round(n_compiled / checked, 4) if checked else 0.0,
+        "compiled_with_file_context": sum(1 for c in compiled.values() if c["context"] == "file"),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "rejected_by_anti_pattern": dict(sorted(Counter(r["reason"].split(":")[1] for r in rejected
+                                                        if r["reason"].startswith("anti_pattern:")).items())),
+        "counter_example_pairs": len(pairs),
+        "accepted_by_kind": dict(sorted(Counter(r["source_kind"] for r in accepted).items())),
+        "accepted_by_type": {t: sum(1 for r in accepted if t in r["pattern_types"]) for t in patterns.PATTERN_TYPES},
+    }
+    return accepted, rejected, pairs, metrics

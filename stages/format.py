@@ -1,0 +1,54 @@
+"""Stage `format`: instruction rows in three formats, split by source file.
+
+    python stages/format.py
+
+Writes data/formatted/{train,val}.{instruct.jsonl,alpaca.json,chat.jsonl}
+and metrics/format.json.
+"""
+
+import json
+
+from qi_expert import bench, formatting, io, tracking
+from qi_expert.config import resolve_path, stage_entry
+
+VALIDATED = resolve_path("data/validated")
+OUT = resolve_path("data/formatted")
+METRICS = resolve_path("metrics/format.json")
+
+
+def run(cfg):
+    fc = cfg.format
+    rows = formatting.rows_from_records(io.read_jsonl(VALIDATED / "accepted.jsonl"))
+    rows += formatting.rows_from_pairs(io.read_jsonl(VALIDATED / "pairs.jsonl"))
+    # Decontamination: no training row may copy a benchmark task's reference or test.
+    tasks = bench.load_tasks(resolve_path(fc.benchmark))
+    rows, dropped = formatting.decontaminate(rows, bench.contamination_sources(tasks),
+                                             fc.decontaminate_threshold, cfg.validate.shingle_size)
+    train, val = formatting.split_by_file(rows, fc.val_fraction, cfg.seed)
+    for name, split in (("train", train), ("val", val)):
+        io.write_jsonl(OUT / f"{name}.instruct.jsonl",
+                       ({k: r[k] for k in ("instruction", "input", "output")} for r in split))
+        (OUT / f"{name}.alpaca.json").write_text(
+            json.dumps([formatting.alpaca(r) for r in split], ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        io.write_jsonl(OUT / f"{name}.chat.jsonl", (formatting.chat(r, fc.system_prompt) for r in split))
+    instructions = [r["instruction"] for r in rows]
+    metrics = {
+        "rows": len(rows),
+        "train_rows": len(train),
+        "val_rows": len(val),
+        "train_files": len({r["source_file"] for r in train}),
+        "val_files": len({r["source_file"] for r in val}),
+        "pair_rows": sum(1 for r in rows if r["instruction"].startswith("Rewrite this code")),
+        "unique_instruction_share": round(len(set(instructions)) / len(instructions), 4) if instructions else 0.0,
+        "decontaminated_rows": len(dropped),
+        "benchmark_tasks": len(tasks),
+    }
+    io.write_json(METRICS, metrics)
+    print(f"format: {metrics['train_rows']} train / {metrics['val_rows']} val rows, "
+          f"{metrics['unique_instruction_share']:.0%} unique instructions, {len(dropped)} dropped as benchmark matches")
+    with tracking.stage_run(cfg, "format", {"format": fc, "seed": cfg.seed}) as mlflow:
+        tracking.log_counts(mlflow, metrics)
+
+
+if __name__ == "__main__":
+    stage_entry(run)()
