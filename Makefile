@@ -1,6 +1,9 @@
 # The two commands of the README. Both set up what is missing first (scripts/setup.sh).
 .PHONY: setup repro test bench
 
+# Stage commands in dvc.yaml say `python`: make it this project's virtual environment.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
 setup:
 	bash scripts/setup.sh
 

@@ -6,6 +6,10 @@ Writes data/extracted/records.jsonl and metrics/extract.json.
 """
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+
 import time
 
 from qi_expert import extract, io, tracking

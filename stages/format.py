@@ -6,6 +6,11 @@ Writes data/formatted/{train,val}.{instruct.jsonl,alpaca.json,chat.jsonl}
 and metrics/format.json.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+
 import json
 
 from qi_expert import bench, formatting, io, tracking

@@ -7,6 +7,10 @@ Writes data/validated/{accepted,rejected,pairs}.jsonl and metrics/validate.json.
 """
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+
 import time
 
 from qi_expert import io, tracking, validate

@@ -16,7 +16,20 @@ from typing import Callable
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _project_root() -> Path:
+    """The checkout a stage runs in: DVC runs stages from the folder holding dvc.yaml, and a
+    queued experiment runs in a temporary copy, whose outputs must land in that copy."""
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "conf").is_dir():
+            return folder
+    return PACKAGE_ROOT
+
+
+ROOT = _project_root()
 CONF_DIR = ROOT / "conf"
 PARAMS_FILE = ROOT / "params.yaml"
 

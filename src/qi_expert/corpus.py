@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from tree_sitter import Tree
+
 from qi_expert import tsast
 
 
@@ -98,12 +100,13 @@ def _block_nodes(root):
         stack.extend(reversed(n.named_children))
 
 
-def markdown_blocks(text: str, prose_chars: int = 400) -> list[CodeBlock]:
+def markdown_blocks(source: str | Tree, prose_chars: int = 400) -> list[CodeBlock]:
     """Fenced ts/typescript blocks with the heading path and the prose just before each."""
+    tree = tsast.parse_markdown(source) if isinstance(source, str) else source
     blocks: list[CodeBlock] = []
     headings: list[tuple[int, str]] = []
     prose: list[str] = []
-    for node in _block_nodes(tsast.parse_markdown(text).root_node):
+    for node in _block_nodes(tree.root_node):
         if node.type in ("atx_heading", "setext_heading"):
             level, title = _heading(node)
             headings = [h for h in headings if h[0] < level] + [(level, title)]

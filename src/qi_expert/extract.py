@@ -82,7 +82,8 @@ def _signature(decl: Node, body: Node | None) -> str:
     if body is None:
         return ""
     head = decl.text[: body.start_byte - decl.start_byte].decode("utf-8", "replace")
-    return " ".join(head.split()).rstrip(" {=>").strip()
+    head = " ".join(head.split())
+    return head.removesuffix("=>").strip() if head.endswith("=>") else head
 
 
 def _name(decl: Node) -> str:
@@ -137,7 +138,7 @@ def units_of_file(root: Node) -> list[Unit]:
         start, end = child.start_point[0] + 1, child.end_point[0] + 1
         if decl.type == "function_declaration":
             units.append(Unit("function", _name(decl), tsast.text(child), start, end, jsdoc,
-                              _signature(decl, decl.child_by_field_name("body")),
+                              _signature(child, decl.child_by_field_name("body")),
                               support=_support(child, declarations)))
         elif decl.type == "lexical_declaration":
             for d in decl.named_children:
@@ -299,15 +300,21 @@ def extract_corpus(root: Path, cfg) -> tuple[list[dict], ExtractReport]:
     readmes = iter_readmes(root, files)
     parsed: list[tuple[SourceFile, Node]] = []
     md_units: list[tuple[SourceFile, CodeBlock, Unit]] = []
+    texts: list[tuple[SourceFile, str]] = []
     for f in files:
         try:
-            text = read_text(f.path)
+            texts.append((f, read_text(f.path)))
         except UnicodeDecodeError:
             report.not_utf8.append(f.rel)
             continue
         report.files_by_kind[f.kind] += 1
+    # Markdown without a TypeScript fence holds nothing to extract: skip its parse.
+    texts = [(f, t) for f, t in texts if f.path.suffix == ".ts" or any(f"```{x}" in t for x in TS_FENCES)]
+    trees = tsast.parse_many([(tsast.TYPESCRIPT if f.path.suffix == ".ts" else tsast.MARKDOWN, t.encode("utf-8"))
+                              for f, t in texts])
+    for (f, text), tree in zip(texts, trees):
         if f.path.suffix == ".ts":
-            tree_root = tsast.parse(text).root_node
+            tree_root = tree.root_node
             if tree_root.has_error:
                 err = tsast.first_error(tree_root)
                 report.parse_errors.append(f"{f.rel}:{err.start_point[0] + 1 if err else 1}")
@@ -316,9 +323,7 @@ def extract_corpus(root: Path, cfg) -> tuple[list[dict], ExtractReport]:
         else:
             earlier: dict[str, str] = {}  # declarations of earlier blocks in the same file
             earlier_imports: list[str] = []
-            if not any(f"```{fence}".encode() in text.encode() for fence in TS_FENCES):
-                continue  # no TypeScript in this Markdown file: skip the parse
-            for block in markdown_blocks(text):
+            for block in markdown_blocks(tree):
                 report.blocks_total += 1
                 broot = tsast.parse(block.code).root_node
                 if broot.has_error:

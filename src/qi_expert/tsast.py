@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Iterator
 
@@ -27,6 +29,25 @@ def parse_markdown(source: str | bytes) -> Tree:
     """Markdown's block structure (headings, paragraphs, fenced code), by tree-sitter-markdown."""
     data = source.encode("utf-8") if isinstance(source, str) else source
     return _parser(MARKDOWN).parse(data)
+
+
+_local = threading.local()
+
+
+def _thread_parser(language: Language) -> Parser:
+    parsers = _local.__dict__.setdefault("parsers", {})
+    if language not in parsers:
+        parsers[language] = Parser(language)
+    return parsers[language]
+
+
+def parse_many(sources: list[tuple[Language, bytes]], workers: int = 2) -> list[Tree]:
+    """Parse many files at once; tree-sitter releases the GIL while it parses."""
+    def one(item: tuple[Language, bytes]) -> Tree:
+        return _thread_parser(item[0]).parse(item[1])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, sources))
 
 
 @lru_cache(maxsize=None)

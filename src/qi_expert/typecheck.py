@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from qi_expert.config import ROOT
+from qi_expert.config import PACKAGE_ROOT, ROOT
 
 CHECKER = Path(__file__).with_name("tscheck.cjs")
-TYPESCRIPT = ROOT / "node_modules" / "typescript"
 
 
 class TypeCheckError(RuntimeError):
     pass
 
 
+def node_modules() -> Path:
+    """The node_modules holding the pinned TypeScript: this checkout's, else the installed
+    package's (a queued DVC experiment runs in a temporary copy without node_modules)."""
+    for folder in (ROOT / "node_modules", PACKAGE_ROOT / "node_modules"):
+        if (folder / "typescript").is_dir():
+            return folder
+    raise TypeCheckError(f"TypeScript is not installed: run `npm ci` in {ROOT} (make setup does)")
+
+
 def _node() -> str:
     node = shutil.which("node")
     if node is None:
         raise TypeCheckError("node is not on PATH: the TypeScript check needs Node.js 18 or newer")
-    if not TYPESCRIPT.is_dir():
-        raise TypeCheckError(f"{TYPESCRIPT} is missing: run `npm ci` in {ROOT} (make setup does)")
     return node
 
 
@@ -38,8 +45,9 @@ def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.j
         return {}
     payload = json.dumps({"project": str(project), "tsconfig": tsconfig, "options": dict(options or {}),
                           "files": dict(sources)})
+    env = {**os.environ, "NODE_PATH": str(node_modules())}
     proc = subprocess.run([_node(), str(CHECKER)], input=payload, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise TypeCheckError(f"TypeScript check failed for project {project}: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout)

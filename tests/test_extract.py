@@ -1,0 +1,204 @@
+"""extract: units, labels and context from inline TypeScript and Markdown."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qi_expert import extract, patterns
+from qi_expert.config import ROOT, compose_conf
+from qi_expert.corpus import CorpusError
+
+CFG = compose_conf().extract
+
+PATTERN_SNIPPETS = {
+    "result_creation": """
+import { success, failure, type Result } from "@qi/base";
+export function half(n: number): Result<number, string> {
+  return n % 2 === 0 ? success(n / 2) : failure("odd");
+}""",
+    "error_handling": """
+import { failure, validationError } from "@qi/base";
+export const reject = (field: string) => {
+  const error = validationError(`bad ${field}`, { field });
+  return failure(error);
+};""",
+    "functional_composition": """
+import { flatMap, map, match } from "@qi/base";
+export const describe = (r: any) => {
+  const doubled = map((x: number) => x * 2, r);
+  return match((v) => `ok ${v}`, (e) => `err ${e}`, flatMap((x) => doubled, r));
+};""",
+    "config_management": """
+import { fromObject } from "@qi/core";
+export function port(data: Record<string, unknown>) {
+  const config = fromObject(data);
+  return config.get("server.port");
+}""",
+    "logger_integration": """
+export function announce(logger: { info(m: string): void }, name: string) {
+  logger.info(`hello ${name}`);
+  logger.info("done");
+}""",
+    "cache_patterns": """
+import { createMemoryCache } from "@qi/core";
+export function warm(keys: string[]) {
+  const cache = createMemoryCache({ maxSize: 10 });
+  for (const k of keys) cache.set(k, 1);
+  return cache;
+}""",
+    "factory_functions": """
+import { success, failure, validationError } from "@qi/base";
+export function createPrice(symbol: string, price: number) {
+  if (price <= 0) return failure(validationError("price must be positive"));
+  return success({ symbol, price });
+}""",
+    "integration_patterns": """
+import { fromAsyncTryCatch } from "@qi/base";
+export async function load(url: string) {
+  const r = await fromAsyncTryCatch(async () => url.length);
+  return r;
+}""",
+}
+
+
+def corpus(tmp_path, files):
+    for rel, text in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERN_SNIPPETS))
+def test_each_pattern_type_is_detected(tmp_path, pattern):
+    root = corpus(tmp_path, {"app/demo/src/index.ts": PATTERN_SNIPPETS[pattern]})
+    records, _ = extract.extract_corpus(root, CFG)
+    assert len(records) == 1
+    assert pattern in records[0]["pattern_types"], records[0]["pattern_types"]
+
+
+def test_words_in_comments_or_strings_do_not_count():
+    a = patterns.analyze('// success(1) and failure\nexport const s = "flatMap(x)";\n')
+    assert a.pattern_types() == []
+
+
+def test_record_fields_context_and_ids(tmp_path):
+    root = corpus(tmp_path, {
+        "app/demo/README.md": "# Demo\n\nValidates prices for the demo desk.\n",
+        "app/demo/src/index.ts": "import { success, failure, validationError, type Result } from '@qi/base';\n\n"
+                                 "/** Checks that a price is positive. */\n"
+                                 "export function validatePrice(p: number): Result<number> {\n"
+                                 "  if (p <= 0) return failure(validationError('not positive'));\n"
+                                 "  return success(p);\n}\n",
+        "lib/tests/demo.test.ts": "import { validatePrice } from '../../app/demo/src/index';\nvalidatePrice(1);\n",
+    })
+    records, report = extract.extract_corpus(root, CFG)
+    rec = next(r for r in records if r["name"] == "validatePrice")
+    assert rec["source_kind"] == "app" and rec["source_file"] == "app/demo/src/index.ts"
+    assert (rec["start_line"], rec["end_line"]) == (4, 7)
+    assert rec["context"]["jsdoc"] == "Checks that a price is positive."
+    assert rec["context"]["readme"] == "Validates prices for the demo desk."
+    assert rec["context"]["signature"].startswith("export function validatePrice(p: number): Result<number>")
+    assert rec["qi_imports"] == {"@qi/base": ["success", "failure", "validationError", "Result"]}
+    assert rec["tested"] is True
+    assert rec["complexity"] == 2 and rec["category"] in patterns.CATEGORIES
+    again, _ = extract.extract_corpus(root, CFG)
+    assert [r["id"] for r in again] == [r["id"] for r in records]  # content hash: stable
+    assert report.files_by_kind == {"app": 2, "test": 1}
+
+
+def test_classes_and_methods_are_units(tmp_path):
+    root = corpus(tmp_path, {"lib/core/src/store.ts": """
+import { success, type Result } from "@qi/base";
+export class Store {
+  private items = new Map<string, number>();
+  /** Puts a value. */
+  put(key: string, value: number): Result<void> {
+    this.items.set(key, value);
+    return success(undefined);
+  }
+}
+"""})
+    records, _ = extract.extract_corpus(root, CFG)
+    units = {(r["unit"], r["name"]) for r in records}
+    assert units == {("class", "Store"), ("method", "put")}
+    method = next(r for r in records if r["unit"] == "method")
+    assert method["context"]["class_name"] == "Store" and method["context"]["jsdoc"] == "Puts a value."
+    assert method["source_kind"] == "implementation"
+
+
+def test_tutorial_counter_example_is_marked_and_paired(tmp_path):
+    md = """# Results
+
+## Instead of exceptions
+
+Throwing hides the failure from the signature.
+
+```typescript
+import { success, failure, validationError, type Result } from '@qi/base'
+
+// Instead of this (invisible errors):
+function divide(a: number, b: number): number {
+  if (b === 0) throw new Error('Division by zero')
+  return a / b
+}
+
+// ✅ Use Result<T> instead:
+function divide2(a: number, b: number): Result<number> {
+  if (b === 0) return failure(validationError('Division by zero'))
+  return success(a / b)
+}
+```
+"""
+    records, _ = extract.extract_corpus(corpus(tmp_path, {"docs/tutorial/qi-base.md": md}), CFG)
+    bad = next(r for r in records if r["counter_example"])
+    good = next(r for r in records if not r["counter_example"])
+    assert bad["name"] == "divide" and good["name"] == "divide2"
+    assert bad["corrected_id"] == good["id"]
+    assert good["source_kind"] == "tutorial"
+    assert good["context"]["headings"] == ["Results", "Instead of exceptions"]
+    assert "hides the failure" in good["context"]["prose"]
+    assert good["start_line"] == 17  # lines are the Markdown file's own
+    assert "import {" in good["code"]
+
+
+def test_broken_files_are_skipped_and_counted(tmp_path):
+    root = corpus(tmp_path, {
+        "app/demo/src/ok.ts": PATTERN_SNIPPETS["result_creation"],
+        "app/demo/src/broken.ts": "export function f( {\n  return 1\n",
+        "app/demo/src/latin1.ts": "export const s = '\xe9t\xe9';\n".encode("latin-1"),
+        "docs/tutorial/t.md": "# T\n\n```ts\nexport const = ;\n```\n",
+    })
+    records, report = extract.extract_corpus(root, CFG)
+    assert [r["name"] for r in records] == ["half"]
+    assert report.parse_errors == ["app/demo/src/broken.ts:1"]
+    assert report.not_utf8 == ["app/demo/src/latin1.ts"]
+    assert report.blocks_parse_error == ["docs/tutorial/t.md:4"]
+
+
+def test_missing_or_empty_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        extract.extract_corpus(tmp_path / "nope", CFG)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="holds no TypeScript"):
+        extract.extract_corpus(tmp_path / "empty", CFG)
+
+
+def test_stage_reports_a_missing_corpus_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/extract.py"), f"corpus.root={tmp_path}/missing"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert f"corpus root {tmp_path}/missing does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sample_corpus_covers_every_kind_type_and_category():
+    records, report = extract.extract_corpus(ROOT / "data/sample/typescript", CFG)
+    summary = extract.summarize(records, report)
+    assert set(summary["records_by_kind"]) == {"app", "implementation", "test", "tutorial"}
+    assert all(summary["records_by_type"][t] > 0 for t in patterns.PATTERN_TYPES), summary["records_by_type"]
+    assert all(summary["records_by_category"][c] > 0 for c in patterns.CATEGORIES)
+    assert summary["counter_examples_paired"] > 0 and summary["files_with_parse_errors"] == 0
+    json.dumps(records)  # serialisable as is
