@@ -67,8 +67,13 @@ def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
     """Turn `run(cfg)` into a command-line entry point taking Hydra key overrides."""
 
     def main() -> None:
-        cfg = load_params(sys.argv[1:])
-        run(cfg)
+        overrides = sys.argv[1:]
+        groups = [o.split("=", 1)[0] for o in overrides if "=" in o and (CONF_DIR / o.split("=", 1)[0]).is_dir()]
+        if groups:
+            # params.yaml is already composed: a group switch must recompose conf/.
+            sys.exit(f"{groups[0]} is a config group: switch it with `dvc exp run -S {groups[0]}=...`, "
+                     f"or recompose params.yaml with `python -m qi_expert.config {' '.join(overrides)} > params.yaml`")
+        run(load_params(overrides))
 
     return main
 

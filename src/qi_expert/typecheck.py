@@ -19,11 +19,12 @@ class TypeCheckError(RuntimeError):
 
 
 def node_modules() -> Path:
-    """The node_modules holding the pinned TypeScript: this checkout's, else the installed
-    package's (a queued DVC experiment runs in a temporary copy without node_modules)."""
-    for folder in (ROOT / "node_modules", PACKAGE_ROOT / "node_modules"):
-        if (folder / "typescript").is_dir():
-            return folder
+    """The node_modules holding the pinned TypeScript: this checkout's, else an enclosing one
+    (a queued DVC experiment runs in a copy under .dvc/tmp/exps without node_modules), else the
+    installed package's."""
+    for folder in (ROOT, *ROOT.parents, PACKAGE_ROOT):
+        if (folder / "node_modules" / "typescript").is_dir():
+            return folder / "node_modules"
     raise TypeCheckError(f"TypeScript is not installed: run `npm ci` in {ROOT} (make setup does)")
 
 
