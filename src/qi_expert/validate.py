@@ -1,7 +1,7 @@
 """Which extracted records are fit to train on, and why the others are not.
 
 Order of the checks, each record rejected for the first reason that applies:
-compile error (TypeScript, against the corpus's own @qi packages), anti-pattern (on the AST),
+counter-example, compile error (TypeScript, against the corpus's own @qi packages), anti-pattern (on the AST),
 exact duplicate, near duplicate. Counter-examples are never training targets as they are; the
 ones whose corrected version was accepted become "rewrite this with @qi/base" pairs.
 """
@@ -113,10 +113,11 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[li
         c = compiled[rec["id"]]
         rec = {**rec, "compiles": c["compiles"], "check_context": c["context"]}
         reason, detail = None, None
-        if not c["compiles"]:
-            reason, detail = "compile_error", c["diagnostics"][:5]
-        elif rec["counter_example"]:
+        if rec["counter_example"]:
+            # Never a target as it is; only the input of a pair, so it need not compile.
             reason = "counter_example"
+        elif not c["compiles"]:
+            reason, detail = "compile_error", c["diagnostics"][:5]
         else:
             found = [f for f in patterns.analyze(rec["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
             if found:
