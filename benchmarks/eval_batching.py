@@ -1,0 +1,99 @@
+"""What batching buys the eval stage: compile checks and generation, batched vs one at a time.
+
+    .venv/bin/python benchmarks/eval_batching.py                       # both parts, defaults
+    .venv/bin/python benchmarks/eval_batching.py --skip-generation     # compile part only (no model)
+    .venv/bin/python benchmarks/eval_batching.py --model /tmp/hf-dir --n-gen 8 --batch-size 8
+
+1. Compile: the benchmark's reference and wrong solutions (N snippets) type-checked in ONE
+   TypeScript program (typecheck.check) vs one compiler process per snippet
+   (typecheck.check_one_process_each). Both must give the same verdicts.
+2. Generation: the first M task prompts, greedy, max_new_tokens T, decoded in batches of B (left
+   padding) vs one prompt at a time, with the end-of-code-block stop off in both so that each run
+   decodes the same number of steps per row (tokens/s compares like with like).
+
+Prints one JSON object (and writes it to --out when given). On a shared machine the figures move
+with the load: the script reports the 1-minute load average next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the eval stage does
+
+from qi_expert import bench, generate, typecheck
+from qi_expert.config import load_params, resolve_path
+
+
+def compile_part(tasks: list[dict], project: Path, tsconfig: str, n: int) -> dict:
+    snippets = {}
+    for t in tasks:
+        for kind in ("reference", "wrong"):
+            snippets[f"{t['id']}-{kind}"] = t[kind] + "\nexport {};\n"
+    names = list(snippets)[:n]
+    snippets = {k: snippets[k] for k in names}
+    t0 = time.perf_counter()
+    batched = typecheck.check(snippets, project, tsconfig)
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = typecheck.check_one_process_each(snippets, project, tsconfig)
+    t_single = time.perf_counter() - t0
+    same = all((not batched[k]) == (not single[k]) for k in snippets)
+    return {"snippets": len(snippets), "batched_seconds": round(t_batched, 2),
+            "one_process_each_seconds": round(t_single, 2), "speedup": round(t_single / t_batched, 2),
+            "same_verdicts": same, "compiled": sum(not v for v in batched.values())}
+
+
+def generation_part(model_dir: Path, tasks: list[dict], system_prompt: str, n: int, batch_size: int,
+                    max_new_tokens: int) -> dict:
+    model, tokenizer = generate.load_model(model_dir)
+    prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks[:n]]
+    out = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    for name, bs in (("batched", batch_size), ("unbatched", 1)):
+        g = generate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=bs,
+                              stop_at_fence=False)
+        out[name] = {"seconds": round(g.seconds, 2), "new_tokens": g.total_new_tokens,
+                     "tokens_per_second": round(g.tokens_per_second, 2)}
+    out["speedup"] = round(out["unbatched"]["seconds"] / out["batched"]["seconds"], 2)
+    out["tokens_per_second_ratio"] = round(out["batched"]["tokens_per_second"] / out["unbatched"]["tokens_per_second"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load_params()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--benchmark", default=str(resolve_path(cfg.eval.benchmark)))
+    ap.add_argument("--model", default=str(resolve_path(cfg.model.base_model)))
+    ap.add_argument("--n-compile", type=int, default=40, help="snippets for the compile part")
+    ap.add_argument("--n-gen", type=int, default=8, help="prompts for the generation part")
+    ap.add_argument("--batch-size", type=int, default=int(cfg.eval.batch_size))
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--skip-generation", action="store_true")
+    ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    tasks = bench.load_tasks(Path(args.benchmark))
+    result: dict = {"load_average_1min_start": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+    if not args.skip_compile:
+        result["compile"] = compile_part(tasks, resolve_path(cfg.corpus.root), str(cfg.corpus.tsconfig), args.n_compile)
+        print(f"compile: {result['compile']}", file=sys.stderr)
+    if not args.skip_generation:
+        result["generation"] = generation_part(Path(args.model), tasks, cfg.format.system_prompt, args.n_gen,
+                                               args.batch_size, args.max_new_tokens)
+        print(f"generation: {result['generation']}", file=sys.stderr)
+    result["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

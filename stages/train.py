@@ -1,0 +1,130 @@
+"""Stage `train`: LoRA / QLoRA fine-tuning with Axolotl, configured from params.yaml.
+
+    python stages/train.py [lora_r=32 max_steps=10 ...]
+
+1. A GPU model (model.requires_cuda) on a machine without CUDA stops here, before any model
+   is loaded, naming the CPU alternative. Missing base model / chat template / data: a clear error.
+2. Writes models/train/axolotl.yaml (the whole Axolotl config; read it to see what ran).
+3. Runs `python -m axolotl.cli.preprocess` and `python -m axolotl.cli.train` on it, offline and
+   without telemetry. Axolotl logs per-step loss into this stage's MLflow run (MLFLOW_RUN_ID).
+   Checkpoints go to models/train/checkpoints (persisted by DVC): a rerun after an interruption
+   resumes from the last one when the settings are unchanged, and starts afresh otherwise.
+4. Copies the final adapter + tokenizer to models/adapter/ and writes metrics/train.json and
+   metrics/train_loss.csv (a DVC plot) from the trainer's trainer_state.json.
+"""
+
+import resource
+import sys
+import time
+
+from qi_expert import axolotl_config, basemodel, io, tracking, training
+from qi_expert.config import resolve_path, stage_entry
+
+METRICS = resolve_path("metrics/train.json")
+LOSS_CSV = resolve_path("metrics/train_loss.csv")
+
+
+def _last(state: dict, key: str):
+    """The last value of `key` in the trainer's log history (Axolotl's cumulative counters)."""
+    for entry in reversed(state.get("log_history", [])):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def summarise(state: dict, y: dict, wall: float, train_seconds: float, model_report: dict,
+              token_report: dict) -> dict:
+    rows = training.loss_rows(state)
+    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] != ""]
+    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] != ""]
+    slots = int(_last(state, "tokens/total") or 0)       # token slots of all steps (with padding)
+    trained = int(_last(state, "tokens/trainable") or 0)  # tokens with a label (assistant turns)
+    padding = token_report.get("padding_share")
+    tail = [v for _, v in train[-5:]]  # the mean of the last few says more than one noisy batch
+    return {
+        "steps": int(state.get("global_step", 0)),
+        "max_steps": int(y["max_steps"]),
+        "micro_batch_size": int(y["micro_batch_size"]),
+        "gradient_accumulation_steps": int(y["gradient_accumulation_steps"]),
+        "sequence_len": int(y["sequence_len"]),
+        "adapter": y["adapter"],
+        "train_loss_first": train[0][1] if train else None,
+        "train_loss_final": train[-1][1] if train else None,
+        "train_loss_final_mean5": round(sum(tail) / len(tail), 4) if tail else None,
+        "train_loss_best": min(v for _, v in train) if train else None,
+        "val_loss_first": val[0][1] if val else None,
+        "val_loss_final": val[-1][1] if val else None,
+        "val_loss_final_step": val[-1][0] if val else None,
+        "val_loss_best": min(v for _, v in val) if val else None,
+        "val_loss_best_step": min(val, key=lambda sv: sv[1])[0] if val else None,
+        "tokens_seen": slots,
+        "tokens_seen_non_padding": round(slots * (1 - padding)) if padding is not None else None,
+        "tokens_trained": trained,
+        "padding_share": padding,
+        # Throughput of the optimizer steps this invocation ran (no eval/checkpoint time), over
+        # token slots (with padding) and over real tokens.
+        "tokens_per_second": token_report.get("token_slots_per_second"),
+        "non_padding_tokens_per_second": token_report.get("real_tokens_per_second"),
+        "train_steps_s": token_report.get("step_seconds"),
+        "train_process_s": round(train_seconds, 1),
+        "wall_time_s": round(wall, 1),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "trainable_parameters": model_report.get("trainable_parameters"),
+        "linear4bit_layers": model_report.get("linear4bit_layers"),
+    }
+
+
+def run(cfg):
+    t0 = time.time()
+    try:
+        basemodel.require_device(cfg.model, "train")  # before anything is loaded
+        training.check_inputs(cfg)
+    except (basemodel.NoCudaError, training.TrainInputError) as e:
+        sys.exit(str(e))
+    cuda = basemodel.cuda_available()
+    tc = cfg.train
+    uri = tracking.tracking_uri(cfg)
+    tags = tracking.run_tags(cfg, "train") | {"adapter": str(cfg.adapter), "device": "cuda" if cuda else "cpu"}
+    run_name = f"train:{tags['dvc_experiment']}"
+    y = axolotl_config.build(cfg, cuda=cuda, tracking_uri=uri, run_name=run_name)
+    config_path = axolotl_config.write(y, resolve_path(tc.axolotl_config))
+    output_dir = resolve_path(tc.output_dir)
+    resume = training.prepare_output_dir(output_dir, training.fingerprint(y, cfg))
+    print(f"train: {config_path} written; {'resuming from ' + resume.name if resume else 'fresh run'}; "
+          f"{cfg.model.name} {cfg.adapter} r={cfg.lora_r} on {'CUDA' if cuda else 'CPU'}", flush=True)
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(str(cfg.mlflow.experiment))
+    client = MlflowClient(uri)
+    run_id = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags).info.run_id
+    # Axolotl's MLflow callback logs per-step loss into this run (tagged above).
+    env = training.axolotl_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id})
+    status = "FAILED"
+    try:
+        training.run_axolotl("preprocess", config_path, env)
+        t_train = time.time()
+        training.run_axolotl("train", config_path, env)
+        train_seconds = time.time() - t_train
+        state = training.trainer_state(output_dir)
+        rows = training.loss_rows(state)
+        metrics = summarise(state, y, time.time() - t0, train_seconds,
+                            training.plugin_report(output_dir, training.MODEL_REPORT),
+                            training.plugin_report(output_dir, training.TOKEN_REPORT))
+        copied = training.copy_adapter(output_dir, resolve_path(tc.adapter_dir))
+        io.write_json(METRICS, metrics)
+        training.write_loss_csv(LOSS_CSV, rows)
+        training.log_to_mlflow(client, run_id, cfg, metrics, rows, config_path)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    print(f"train: {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s; train loss "
+          f"{metrics['train_loss_first']} -> {metrics['train_loss_final_mean5']} (mean of last 5), val loss "
+          f"{metrics['val_loss_first']} -> {metrics['val_loss_final']}; {metrics['tokens_per_second']} tokens/s, "
+          f"padding {metrics['padding_share']}; adapter -> {tc.adapter_dir} ({', '.join(copied)})")
+
+
+if __name__ == "__main__":
+    stage_entry(run)()

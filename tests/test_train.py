@@ -1,0 +1,297 @@
+"""The train stage: Axolotl config generation, GPU guard, and real Axolotl runs on a tiny model.
+
+The tiny model is a random Llama (hidden 64, 2 layers) with a byte-level BPE tokenizer trained
+here on the test's own strings and a ChatML chat template, so everything runs offline in seconds.
+The stage runs in a throwaway project folder (its own params.yaml, data/ and models/), exactly
+as DVC would run it, with the repo's stages/train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qi_expert import axolotl_config, basemodel, training
+from qi_expert.config import ROOT, compose_conf, to_yaml
+
+GPU_MODELS = ["qwen2.5-coder-7b", "deepseek-coder-6.7b", "codellama-7b"]
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+          "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+SYSTEM = "You write TypeScript with @qi/base: return Result<T>, never throw."
+PAIRS = [
+    ("Write divide.", "export const divide = (a: number, b: number): Result<number> =>\n"
+                      "  b === 0 ? failure(validationError('zero')) : success(a / b)"),
+    ("Write parsePort.", "export function parsePort(s: string): Result<number> {\n  const n = Number(s)\n"
+                         "  return Number.isInteger(n) ? success(n) : failure(validationError(s))\n}"),
+    ("Write safeSqrt.", "export const safeSqrt = (x: number): Result<number> =>\n"
+                        "  x < 0 ? failure(validationError('negative')) : success(Math.sqrt(x))"),
+    ("Write head.", "export const head = <T>(xs: T[]): Result<T> =>\n"
+                    "  xs.length ? success(xs[0]) : failure(validationError('empty'))"),
+]
+
+
+def _rows(repeat: int) -> list[dict]:
+    return [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+                          {"role": "assistant", "content": f"```typescript\n{a}\n```"}]}
+            for _ in range(repeat) for q, a in PAIRS]
+
+
+def build_tiny_model(path: Path, chat_template: str | None = CHATML) -> Path:
+    """A random 2-layer Llama (hidden 64) + a byte-level BPE tokenizer trained on PAIRS."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [SYSTEM] + [q + "\n" + a for q, a in PAIRS] + ["system user assistant typescript"]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=384, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    if chat_template:
+        tok.chat_template = chat_template
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                      initializer_range=0.1)  # logits large enough for LoRA to move the loss fast
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_project(dst: Path) -> Path:
+    """A project folder the stage can run in: params.yaml + conf/ + dvc.yaml, tiny model, data."""
+    shutil.copytree(ROOT / "conf", dst / "conf")
+    shutil.copy2(ROOT / "params.yaml", dst / "params.yaml")
+    (dst / "dvc.yaml").write_text("stages: {}\n")
+    build_tiny_model(dst / "models" / "tiny")
+    fmt = dst / "data" / "formatted"
+    fmt.mkdir(parents=True)
+    for name, repeat in (("train", 8), ("val", 1)):
+        (fmt / f"{name}.chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(repeat)))
+    return dst
+
+
+TINY = ["model.name=tiny", "model.base_model=models/tiny", "model.source.kind=local",
+        "model.chat_template=tokenizer_default", "max_steps=8", "eval_steps=4", "train.save_steps=4",
+        "sequence_len=256", "micro_batch_size=2", "learning_rate=0.01", "warmup_steps=0",
+        "lora_r=8", "lora_alpha=16", "lora_dropout=0.0"]
+
+
+def run_stage(project: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *overrides],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train stage failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+# ---------------------------------------------------------------- config generation (fast)
+
+@pytest.mark.parametrize("name", GPU_MODELS)
+def test_gpu_entries_generate_qlora_bf16_flash_yaml(name):
+    cfg = compose_conf([f"model={name}"])
+    y = axolotl_config.build(cfg, cuda=True)
+    assert y["adapter"] == "qlora" and y["load_in_4bit"] is True and y["load_in_8bit"] is False
+    assert y["bnb_config_kwargs"] == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+    assert y["bf16"] is True and y["fp16"] is False and y["gradient_checkpointing"] is True
+    assert y["attn_implementation"] == "flash_attention_2" and y["sample_packing"] is True
+    assert y["lora_target_modules"] == list(cfg.model.target_modules) and len(y["lora_target_modules"]) == 7
+    assert y["base_model"] == cfg.model.hub_id  # Axolotl fetches it on the GPU machine
+    assert (y["sequence_len"], y["max_steps"], y["gradient_accumulation_steps"]) == (2048, 1000, 4)
+    assert y["datasets"][0]["type"] == "chat_template" and y["datasets"][0]["roles_to_train"] == ["assistant"]
+    text = axolotl_config.to_yaml(y)
+    assert yaml.safe_load(text) == y  # what is written is what was built
+
+
+def test_codellama_template_is_given_as_jinja():
+    """Axolotl 0.19 has no built-in `llama2` template: the entry's name becomes its Jinja text."""
+    y = axolotl_config.build(compose_conf(["model=codellama-7b"]), cuda=True)
+    assert y["chat_template"] == "jinja" and "[INST]" in y["chat_template_jinja"]
+    qwen = axolotl_config.build(compose_conf(["model=qwen2.5-coder-7b"]), cuda=True)
+    assert qwen["chat_template"] == "qwen_25"
+
+
+def test_chat_templates_are_known_to_axolotl():
+    from axolotl.utils.schemas.enums import ChatTemplate
+
+    for name in GPU_MODELS + ["smollm2-135m"]:
+        y = axolotl_config.build(compose_conf([f"model={name}"]), cuda=True)
+        assert y["chat_template"] in {t.value for t in ChatTemplate}
+
+
+def test_cpu_default_yaml_has_cpu_settings():
+    cfg = compose_conf(["lora_r=32"])
+    y = axolotl_config.build(cfg, cuda=False, tracking_uri="sqlite:////tmp/x.db")
+    assert y["lora_r"] == 32 and y["base_model"] == "models/base/smollm2-135m"
+    assert not (y["bf16"] or y["fp16"] or y["tf32"])
+    assert y["attn_implementation"] in ("eager", "sdpa") and y["optimizer"] == "adamw_torch"
+    assert y["dataloader_pin_memory"] is False
+    assert not any(y[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"))
+    assert y["mlflow_experiment_name"] == cfg.mlflow.experiment and y["hf_mlflow_log_artifacts"] is False
+    assert y["auto_resume_from_checkpoints"] is True and y["output_dir"] == "models/train/checkpoints"
+
+
+def test_axolotl_accepts_the_generated_configs(tmp_path):
+    """Axolotl's own validation (pydantic schema) passes for every model entry's YAML."""
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    for name, cuda in [("smollm2-135m", False)] + [(n, True) for n in GPU_MODELS]:
+        y = axolotl_config.build(compose_conf([f"model={name}"]), cuda=cuda)
+        y.pop("plugins")  # registering plugins is the CLI's job
+        validated = validate_config(DictDefault(y))
+        assert validated.adapter == y["adapter"] and validated.sequence_len == y["sequence_len"]
+
+
+# ---------------------------------------------------------------- guards (fast)
+
+def _project_with_params(dst: Path, overrides: list[str]) -> Path:
+    """A project folder whose params.yaml is conf/ composed with `overrides` (as `dvc exp run -S`)."""
+    shutil.copytree(ROOT / "conf", dst / "conf")
+    (dst / "dvc.yaml").write_text("stages: {}\n")
+    (dst / "params.yaml").write_text(to_yaml(compose_conf(overrides)))
+    return dst
+
+
+@pytest.mark.skipif(basemodel.cuda_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("name", GPU_MODELS)
+def test_gpu_model_without_cuda_stops_at_once(name, tmp_path):
+    project = _project_with_params(tmp_path / "p", [f"model={name}"])
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py")],
+                          cwd=project, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "no CUDA device" in proc.stderr and "-S model=smollm2-135m" in proc.stderr
+    assert name in proc.stderr
+    assert not (project / "models").exists()  # nothing was written or launched
+
+
+@pytest.mark.skipif(basemodel.cuda_available(), reason="this machine has CUDA")
+def test_prepare_for_hub_model_without_cuda_stops():
+    cfg = compose_conf(["model=qwen2.5-coder-7b"])
+    with pytest.raises(basemodel.NoCudaError, match="smollm2-135m"):
+        basemodel.prepare(cfg.model)
+
+
+def test_missing_base_model_and_missing_chat_template_are_clear_errors(tmp_path):
+    cfg = compose_conf(["model.base_model=" + str(tmp_path / "nope"), "model.source.kind=local"])
+    with pytest.raises(training.TrainInputError, match="does not exist"):
+        training.check_inputs(cfg)
+    build_tiny_model(tmp_path / "plain", chat_template=None)
+    cfg = compose_conf(["model.base_model=" + str(tmp_path / "plain"), "model.source.kind=local"])
+    with pytest.raises(training.TrainInputError, match="no chat template"):
+        training.check_inputs(cfg)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_samples_do_not_attend_to_each_other(attn):
+    """What the CPU profile relies on: with sample packing Axolotl drops the attention mask and
+    transformers masks packed samples apart from position_ids, for sdpa and eager alike."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         use_cache=False, attn_implementation=attn)).eval()
+    a, b = torch.randint(0, 97, (1, 7)), torch.randint(0, 97, (1, 5))
+    packed = torch.cat([a, b], dim=1)
+    position_ids = torch.cat([torch.arange(7), torch.arange(5)]).unsqueeze(0)
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=position_ids).logits[:, 7:]
+        alone = model(input_ids=b).logits
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_resume_keeps_matching_checkpoints_and_wipes_others(tmp_path):
+    out = tmp_path / "ckpt"
+    assert training.prepare_output_dir(out, {"a": "1"}) is None
+    (out / "checkpoint-4").mkdir()
+    (out / "checkpoint-12").mkdir()
+    assert training.prepare_output_dir(out, {"a": "1"}).name == "checkpoint-12"
+    assert training.prepare_output_dir(out, {"a": "2"}) is None and not (out / "checkpoint-4").exists()
+
+
+# ---------------------------------------------------------------- real Axolotl runs (slow)
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("train") / "proj")
+
+
+@pytest.mark.slow
+def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(project):
+    run_stage(project)
+    adapter = project / "models" / "adapter"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and cfg["peft_type"] == "LORA"
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 0 and (adapter / "tokenizer.json").is_file()
+    m = json.loads((project / "metrics" / "train.json").read_text())
+    assert m["steps"] == 8 and m["trainable_parameters"] > 0 and m["linear4bit_layers"] == 0
+    assert m["train_loss_final_mean5"] < m["train_loss_first"] * 0.8
+    assert m["val_loss_final"] < m["val_loss_first"]
+    assert 0 <= m["padding_share"] <= 0.2 and m["tokens_per_second"] > 0
+    lines = (project / "metrics" / "train_loss.csv").read_text().splitlines()
+    assert lines[0] == "step,train_loss,val_loss" and len(lines) == 1 + 9  # steps 0 (eval) .. 8
+    written = yaml.safe_load((project / "models" / "train" / "axolotl.yaml").read_text())
+    assert written["adapter"] == "lora" and written["lora_r"] == 8
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["base_model"] == "tiny" and run.data.tags["adapter"] == "lora"
+    assert run.data.tags["stage"] == "train" and "dvc_experiment" in run.data.tags
+    assert run.data.params["lora_r"] == "8" and run.data.params["train.save_steps"] == "4"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 8
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_adapter(project):
+    """Lose the last checkpoint and the final adapter; the rerun resumes at step 4 and ends with
+    the same weights as the uninterrupted run (fixed seeds: same inputs, same adapter)."""
+    from safetensors.torch import load_file
+
+    ckpt = project / "models" / "train" / "checkpoints"
+    before = load_file(project / "models" / "adapter" / "adapter_model.safetensors")
+    shutil.rmtree(ckpt / "checkpoint-8")
+    for f in training.ADAPTER_FILES:
+        (ckpt / f).unlink()
+    proc = run_stage(project)
+    assert "resuming from checkpoint-4" in proc.stdout
+    after = load_file(project / "models" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    for k in before:
+        assert (before[k] - after[k]).abs().max().item() < 1e-5, k
+    m = json.loads((project / "metrics" / "train.json").read_text())
+    assert m["steps"] == 8 and len(training.loss_rows(training.trainer_state(ckpt))) == 9
+
+
+@pytest.mark.slow
+def test_qlora_run_uses_linear4bit_and_learns(project):
+    run_stage(project, "adapter=qlora")
+    report = json.loads((project / "models" / "train" / "checkpoints" / training.MODEL_REPORT).read_text())
+    # 7 projections x 2 layers are bitsandbytes 4-bit layers under the LoRA wrappers.
+    assert report["linear4bit_layers"] == 14
+    assert any(k.startswith("bitsandbytes.") for k in report["linear_layers"])
+    m = json.loads((project / "metrics" / "train.json").read_text())
+    assert m["adapter"] == "qlora" and m["linear4bit_layers"] == 14
+    assert m["train_loss_final_mean5"] < m["train_loss_first"] * 0.92
+    assert m["val_loss_final"] < m["val_loss_first"]
+    assert json.loads((project / "models" / "adapter" / "adapter_config.json").read_text())["r"] == 8
