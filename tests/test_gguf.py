@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert import cli, gguf
+from qi_expert import basemodel, cli, gguf
 from qi_expert.config import ROOT
 
 SYSTEM = "You are a test assistant for @qi."
@@ -64,30 +64,8 @@ def _smollm2_gguf() -> Path:
 
 
 def smollm2_tokenizer():
-    """SmolLM2's tokenizer as a byte-level BPE (vocab, merges, specials from its GGUF)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    meta = gguf.gguf_metadata(_smollm2_gguf(), [
-        "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.chat_template",
-        "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"])
-    tokens = meta["tokenizer.ggml.tokens"]
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)},
-                     merges=[tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]], byte_fallback=False)
-    tok = Tokenizer(bpe)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == 3])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=tokens[meta["tokenizer.ggml.bos_token_id"]],
-                                   eos_token=tokens[meta["tokenizer.ggml.eos_token_id"]],
-                                   unk_token=tokens[meta["tokenizer.ggml.unknown_token_id"]],
-                                   pad_token=tokens[meta["tokenizer.ggml.eos_token_id"]],
-                                   clean_up_tokenization_spaces=False)
-    fast.chat_template = meta["tokenizer.chat_template"]
-    return fast
+    """SmolLM2's tokenizer, rebuilt from its GGUF the way the prepare stage does it."""
+    return basemodel.tokenizer_from_gguf(_smollm2_gguf())
 
 
 @pytest.fixture(scope="module")

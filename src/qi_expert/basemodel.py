@@ -72,28 +72,55 @@ def find_gguf(package: str, filename: str) -> Path:
                             f"({list(spec.submodule_search_locations)})")
 
 
-def _fix_special_tokens(tokenizer, config) -> None:
-    """Take bos/eos/pad from the GGUF metadata (the model config), not the tokenizer conversion.
+def tokenizer_from_gguf(path: Path):
+    """The GGUF's tokenizer rebuilt as the byte-level BPE it is (vocab, merges, specials, template).
 
-    transformers 5.16 builds SmolLM2's tokenizer from GGUF with eos_token "<|im_start|>" (id 1)
-    although the GGUF says eos = pad = 2 ("<|im_end|>"). Trained that way, the chat template's
-    turn end is not the eos token, and the model never learns to stop.
+    transformers' own GGUF conversion gives SmolLM2 a byte_fallback BPE without the digit-splitting
+    pre-tokenizer: numbers tokenize differently from pretraining, and llama.cpp's converter then
+    takes it for a SentencePiece vocabulary whose GGUF aborts llama.cpp on load. Built from the
+    metadata here, llama.cpp and transformers tokenize every prompt the same way.
     """
-    for name in ("bos", "eos", "pad"):
-        token_id = getattr(config, f"{name}_token_id", None)
-        if isinstance(token_id, int) and getattr(tokenizer, f"{name}_token_id") != token_id:
-            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from qi_expert.gguf import gguf_metadata
+
+    meta = gguf_metadata(path, [
+        "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+        "tokenizer.chat_template", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"])
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"{path.name}: tokenizer model {meta.get('tokenizer.ggml.model')!r} is not a byte-level BPE")
+    tokens = meta["tokenizer.ggml.tokens"]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                     merges=[tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]], byte_fallback=False)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    # token_type 3 = control tokens (<|im_start|>, <|im_end|>, ...): never split, never merged.
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == 3])
+    eos = tokens[meta["tokenizer.ggml.eos_token_id"]]
+    pad_id = meta.get("tokenizer.ggml.padding_token_id")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=tokens[meta["tokenizer.ggml.bos_token_id"]], eos_token=eos,
+        unk_token=tokens[meta["tokenizer.ggml.unknown_token_id"]],
+        pad_token=tokens[pad_id] if isinstance(pad_id, int) else eos, clean_up_tokenization_spaces=False)
+    fast.chat_template = meta.get("tokenizer.chat_template")
+    return fast
 
 
 def gguf_to_hf(gguf: Path, out: Path) -> dict:
     """Dequantise a GGUF model into an fp32 safetensors directory with its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if importlib.util.find_spec("gguf") is None:
         raise ImportError("transformers reads GGUF files with the `gguf` package: "
                           "`pip install gguf==0.19.0` (pinned in requirements.txt)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = tokenizer_from_gguf(gguf)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a model that still says it is GGUF-quantised: rebuild it plainly.
     config = loaded.config
@@ -107,7 +134,6 @@ def gguf_to_hf(gguf: Path, out: Path) -> dict:
     if missing or unexpected:
         raise RuntimeError(f"{gguf.name}: state dict mismatch (missing {missing}, unexpected {unexpected})")
     del loaded
-    _fix_special_tokens(tokenizer, config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
