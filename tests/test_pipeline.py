@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qi_expert.config import ROOT
+from qi_expert.typecheck import node_modules
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,7 @@ def repo(tmp_path_factory):
         shutil.copy2(ROOT / rel, dst / rel)
     for rel in ("data/extracted", "data/validated", "data/formatted"):
         shutil.rmtree(dst / rel, ignore_errors=True)
+    (dst / "node_modules").symlink_to(node_modules())  # what `npm ci` installs in a clone
     env = _env(dst)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
