@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
 
-import time
+import time  # noqa: E402
 
-from qi_expert import basemodel
-from qi_expert.config import stage_entry
+from qi_expert import basemodel  # noqa: E402
+from qi_expert.config import stage_entry  # noqa: E402
 
 
 def run(cfg):

@@ -16,9 +16,12 @@
 import resource
 import sys
 import time
+from pathlib import Path
 
-from qi_expert import axolotl_config, basemodel, io, tracking, training
-from qi_expert.config import resolve_path, stage_entry
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+
+from qi_expert import axolotl_config, basemodel, io, tracking, training  # noqa: E402
+from qi_expert.config import resolve_path, stage_entry  # noqa: E402
 
 METRICS = resolve_path("metrics/train.json")
 LOSS_CSV = resolve_path("metrics/train_loss.csv")

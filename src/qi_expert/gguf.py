@@ -1,6 +1,6 @@
 """GGUF export: merge the LoRA adapter, convert with llama.cpp's own scripts, quantize, check.
 
-The `gguf` stage (stages/gguf.py) runs `export()`:
+The `gguf` stage (stages/gguf_export.py) runs `export()`:
 
 1. merge: the PEFT adapter is merged into the base model (`merge_and_unload`) and saved as a
    plain Hugging Face directory (in a temporary folder: it is an intermediate, not a DVC out);

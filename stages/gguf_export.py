@@ -1,6 +1,6 @@
-"""Stage `gguf`: merge the adapter, convert with llama.cpp, quantize, Ollama Modelfiles, smoke check.
+"""Stage `gguf` (the script is not named gguf.py: it would shadow the `gguf` package): merge the adapter, convert with llama.cpp, quantize, Ollama Modelfiles, smoke check.
 
-    python stages/gguf.py
+    python stages/gguf_export.py
 
 Reads models/base/<model> (prepare) and train.adapter_dir (models/adapter, train). Writes models/gguf/:
 qi-expert-<model>-{f16,q8_0,q4_k_m}.gguf (merged), -base-f16.gguf + -lora-f16.gguf (unmerged
