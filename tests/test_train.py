@@ -220,9 +220,12 @@ def test_packed_samples_do_not_attend_to_each_other(attn):
 def test_resume_keeps_matching_checkpoints_and_wipes_others(tmp_path):
     out = tmp_path / "ckpt"
     assert training.prepare_output_dir(out, {"a": "1"}) is None
-    (out / "checkpoint-4").mkdir()
-    (out / "checkpoint-12").mkdir()
+    for step in (4, 12):
+        (out / f"checkpoint-{step}").mkdir()
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (out / "checkpoint-16").mkdir()  # a save that was interrupted: no trainer_state.json
     assert training.prepare_output_dir(out, {"a": "1"}).name == "checkpoint-12"
+    assert not (out / "checkpoint-16").exists()
     assert training.prepare_output_dir(out, {"a": "2"}) is None and not (out / "checkpoint-4").exists()
 
 

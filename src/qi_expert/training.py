@@ -107,6 +107,10 @@ def prepare_output_dir(output_dir: Path, fp: dict[str, str]) -> Path | None:
             shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(fp, indent=2, sort_keys=True) + "\n")
+    for ckpt in checkpoints(output_dir):
+        # The trainer writes trainer_state.json last: without it the save was interrupted.
+        if not (ckpt / "trainer_state.json").is_file():
+            shutil.rmtree(ckpt)
     found = checkpoints(output_dir)
     return found[-1] if found else None
 
