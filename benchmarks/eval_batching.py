@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the eval stage does
-
 from qi_expert import bench, generate, typecheck
 from qi_expert.config import load_params, resolve_path
 

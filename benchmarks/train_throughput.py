@@ -36,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from qi_expert import axolotl_config, io, training  # noqa: E402
 
-# The plain loop runs in this process with the same OpenMP settings the Axolotl processes get.
-for _k, _v in axolotl_config.AXOLOTL_ENV_DEFAULTS.items():
-    os.environ.setdefault(_k, _v)
+# The plain loop runs in this process with the OpenMP settings the Axolotl processes inherit
+# (qi_expert picks the wait policy at import).
 from qi_expert.config import load_params, resolve_path  # noqa: E402
 
 

@@ -9,14 +9,7 @@ Writes data/eval/results.jsonl (one row per task, model and sample), metrics/eva
 metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with the results as an artifact.
 """
 
-import os
-
-# Before torch loads: OpenMP threads that sleep instead of spinning while they wait. On a shared
-# machine spinning threads fight other processes for the cores (measured here: decoding 5x slower
-# with 2 spinning threads under load); on an idle one the cost is a few percent.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from qi_expert import evaluate, io, tracking  # noqa: E402
+from qi_expert import evaluate, io, tracking
 from qi_expert.config import resolve_path, stage_entry
 
 OUT = resolve_path("data/eval")
@@ -43,17 +36,10 @@ def run(cfg):
     with tracking.stage_run(cfg, "eval", params) as mlflow:
         mlflow.set_tags({"adapter": str(cfg.eval.adapter), "mode": metrics["mode"],
                          "predictions": str(cfg.eval.predictions)})
-        # MLflow metric names may not hold "@": pass@1 is logged as pass_at_1.
-        tracking.log_counts(mlflow, _mlflow_names({k: v for k, v in metrics.items() if k != "models"}))
+        tracking.log_counts(mlflow, {k: v for k, v in metrics.items() if k != "models"})
         mlflow.log_artifact(str(OUT / "results.jsonl"))
         mlflow.log_artifact(str(PLOTS))
         mlflow.log_artifact(str(METRICS))
-
-
-def _mlflow_names(obj):
-    if isinstance(obj, dict):
-        return {str(k).replace("@", "_at_"): _mlflow_names(v) for k, v in obj.items()}
-    return obj
 
 
 if __name__ == "__main__":

@@ -4,15 +4,16 @@
 
 Reads models/base/<model> (prepare) and train.adapter_dir (models/adapter, train). Writes models/gguf/:
 qi-expert-<model>-{f16,q8_0,q4_k_m}.gguf (merged), -base-f16.gguf + -lora-f16.gguf (unmerged
-pair), Modelfile, Modelfile.<type>, Modelfile.adapter, manifest.json, logs/; and
-metrics/gguf.json (sizes, conversion/quantization seconds, tokens/s against transformers).
+pair), Modelfile, Modelfile.<type>, Modelfile.adapter, manifest.json, logs/, quant_eval.jsonl; and
+metrics/gguf.json (sizes, conversion/quantization seconds, tokens/s against transformers, and
+`quantization_cost`: the eval benchmark scored on the f16, q8_0 and q4_k_m files through llama.cpp).
 """
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from qi_expert import gguf, io, tracking
+from qi_expert import bench, evaluate, gguf, io, tracking
 from qi_expert.config import resolve_path, stage_entry
 
 OUT = resolve_path("models/gguf")
@@ -33,12 +34,45 @@ def base_model_dir(model) -> Path:
     raise FileNotFoundError(f"{local} holds no Hugging Face model (config.json): run the prepare stage")
 
 
+def quantization_cost(cfg, tokenizer_dir: Path) -> tuple[list[dict], dict]:
+    """The eval benchmark on the f16 file and each quantized file (evaluate.score_gguf)."""
+    from transformers import AutoTokenizer
+
+    qc, ec = cfg.gguf.quant_eval, cfg.eval
+    manifest = gguf.read_manifest(OUT / gguf.MANIFEST)
+    missing = [k for k in qc.files if k not in manifest["files"]]
+    if missing:
+        raise ValueError(f"gguf.quant_eval.files names {missing}, which the stage did not write "
+                         f"(it wrote {sorted(manifest['files'])})")
+    files = {str(k): OUT / manifest["files"][k] for k in qc.files}
+    tasks = bench.load_tasks(resolve_path(ec.benchmark))
+    if qc.limit is not None:
+        tasks = tasks[: int(qc.limit)]
+    return evaluate.score_gguf(
+        files, AutoTokenizer.from_pretrained(tokenizer_dir), tasks, system_prompt=str(cfg.format.system_prompt),
+        max_new_tokens=int(ec.max_new_tokens), project=resolve_path(cfg.corpus.root),
+        tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
+        try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
+        n_threads=int(cfg.gguf.n_threads or 0) or None)
+
+
 def run(cfg):
     gc = OmegaConf.to_container(cfg.gguf, resolve=True)
     settings = gguf.ExportSettings.from_config(gc, merge_dtype="float16" if cfg.model.bf16 else "float32")
     adapter = resolve_path(str(cfg.get("train", {}).get("adapter_dir", "models/adapter")))
-    metrics = gguf.export(base_model_dir(cfg.model), adapter, OUT, name=f"qi-expert-{cfg.model.name}",
+    base = base_model_dir(cfg.model)
+    metrics = gguf.export(base, adapter, OUT, name=f"qi-expert-{cfg.model.name}",
                           system_prompt=str(cfg.format.system_prompt), settings=settings)
+    if cfg.gguf.quant_eval.files:
+        rows, metrics["quantization_cost"] = quantization_cost(cfg, gguf.tokenizer_source(base, adapter))
+        io.write_jsonl(OUT / "quant_eval.jsonl", rows)
+        qc = metrics["quantization_cost"]
+        for kind in cfg.gguf.quant_eval.files:
+            m = qc[kind]
+            print(f"gguf eval: {kind}: pass@1 {m.get('pass@1', 0):.3f}, compile {m['compile_rate']:.3f}, "
+                  f"compliance {m['compliance_rate']:.3f}" + (f" (vs {qc['reference']}: compile "
+                  f"{qc['cost'][kind]['compile_rate']:+.3f}, compliance {qc['cost'][kind]['compliance_rate']:+.3f})"
+                                                           if kind in qc["cost"] else ""))
     io.write_json(METRICS, metrics)
     tps = metrics["tokens_per_s"]
     print("gguf: " + ", ".join(f"{k} {metrics['size_mb'][k]} MiB" for k in metrics["size_mb"]))
@@ -47,6 +81,10 @@ def run(cfg):
     with tracking.stage_run(cfg, "gguf", {"gguf": cfg.gguf, "model": cfg.model.name}) as mlflow:
         tracking.log_counts(mlflow, {k: metrics[k] for k in ("size_mb", "seconds", "tokens_per_s",
                                                               "speedup_vs_transformers")})
+        if "quantization_cost" in metrics:
+            tracking.log_counts(mlflow, {"quant_eval": {k: v for k, v in metrics["quantization_cost"].items()
+                                                        if k != "reference"}})
+            mlflow.log_artifact(str(OUT / "quant_eval.jsonl"), artifact_path="gguf")
         for path in sorted(OUT.glob("Modelfile*")) + [OUT / gguf.MANIFEST]:
             mlflow.log_artifact(str(path), artifact_path="gguf")
 

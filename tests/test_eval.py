@@ -513,6 +513,49 @@ def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
     return base, adapter
 
 
+def test_repetition_detector():
+    block = list(range(100, 116))  # a 16-token line
+    assert not generate.repeating(list(range(200)) + block * 2)
+    assert generate.repeating(list(range(200)) + block * 3)  # 3 copies, 48 tokens
+    assert not generate.repeating([7] * 47) and generate.repeating([5, 6] + [7] * 48)
+    assert not generate.repeating([1, 2] * 23)  # 46 tokens of a 2-token block: not yet
+    assert generate.repeating([1, 2] * 24)
+
+
+@pytest.mark.slow
+def test_generation_matches_transformers_generate(tiny_model):
+    """Continuous batching with the shared-prefix cache gives model.generate's greedy tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, _ = tiny_model
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    tasks = yaml.safe_load(TASKS_YAML)
+    prompts = [generate.render_prompt(tokenizer, t, "You write @qi code.") for t in tasks]
+    prompts.append(generate.render_prompt(tokenizer, {"instruction": "Add.", "signature": "f()"}, "You write @qi code."))
+    kw = dict(max_new_tokens=10, stop_at_fence=False, stop_on_repetition=False)
+    cont = generate.generate(model, tokenizer, prompts, batch_size=2, continuous=True, **kw)
+    static = generate.generate(model, tokenizer, prompts, batch_size=3, continuous=False, **kw)
+    assert cont.stats["mode"] == "continuous" and cont.stats["shared_prefix_tokens"] > 10
+    assert cont.stats["prefill_tokens"] < static.stats["prefill_tokens"]
+    eos = generate.stop_ids(model, tokenizer)
+    for i, p in enumerate(prompts):
+        ids = tokenizer(p, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
+        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        while new and new[-1] in eos:
+            new.pop()
+        expected = tokenizer.decode(new, skip_special_tokens=True)
+        assert cont.completions[i] == [expected] and static.completions[i] == [expected]
+    # Sampling for pass@k: n rows per prompt, reproducible from the seed.
+    a = generate.generate(model, tokenizer, prompts[:2], batch_size=4, n_samples=3, temperature=1.0, seed=7, **kw)
+    b = generate.generate(model, tokenizer, prompts[:2], batch_size=4, n_samples=3, temperature=1.0, seed=7, **kw)
+    assert a.completions == b.completions and all(len(c) == 3 for c in a.completions)
+    assert len(set(a.completions[0])) > 1
+
+
 @pytest.mark.slow
 def test_eval_stage_on_a_tiny_model(tiny_model, dev_tasks, tmp_path, monkeypatch):
     base, adapter = tiny_model

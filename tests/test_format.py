@@ -67,6 +67,27 @@ def test_three_formats():
     json.dumps(c)
 
 
+def test_answers_carry_the_qi_imports_they_use():
+    """A unit cut out of its file gets back the @qi / node: imports it uses, and no others."""
+    imports = ['import {\n  failure,\n  flatMap,\n  success as ok,\n  type Result,\n} from "@qi/base";',
+               'import type { Logger } from "@qi/core";',
+               'import * as qi from "@qi/base";',
+               'import { strict as assert } from "node:assert";',
+               'import { helper } from "./helpers";']
+    code = "export function f(x: number): Result<number> {\n  return x > 0 ? ok(helper(x)) : failure(qi.validationError(\"x\"));\n}\n"
+    out = formatting.with_imports(code, imports)
+    assert out.splitlines()[:2] == ['import { failure, success as ok, type Result } from "@qi/base";',
+                                    'import * as qi from "@qi/base";']
+    assert out.endswith(code) and "./helpers" not in out and "@qi/core" not in out and "assert" not in out
+    # Code that already has its imports is left alone; code using no @qi name gets none.
+    assert formatting.with_imports(out, imports) == out
+    assert formatting.with_imports("const y = 1;\n", imports) == "const y = 1;\n"
+    rec = dict(REC, code="export function validatePrice(p: number): Result<number> { return success(p); }\n",
+               imports=['import { success, failure, type Result } from "@qi/base";'])
+    (row,) = formatting.rows_from_records([rec])
+    assert row["output"].startswith('import { success, type Result } from "@qi/base";\n\nexport function')
+
+
 def test_pairs_become_rewrite_instructions():
     rows = formatting.rows_from_pairs([{"counter_id": "c", "corrected_id": "d", "counter_code": "throw 1",
                                         "corrected_code": "return failure(x)", "source_file": "t.md",

@@ -176,6 +176,44 @@ def test_adapter_gguf_applies_as_lora(exported, tokenizer):
     assert m["greedy_agreement"]["base_lora"]["min"] >= 6
 
 
+def test_complete_gguf_greedy_tokens_and_stopping(exported, tokenizer):
+    """llama.cpp completions: the merged model's greedy tokens; a stop rule ends a row where it fires."""
+    out, _ = exported
+    ids = [tokenizer(gguf.hf_prompt(tokenizer, SYSTEM, p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    llm = gguf.load_llama(out / "qi-tiny-f16.gguf", n_ctx=256, n_threads=2)
+    try:
+        full, reasons, _ = gguf.complete_gguf(llm, ids, 6)
+        expected = [gguf.greedy_gguf(llm, p, 6)[0] for p in ids]
+        cut, cut_reasons, _ = gguf.complete_gguf(llm, ids, 6, stop_check=lambda t: "rule" if len(t) == 3 else None)
+        none, none_reasons, _ = gguf.complete_gguf(llm, ids, 6, stop_ids=[expected[0][0]])
+    finally:
+        llm.close()
+    # greedy_gguf does not stop at end-of-generation tokens, complete_gguf does: compare up to its end.
+    for got, want, why in zip(full, expected, reasons):
+        assert got == want[:len(got)] and (len(got) == 6) == (why == "length")
+    assert [len(t) for t in cut] == [min(3, len(t)) for t in full] and cut_reasons[0] in ("rule", "eos")
+    assert none[0] == [] and none_reasons[0] == "eos"  # its first token is a stop id
+
+
+def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, tokenizer):
+    from qi_expert import bench, evaluate
+
+    out, _ = exported
+    tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
+    files = {"f16": out / "qi-tiny-f16.gguf", "q4_k_m": out / "qi-tiny-q4_k_m.gguf"}
+    rows, m = evaluate.score_gguf(files, tokenizer, tasks, system_prompt=SYSTEM, max_new_tokens=8,
+                                  project=ROOT / "data/sample/typescript", n_ctx=512, n_threads=2)
+    assert [(r["model"], r["task_id"]) for r in rows] == [(k, t["id"]) for k in files for t in tasks]
+    assert m["reference"] == "f16" and set(m["cost"]) == {"q4_k_m"}
+    for kind in files:
+        assert m[kind]["tasks"] == 2 and m[kind]["generation"]["new_tokens"] > 0
+    # A random tiny model writes no @qi code: nothing compiles, every test is "not_compiled".
+    assert all(not r["compiled"] and r["test"]["status"] == "not_compiled" for r in rows)
+    assert all(r["prompt"].startswith("<|im_start|>system\n" + SYSTEM) for r in rows)
+    cost = m["cost"]["q4_k_m"]
+    assert cost["compliance_score"] == pytest.approx(m["q4_k_m"]["compliance_score"] - m["f16"]["compliance_score"])
+
+
 def test_modelfiles(exported):
     out, m = exported
     default = (out / "Modelfile").read_text()

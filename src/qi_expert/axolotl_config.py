@@ -56,10 +56,6 @@ AXOLOTL_ENV = {
     "WANDB_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
 }
-# Set unless the caller set them. OpenMP threads that wait passively instead of spinning: on
-# 2 cores shared with another busy process, torch's 2 spinning threads ran LoRA fwd+bwd 4x slower
-# (22 vs 87 tokens/s measured here); with nothing else running it costs nothing measurable.
-AXOLOTL_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _rel(path: str | Path) -> str:

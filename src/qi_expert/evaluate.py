@@ -276,6 +276,59 @@ def items_from_generation(model_name: str, tasks: Sequence[Mapping], prompts: Se
             for i, (t, p) in enumerate(zip(tasks, prompts)) for s, c in enumerate(gen.completions[i])]
 
 
+# --- GGUF files (the gguf stage: what quantization costs) ---------------------------------------
+
+def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *, system_prompt: str,
+               max_new_tokens: int, project: Path, tsconfig: str = "tsconfig.json", timeout: float = 10,
+               memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
+               n_ctx: int = 2048, n_threads: int | None = None, log=print) -> tuple[list[dict], dict]:
+    """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
+
+    Same prompts (the tokenizer's chat template, token ids fed to llama.cpp as they are), same
+    stopping rules and same scorer as the eval stage, so the first file (the unquantized f16
+    conversion of the fine-tuned model) is the reference the quantized ones are compared with:
+    metrics[kind] per file and metrics["cost"][kind] = kind - reference.
+    """
+    from qi_expert import gguf
+
+    by_id = {t["id"]: t for t in tasks}
+    prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks]
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    stop_check = generate.stop_checker(tokenizer)
+    eos = generate.stop_ids(None, tokenizer)
+    items: list[dict] = []
+    generation: dict = {}
+    for kind, path in files.items():
+        llm = gguf.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+        try:
+            tokens, reasons, seconds = gguf.complete_gguf(llm, prompt_ids, int(max_new_tokens), stop_ids=eos,
+                                                          stop_check=stop_check)
+        finally:
+            llm.close()
+        new_tokens = sum(len(t) for t in tokens)
+        stop_reasons: dict[str, int] = defaultdict(int)
+        for r in reasons:
+            stop_reasons[r] += 1
+        generation[kind] = {"seconds": round(seconds, 2), "new_tokens": new_tokens,
+                            "tokens_per_second": round(new_tokens / seconds, 2) if seconds else 0.0,
+                            "stop_reasons": dict(sorted(stop_reasons.items()))}
+        log(f"gguf eval: {kind}: {len(tasks)} completions, {new_tokens} new tokens in {seconds:.1f}s "
+            f"({generation[kind]['tokens_per_second']} tokens/s)")
+        gen = generate.Generation([[tokenizer.decode(t, skip_special_tokens=True)] for t in tokens],
+                                  [[len(t)] for t in tokens], seconds)
+        items += items_from_generation(kind, tasks, prompts, gen)
+    rows, info = score(items, by_id, project=project, tsconfig=tsconfig, timeout=timeout, memory_mb=memory_mb,
+                       try_catch_allowed_in=try_catch_allowed_in)
+    metrics: dict = {"benchmark_tasks": len(tasks), "reference": next(iter(files), None)}
+    for kind in files:
+        metrics[kind] = summarize([r for r in rows if r["model"] == kind])
+        metrics[kind]["generation"] = generation[kind]
+    ref = metrics["reference"]
+    metrics["cost"] = {kind: deltas(metrics[kind], metrics[ref]) for kind in files if kind != ref}
+    metrics["timing"] = {k: v for k, v in info.items() if k.endswith("_seconds")}
+    return rows, metrics
+
+
 # --- the whole eval ---------------------------------------------------------------------------
 
 def run_eval(cfg, log=print) -> tuple[list[dict], dict]:

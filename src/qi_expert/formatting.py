@@ -13,7 +13,7 @@ import random
 import re
 from typing import Iterable, Sequence
 
-from qi_expert import dedup
+from qi_expert import dedup, tsast
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -97,12 +97,53 @@ def instruction_for(rec: dict) -> tuple[str, str]:
     return instruction, "\n".join(inputs)
 
 
+# Import sources a training answer keeps: the @qi packages and node's built-ins resolve anywhere;
+# a relative import ("./types") names a file the user asking for the function does not have.
+_PORTABLE_IMPORT = re.compile(r"""from\s+["'](@qi/[\w/-]+|node:[\w/]+)["']""")
+
+
+def with_imports(code: str, imports: Sequence[str]) -> str:
+    """`code` as a module that compiles on its own: its @qi (and node:) imports, pruned to the names it uses.
+
+    Extracted units are cut out of their files without the file's import lines; an answer
+    without them teaches a model to write code that cannot compile (`Cannot find name 'Result'`),
+    and the benchmark compiles every answer as a module of its own.
+    """
+    used = tsast.referenced_names(tsast.parse(code).root_node)
+    kept: list[str] = []
+    for statement in imports:
+        if not _PORTABLE_IMPORT.search(statement):
+            continue
+        root = tsast.parse(statement).root_node
+        specifiers = [n for n in tsast.walk(root) if n.type == "import_specifier"]
+        namespace = [n for n in tsast.walk(root) if n.type == "namespace_import"]
+        if namespace:
+            if any(tsast.text(i) in used for ns in namespace for i in ns.named_children if i.type == "identifier"):
+                kept.append(statement.strip())
+            continue
+        if not specifiers:
+            continue
+        names = []
+        for spec in specifiers:
+            local = spec.child_by_field_name("alias") or spec.child_by_field_name("name")
+            if tsast.text(local) in used:
+                names.append(tsast.text(spec))
+        if names:
+            type_only = statement.lstrip().startswith("import type")
+            module = _PORTABLE_IMPORT.search(statement).group(1)
+            kept.append(f"import {'type ' if type_only else ''}{{ {', '.join(names)} }} from \"{module}\";")
+    code = code.strip() + "\n"
+    present = {line.strip() for line in code.splitlines() if line.lstrip().startswith("import ")}
+    kept = [k for k in dict.fromkeys(kept) if k not in present]
+    return ("\n".join(kept) + "\n\n" + code) if kept and not present else code
+
+
 def rows_from_records(records: Iterable[dict]) -> list[dict]:
     rows = []
     for rec in records:
         instruction, inp = instruction_for(rec)
         rows.append({"id": rec["id"], "source_file": rec["source_file"], "instruction": instruction,
-                     "input": inp, "output": rec["code"].strip() + "\n"})
+                     "input": inp, "output": with_imports(rec["code"], rec.get("imports", []))})
     return rows
 
 

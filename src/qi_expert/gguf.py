@@ -21,8 +21,9 @@ The `gguf` stage (stages/gguf_export.py) runs `export()`:
    tokens equal those of the merged Hugging Face model (the same prompt token ids are fed to
    both). The same runs give tokens/s for every file and for transformers.
 
-`generate_gguf()` is the reusable entry point for scoring a GGUF (e.g. q8_0 vs q4_k_m) with the
-eval scorer; `stream_chat()` is what `qi-expert generate` prints.
+`complete_gguf()` decodes the eval benchmark's prompts with a GGUF, so the stage can score each
+file with the eval scorer (evaluate.score_gguf: the cost of quantization); `stream_chat()` is what
+`qi-expert generate` prints.
 """
 
 from __future__ import annotations
@@ -41,12 +42,6 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from qi_expert.config import PACKAGE_ROOT, ROOT, resolve_path
-
-# llama.cpp (this build uses OpenMP) and torch wait for each other's threads at every barrier by
-# spinning. On a shared 2-core machine a spinning thread holds the core the others need: measured
-# here under load ~8, q8_0 generation fell from 20.8 to 0.8 tokens/s (torch: 6.7 to 0.4) without
-# this. Set before llama_cpp or torch load libgomp, which reads it once; the caller's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # tools/ is git-ignored: a queued DVC experiment runs in a temporary copy without it, so the
 # checkout the package is installed from is looked in too. QI_LLAMA_CPP_DIR overrides both.
@@ -436,6 +431,40 @@ def generate_gguf(path: str | Path, prompts: Sequence[str], system_prompt: str |
         return out
     finally:
         llm.close()
+
+
+def complete_gguf(llm, prompts_ids: Sequence[Sequence[int]], max_tokens: int, *, stop_ids: Sequence[int] = (),
+                  stop_check=None) -> tuple[list[list[int]], list[str], float]:
+    """Greedy completions of already tokenized prompts: (tokens per prompt, stop reasons, seconds).
+
+    The eval stage's prompts and stopping rules (generate.stop_checker: closed code fence,
+    repetition) applied to llama.cpp, so a GGUF is scored on the same terms as the transformers
+    model. llama.cpp keeps the KV cache of the longest prefix shared with the previous prompt
+    (the system prompt), so consecutive prompts skip most of their prefill.
+    """
+    eos = set(int(i) for i in stop_ids) | {int(llm.token_eos())}
+    out: list[list[int]] = []
+    reasons: list[str] = []
+    start = time.perf_counter()
+    for ids in prompts_ids:
+        tokens: list[int] = []
+        reason = "length"
+        if max_tokens > 0:
+            for token in llm.generate(list(ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                      reset=True):
+                if int(token) in eos:
+                    reason = "eos"
+                    break
+                tokens.append(int(token))
+                why = stop_check(tokens) if stop_check else None
+                if why:
+                    reason = why
+                    break
+                if len(tokens) >= max_tokens:
+                    break
+        out.append(tokens)
+        reasons.append(reason)
+    return out, reasons, time.perf_counter() - start
 
 
 def greedy_gguf(llm, prompt_ids: Sequence[int], n: int) -> tuple[list[int], float]:

@@ -61,12 +61,12 @@ def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Ite
 
 
 def log_counts(mlflow, metrics: Mapping, prefix: str = "") -> None:
-    """Log every number in a nested metrics dict as `prefix.a.b`."""
+    """Log every number in a nested metrics dict as `prefix.a.b` ("@" -> "_at_": MLflow refuses it in names)."""
     flat: dict[str, float] = {}
 
     def walk(obj: Mapping, path: str) -> None:
         for k, v in obj.items():
-            name = f"{path}{k}".replace(" ", "_")
+            name = f"{path}{k}".replace(" ", "_").replace("@", "_at_")
             if isinstance(v, Mapping):
                 walk(v, name + ".")
             elif isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -116,8 +116,8 @@ def prepare_output_dir(output_dir: Path, fp: dict[str, str]) -> Path | None:
 
 
 def axolotl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(axolotl_config.AXOLOTL_ENV_DEFAULTS)
-    env.update(os.environ)
+    # os.environ carries the OpenMP wait policy qi_expert chose at import (see qi_expert/__init__.py).
+    env = dict(os.environ)
     env.update(axolotl_config.AXOLOTL_ENV)
     # The project's src/ on the path of the Axolotl processes too (an editable install has it).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
