@@ -80,7 +80,8 @@ def run(cfg):
           + f" (load average {metrics['load_average'][0]})")
     with tracking.stage_run(cfg, "gguf", {"gguf": cfg.gguf, "model": cfg.model.name}) as mlflow:
         tracking.log_counts(mlflow, {k: metrics[k] for k in ("size_mb", "seconds", "tokens_per_s",
-                                                              "speedup_vs_transformers")})
+                                                              "speedup_vs_transformers", "decode_tokens_per_s",
+                                                              "decode_speedup_vs_transformers")})
         if "quantization_cost" in metrics:
             tracking.log_counts(mlflow, {"quant_eval": {k: v for k, v in metrics["quantization_cost"].items()
                                                         if k != "reference"}})

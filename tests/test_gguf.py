@@ -127,6 +127,7 @@ def test_export_writes_every_file_and_its_metrics(exported):
     assert all(v > 0 for v in m["tokens_per_s"].values())
     assert m["speedup_vs_transformers"]["f16"] == pytest.approx(
         m["tokens_per_s"]["f16"] / m["tokens_per_s"]["transformers"], rel=0.02)
+    assert set(m["decode_tokens_per_s"]) == set(m["tokens_per_s"]) and all(v > 0 for v in m["decode_tokens_per_s"].values())
     # The exact-match smoke check passed: f16 greedy tokens equal the merged HF model's.
     assert m["greedy_agreement"]["f16"]["min"] == 8
     assert {"merge", "convert_f16", "convert_lora", "convert_base", "quantize_q8_0", "quantize_q4_k_m"} <= set(m["seconds"])

@@ -467,36 +467,44 @@ def complete_gguf(llm, prompts_ids: Sequence[Sequence[int]], max_tokens: int, *,
     return out, reasons, time.perf_counter() - start
 
 
-def greedy_gguf(llm, prompt_ids: Sequence[int], n: int) -> tuple[list[int], float]:
-    """n greedy tokens after prompt_ids (end-of-generation tokens do not stop it); seconds."""
+def greedy_gguf(llm, prompt_ids: Sequence[int], n: int) -> tuple[list[int], float, float]:
+    """n greedy tokens after prompt_ids (end-of-generation tokens do not stop it).
+
+    Returns (tokens, seconds in all, seconds to the first token: the prompt's prefill)."""
     llm.reset()
     out: list[int] = []
     start = time.perf_counter()
+    first = 0.0
     for token in llm.generate(list(prompt_ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
                               repeat_penalty=1.0, reset=True):
         out.append(int(token))
+        if len(out) == 1:
+            first = time.perf_counter() - start
         if len(out) >= n:
             break
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, first
 
 
-def greedy_hf(model, prompt_ids: Sequence[int], n: int) -> tuple[list[int], float]:
+def greedy_hf(model, prompt_ids: Sequence[int], n: int) -> tuple[list[int], float, float]:
     """The same for a transformers model: argmax decoding with the KV cache, n tokens."""
     import torch
 
     out: list[int] = []
     start = time.perf_counter()
+    first = 0.0
     with torch.inference_mode():
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
         result = model(input_ids=ids, use_cache=True)
         for _ in range(n):
             token = int(result.logits[0, -1].argmax())
             out.append(token)
+            if len(out) == 1:
+                first = time.perf_counter() - start
             if len(out) >= n:
                 break
             result = model(input_ids=torch.tensor([[token]]), past_key_values=result.past_key_values,
                            use_cache=True)
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, first
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -742,7 +750,8 @@ def smoke(merged, tokenizer, files: Mapping[str, Path], system_prompt: str, sett
     when the f16 (outtype) file's first `exact_tokens` greedy tokens differ from the merged
     Hugging Face model's on any prompt. Quantized files and base + LoRA are only measured
     (agreeing prefix). Speed: greedy generation of bench_tokens after each chat prompt, prefill
-    included, end-of-generation tokens ignored, the same for transformers and llama.cpp.
+    included (tokens_per_s) and decoding alone after the first token (decode_tokens_per_s),
+    end-of-generation tokens ignored, the same for transformers and llama.cpp.
     """
     prompts = settings.prompts or ["Write a TypeScript function that adds two numbers."]
     n_cmp = max(settings.compare_tokens, settings.exact_tokens)
@@ -751,13 +760,17 @@ def smoke(merged, tokenizer, files: Mapping[str, Path], system_prompt: str, sett
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
     load_at_start = round(os.getloadavg()[0], 2)
-    hf_tokens, hf_time, hf_count = [], 0.0, 0
+    hf_tokens, hf_time, hf_count, hf_first = [], 0.0, 0, 0.0
     for p_ids in ids:
-        toks, secs = greedy_hf(merged, p_ids, n_bench)
+        toks, secs, first = greedy_hf(merged, p_ids, n_bench)
         hf_tokens.append(toks)
         hf_time += secs
+        hf_first += first
         hf_count += len(toks)
     tps = {"transformers": round(hf_count / hf_time, 2)}
+    # Decoding alone (after the first token, i.e. without the prompt's prefill): what a user
+    # waiting on a long completion sees.
+    decode_tps = {"transformers": round((hf_count - len(ids)) / max(hf_time - hf_first, 1e-9), 2)}
     agree: dict[str, list[int]] = {}
     samples: dict[str, str] = {}
     runs = [(kind, path, None) for kind, path in files.items() if kind not in ("lora_f16", "base_f16")]
@@ -773,24 +786,30 @@ def smoke(merged, tokenizer, files: Mapping[str, Path], system_prompt: str, sett
                     raise SmokeError(f"{path.name}: llama.cpp tokenizes the prompt differently from the "
                                      f"Hugging Face tokenizer ({len(got)} vs {len(p_ids)} tokens, first "
                                      f"difference at {common_prefix(got, p_ids)})")
-            count, total, agree[kind] = 0, 0.0, []
+            count, total, first_total, agree[kind] = 0, 0.0, 0.0, []
             for i, (p_ids, ref) in enumerate(zip(ids, hf_tokens)):
-                toks, secs = greedy_gguf(llm, p_ids, n_bench)
+                toks, secs, first = greedy_gguf(llm, p_ids, n_bench)
                 count += len(toks)
                 total += secs
+                first_total += first
                 agree[kind].append(common_prefix(toks[:n_cmp], ref[:n_cmp]))
                 if i == 0:
                     samples[kind] = llm.detokenize(toks[:n_cmp]).decode("utf-8", errors="replace")
             tps[kind] = round(count / total, 2)
+            decode_tps[kind] = round((count - len(ids)) / max(total - first_total, 1e-9), 2)
         finally:
             llm.close()
-        log(f"gguf: {kind}: {tps[kind]} tokens/s, greedy agreement with transformers {agree[kind]} of {n_cmp}")
+        log(f"gguf: {kind}: {tps[kind]} tokens/s ({decode_tps[kind]} decoding alone), greedy agreement with "
+            f"transformers {agree[kind]} of {n_cmp}")
         if kind == settings.outtype and min(agree[kind]) < settings.exact_tokens:
             raise SmokeError(f"{path.name}: the first {settings.exact_tokens} greedy tokens differ from the merged "
                              f"Hugging Face model (agreeing tokens per prompt: {agree[kind]})")
     return {
         "tokens_per_s": tps,
         "speedup_vs_transformers": {k: round(v / tps["transformers"], 2) for k, v in tps.items() if k != "transformers"},
+        "decode_tokens_per_s": decode_tps,
+        "decode_speedup_vs_transformers": {k: round(v / decode_tps["transformers"], 2)
+                                           for k, v in decode_tps.items() if k != "transformers"},
         "greedy_agreement": {k: {"per_prompt": v, "min": min(v)} for k, v in agree.items()},
         "compare_tokens": n_cmp,
         "bench_tokens": n_bench,
