@@ -47,7 +47,7 @@ def require_device(model: DictConfig, stage: str) -> None:
             f"False). Nothing was started. Use the CPU model instead: "
             f"`dvc exp run -S model={CPU_ALTERNATIVE}` (by hand: `python -m qi_expert.config "
             f"model={CPU_ALTERNATIVE} > params.yaml`), or run this experiment on a machine with an "
-            f"NVIDIA GPU and the CUDA build of torch (QI_CUDA=1 make setup)."
+            f"NVIDIA GPU and the CUDA build of torch (QI_TORCH_INDEX_URL=<PyTorch CUDA wheel index> make setup)."
         )
 
 
