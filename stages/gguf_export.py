@@ -40,10 +40,6 @@ def quantization_cost(cfg, tokenizer_dir: Path) -> tuple[list[dict], dict]:
 
     qc, ec = cfg.gguf.quant_eval, cfg.eval
     manifest = gguf.read_manifest(OUT / gguf.MANIFEST)
-    missing = [k for k in qc.files if k not in manifest["files"]]
-    if missing:
-        raise ValueError(f"gguf.quant_eval.files names {missing}, which the stage did not write "
-                         f"(it wrote {sorted(manifest['files'])})")
     files = {str(k): OUT / manifest["files"][k] for k in qc.files}
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
     if qc.limit is not None:
@@ -59,6 +55,11 @@ def quantization_cost(cfg, tokenizer_dir: Path) -> tuple[list[dict], dict]:
 def run(cfg):
     gc = OmegaConf.to_container(cfg.gguf, resolve=True)
     settings = gguf.ExportSettings.from_config(gc, merge_dtype="float16" if cfg.model.bf16 else "float32")
+    runnable = [settings.outtype, *settings.quantizations]
+    unknown = [str(k) for k in cfg.gguf.quant_eval.files if str(k) not in runnable]
+    if unknown:  # before the slow part
+        raise ValueError(f"gguf.quant_eval.files names {unknown}: the stage writes {runnable} "
+                         f"(gguf.outtype and gguf.quantizations)")
     adapter = resolve_path(str(cfg.get("train", {}).get("adapter_dir", "models/adapter")))
     base = base_model_dir(cfg.model)
     metrics = gguf.export(base, adapter, OUT, name=f"qi-expert-{cfg.model.name}",
