@@ -109,6 +109,9 @@ def with_imports(code: str, imports: Sequence[str]) -> str:
     without them teaches a model to write code that cannot compile (`Cannot find name 'Result'`),
     and the benchmark compiles every answer as a module of its own.
     """
+    code = code.strip() + "\n"
+    if any(line.lstrip().startswith("import ") for line in code.splitlines()):
+        return code  # it brought its own imports
     used = tsast.referenced_names(tsast.parse(code).root_node)
     kept: list[str] = []
     for statement in imports:
@@ -132,10 +135,8 @@ def with_imports(code: str, imports: Sequence[str]) -> str:
             type_only = statement.lstrip().startswith("import type")
             module = _PORTABLE_IMPORT.search(statement).group(1)
             kept.append(f"import {'type ' if type_only else ''}{{ {', '.join(names)} }} from \"{module}\";")
-    code = code.strip() + "\n"
-    present = {line.strip() for line in code.splitlines() if line.lstrip().startswith("import ")}
-    kept = [k for k in dict.fromkeys(kept) if k not in present]
-    return ("\n".join(kept) + "\n\n" + code) if kept and not present else code
+    kept = list(dict.fromkeys(kept))
+    return ("\n".join(kept) + "\n\n" + code) if kept else code
 
 
 def rows_from_records(records: Iterable[dict]) -> list[dict]:

@@ -413,26 +413,6 @@ def stream_chat(llm, prompt: str, system_prompt: str | None, max_tokens: int, *,
             yield piece
 
 
-def generate_gguf(path: str | Path, prompts: Sequence[str], system_prompt: str | None, max_tokens: int, *,
-                  temperature: float = 0.0, top_p: float = 1.0, n_ctx: int = 2048, n_threads: int | None = None,
-                  lora_path: str | Path | None = None, seed: int = 0) -> list[str]:
-    """Completions of `prompts` (one chat turn each, with the system prompt) from a GGUF model.
-
-    Greedy by default (temperature 0), so a scorer gets the same text on every run. The model
-    is loaded once for all prompts; pass `lora_path` to apply an adapter GGUF to a base GGUF.
-    """
-    llm = load_llama(path, n_ctx=n_ctx, n_threads=n_threads, lora_path=lora_path, seed=seed)
-    try:
-        out = []
-        for prompt in prompts:
-            result = llm.create_chat_completion(_messages(system_prompt, prompt), max_tokens=int(max_tokens),
-                                                temperature=float(temperature), top_p=float(top_p), seed=seed)
-            out.append(result["choices"][0]["message"]["content"] or "")
-        return out
-    finally:
-        llm.close()
-
-
 def complete_gguf(llm, prompts_ids: Sequence[Sequence[int]], max_tokens: int, *, stop_ids: Sequence[int] = (),
                   stop_check=None) -> tuple[list[list[int]], list[str], float]:
     """Greedy completions of already tokenized prompts: (tokens per prompt, stop reasons, seconds).
