@@ -229,6 +229,20 @@ def test_resume_keeps_matching_checkpoints_and_wipes_others(tmp_path):
     assert training.prepare_output_dir(out, {"a": "2"}) is None and not (out / "checkpoint-4").exists()
 
 
+
+def test_fingerprint_changes_with_the_plugin_code_and_library_versions(tmp_path, monkeypatch):
+    """Checkpoints of an older plugin or Axolotl/torch are not resumed: their run computed otherwise."""
+    cfg = compose_conf([])
+    y = axolotl_config.build(cfg, cuda=False)
+    fp = training.fingerprint(y, cfg)
+    assert "axolotl==" in fp["libraries"] and "torch==" in fp["libraries"]
+    patched = tmp_path / "axolotl_plugin.py"
+    patched.write_text((ROOT / "src" / "qi_expert" / "axolotl_plugin.py").read_text() + "# changed\n")
+    monkeypatch.setattr(training, "__file__", str(tmp_path / "training.py"))
+    changed = training.fingerprint(y, cfg)
+    assert changed["plugin"] != fp["plugin"]
+    assert {k: v for k, v in changed.items() if k != "plugin"} == {k: v for k, v in fp.items() if k != "plugin"}
+
 # ---------------------------------------------------------------- real Axolotl runs (slow)
 
 @pytest.fixture(scope="module")

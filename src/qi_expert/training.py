@@ -79,14 +79,33 @@ def _sha(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+# Libraries whose version changes what a training step computes.
+TRAINING_LIBRARIES = ("axolotl", "torch", "transformers", "peft", "accelerate", "bitsandbytes")
+
+
 def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
-    """What a checkpoint was trained with: a rerun resumes only when all of it is unchanged."""
+    """What a checkpoint was trained with: a rerun resumes only when all of it is unchanged.
+
+    Besides the config, data and base model: the plugin that runs inside Axolotl (it seeds the
+    LoRA init and orders the packed batches) and the training libraries' versions, so a fix to
+    either starts afresh instead of resuming the old run's last checkpoint.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
     settings = {k: v for k, v in y.items() if not k.startswith(("mlflow_", "hf_mlflow"))}
     base = resolve_path(cfg.model.base_model)
     return {
         "axolotl_config": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
         "data": _sha([resolve_path(cfg.train.train_file), resolve_path(cfg.train.val_file)]),
         "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
+        "plugin": _sha([Path(__file__).with_name("axolotl_plugin.py")]),
+        "libraries": " ".join(f"{n}=={installed(n)}" for n in TRAINING_LIBRARIES),
     }
 
 
