@@ -9,7 +9,7 @@ settings (adapter, lora_r, lora_alpha, lora_dropout, target modules), the same r
 for --steps optimizer steps. Only the optimizer steps are timed (forward, backward, update),
 the first --skip of them left out as warm-up; no evaluation, no checkpoint in either.
 
-* Axolotl: the stage's generated config (sample packing as configured, eager attention), run by
+* Axolotl: the stage's generated config (sample packing and train.cpu_attention as configured), run by
   `axolotl.cli.preprocess` + `axolotl.cli.train`; the stage's plugin times the steps and counts
   real tokens vs token slots of every batch it built.
 * Plain loop: shuffled rows, micro_batch_size rows per micro-batch padded to the longest one
