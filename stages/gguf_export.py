@@ -69,11 +69,11 @@ def run(cfg):
         io.write_jsonl(OUT / "quant_eval.jsonl", rows)
         qc = metrics["quantization_cost"]
         for kind in cfg.gguf.quant_eval.files:
-            m = qc[kind]
+            m, cost = qc[kind], qc["cost"].get(kind)
+            vs = (f" (vs {qc['reference']}: compile {cost['compile_rate']:+.3f}, compliance "
+                  f"{cost['compliance_rate']:+.3f})") if cost else ""
             print(f"gguf eval: {kind}: pass@1 {m.get('pass@1', 0):.3f}, compile {m['compile_rate']:.3f}, "
-                  f"compliance {m['compliance_rate']:.3f}" + (f" (vs {qc['reference']}: compile "
-                  f"{qc['cost'][kind]['compile_rate']:+.3f}, compliance {qc['cost'][kind]['compliance_rate']:+.3f})"
-                                                           if kind in qc["cost"] else ""))
+                  f"compliance {m['compliance_rate']:.3f}{vs}")
     io.write_json(METRICS, metrics)
     tps = metrics["tokens_per_s"]
     print("gguf: " + ", ".join(f"{k} {metrics['size_mb'][k]} MiB" for k in metrics["size_mb"]))

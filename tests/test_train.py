@@ -237,8 +237,8 @@ def test_fingerprint_changes_with_the_plugin_code_and_library_versions(tmp_path,
     fp = training.fingerprint(y, cfg)
     assert "axolotl==" in fp["libraries"] and "torch==" in fp["libraries"]
     patched = tmp_path / "axolotl_plugin.py"
-    patched.write_text((ROOT / "src" / "qi_expert" / "axolotl_plugin.py").read_text() + "# changed\n")
-    monkeypatch.setattr(training, "__file__", str(tmp_path / "training.py"))
+    patched.write_text(training.PLUGIN_SOURCE.read_text() + "# changed\n")
+    monkeypatch.setattr(training, "PLUGIN_SOURCE", patched)
     changed = training.fingerprint(y, cfg)
     assert changed["plugin"] != fp["plugin"]
     assert {k: v for k, v in changed.items() if k != "plugin"} == {k: v for k, v in fp.items() if k != "plugin"}

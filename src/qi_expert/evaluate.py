@@ -18,7 +18,7 @@ import csv
 import io as _io
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -306,12 +306,9 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
         finally:
             llm.close()
         new_tokens = sum(len(t) for t in tokens)
-        stop_reasons: dict[str, int] = defaultdict(int)
-        for r in reasons:
-            stop_reasons[r] += 1
         generation[kind] = {"seconds": round(seconds, 2), "new_tokens": new_tokens,
                             "tokens_per_second": round(new_tokens / seconds, 2) if seconds else 0.0,
-                            "stop_reasons": dict(sorted(stop_reasons.items()))}
+                            "stop_reasons": dict(sorted(Counter(reasons).items()))}
         log(f"gguf eval: {kind}: {len(tasks)} completions, {new_tokens} new tokens in {seconds:.1f}s "
             f"({generation[kind]['tokens_per_second']} tokens/s)")
         gen = generate.Generation([[tokenizer.decode(t, skip_special_tokens=True)] for t in tokens],

@@ -115,7 +115,8 @@ def with_imports(code: str, imports: Sequence[str]) -> str:
     used = tsast.referenced_names(tsast.parse(code).root_node)
     kept: list[str] = []
     for statement in imports:
-        if not _PORTABLE_IMPORT.search(statement):
+        portable = _PORTABLE_IMPORT.search(statement)
+        if not portable:
             continue
         root = tsast.parse(statement).root_node
         specifiers = [n for n in tsast.walk(root) if n.type == "import_specifier"]
@@ -133,8 +134,7 @@ def with_imports(code: str, imports: Sequence[str]) -> str:
                 names.append(tsast.text(spec))
         if names:
             type_only = statement.lstrip().startswith("import type")
-            module = _PORTABLE_IMPORT.search(statement).group(1)
-            kept.append(f"import {'type ' if type_only else ''}{{ {', '.join(names)} }} from \"{module}\";")
+            kept.append(f"import {'type ' if type_only else ''}{{ {', '.join(names)} }} from \"{portable.group(1)}\";")
     kept = list(dict.fromkeys(kept))
     return ("\n".join(kept) + "\n\n" + code) if kept else code
 

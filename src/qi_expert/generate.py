@@ -185,11 +185,11 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
     cache and the mask are cut down to the rows still running, so a batch costs the sum of its
     rows' lengths rather than rows x the longest.
     """
+    import torch
+
     rows = list(range(input_ids.shape[0]))
     tokens: list[list[int]] = [[] for _ in rows]
     reasons = ["length"] * len(rows)
-    import torch
-
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = _new_cache(model)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -331,10 +331,14 @@ def _growing_layer():
     return GrowingLayer
 
 
+def _plain_layers(cache) -> bool:
+    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+
+
 def _new_cache(model):
     from transformers import DynamicCache
     cache = DynamicCache(config=model.config)
-    if all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+    if _plain_layers(cache):
         layer_class = _growing_layer()
         cache.layers = [layer_class() for _ in cache.layers]
     return cache
@@ -386,7 +390,7 @@ def _plain_dynamic_cache(model) -> bool:
     """Continuous batching edits the cache tensors: only for models whose every layer is a plain one."""
     try:
         from transformers import DynamicCache
-        return all(type(layer).__name__ == "DynamicLayer" for layer in DynamicCache(config=model.config).layers)
+        return _plain_layers(DynamicCache(config=model.config))
     except Exception:  # noqa: BLE001 - an unusual cache: use the simple path
         return False
 

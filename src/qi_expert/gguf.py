@@ -487,6 +487,11 @@ def greedy_hf(model, prompt_ids: Sequence[int], n: int) -> tuple[list[int], floa
     return out, time.perf_counter() - start, first
 
 
+def _decode_rate(tokens: int, prompts: int, seconds: float, first_token_seconds: float) -> float:
+    """Tokens/s after each prompt's first token (that one pays the prefill)."""
+    return round((tokens - prompts) / max(seconds - first_token_seconds, 1e-9), 2)
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -750,7 +755,7 @@ def smoke(merged, tokenizer, files: Mapping[str, Path], system_prompt: str, sett
     tps = {"transformers": round(hf_count / hf_time, 2)}
     # Decoding alone (after the first token, i.e. without the prompt's prefill): what a user
     # waiting on a long completion sees.
-    decode_tps = {"transformers": round((hf_count - len(ids)) / max(hf_time - hf_first, 1e-9), 2)}
+    decode_tps = {"transformers": _decode_rate(hf_count, len(ids), hf_time, hf_first)}
     agree: dict[str, list[int]] = {}
     samples: dict[str, str] = {}
     runs = [(kind, path, None) for kind, path in files.items() if kind not in ("lora_f16", "base_f16")]
@@ -776,7 +781,7 @@ def smoke(merged, tokenizer, files: Mapping[str, Path], system_prompt: str, sett
                 if i == 0:
                     samples[kind] = llm.detokenize(toks[:n_cmp]).decode("utf-8", errors="replace")
             tps[kind] = round(count / total, 2)
-            decode_tps[kind] = round((count - len(ids)) / max(total - first_total, 1e-9), 2)
+            decode_tps[kind] = _decode_rate(count, len(ids), total, first_total)
         finally:
             llm.close()
         log(f"gguf: {kind}: {tps[kind]} tokens/s ({decode_tps[kind]} decoding alone), greedy agreement with "

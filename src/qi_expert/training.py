@@ -79,6 +79,8 @@ def _sha(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+# The plugin Axolotl loads (axolotl_config.PLUGIN); its code changes what a run computes.
+PLUGIN_SOURCE = Path(__file__).with_name("axolotl_plugin.py")
 # Libraries whose version changes what a training step computes.
 TRAINING_LIBRARIES = ("axolotl", "torch", "transformers", "peft", "accelerate", "bitsandbytes")
 
@@ -104,7 +106,7 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
         "axolotl_config": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
         "data": _sha([resolve_path(cfg.train.train_file), resolve_path(cfg.train.val_file)]),
         "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
-        "plugin": _sha([Path(__file__).with_name("axolotl_plugin.py")]),
+        "plugin": _sha([PLUGIN_SOURCE]),
         "libraries": " ".join(f"{n}=={installed(n)}" for n in TRAINING_LIBRARIES),
     }
 
