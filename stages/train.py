@@ -8,7 +8,9 @@
 3. Runs `python -m axolotl.cli.preprocess` and `python -m axolotl.cli.train` on it, offline and
    without telemetry. Axolotl logs per-step loss into this stage's MLflow run (MLFLOW_RUN_ID).
    Checkpoints go to models/train/checkpoints (persisted by DVC): a rerun after an interruption
-   resumes from the last one when the settings are unchanged, and starts afresh otherwise.
+   resumes from the last one when the settings are unchanged, and starts afresh otherwise. A
+   rerun whose last checkpoint already reached max_steps uses that checkpoint's adapter without
+   launching Axolotl (resuming would train one step too many; see training.finished).
 4. Copies the final adapter + tokenizer to models/adapter/ and writes metrics/train.json and
    metrics/train_loss.csv (a DVC plot) from the trainer's trainer_state.json.
 """
@@ -35,8 +37,8 @@ def _last(state: dict, key: str):
     return None
 
 
-def summarise(state: dict, y: dict, wall: float, train_seconds: float, model_report: dict,
-              token_report: dict) -> dict:
+def summarise(state: dict, y: dict, wall: float, train_seconds: float, resumed_step: int,
+              model_report: dict, token_report: dict) -> dict:
     rows = training.loss_rows(state)
     train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] != ""]
     val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] != ""]
@@ -46,6 +48,7 @@ def summarise(state: dict, y: dict, wall: float, train_seconds: float, model_rep
     tail = [v for _, v in train[-5:]]  # the mean of the last few says more than one noisy batch
     return {
         "steps": int(state.get("global_step", 0)),
+        "steps_this_run": int(state.get("global_step", 0)) - resumed_step,  # 0: a finished run reused
         "max_steps": int(y["max_steps"]),
         "micro_batch_size": int(y["micro_batch_size"]),
         "gradient_accumulation_steps": int(y["gradient_accumulation_steps"]),
@@ -93,7 +96,10 @@ def run(cfg):
     config_path = axolotl_config.write(y, resolve_path(tc.axolotl_config))
     output_dir = resolve_path(tc.output_dir)
     resume = training.prepare_output_dir(output_dir, training.fingerprint(y, cfg))
-    print(f"train: {config_path} written; {'resuming from ' + resume.name if resume else 'fresh run'}; "
+    done = training.finished(resume, int(y["max_steps"]))
+    start = (f"{resume.name} is the finished run, its adapter is used (nothing to train)" if done
+             else f"resuming from {resume.name}" if resume else "fresh run")
+    print(f"train: {config_path} written; {start}; "
           f"{cfg.model.name} {cfg.adapter} r={cfg.lora_r} on {'CUDA' if cuda else 'CPU'}", flush=True)
 
     import mlflow
@@ -107,16 +113,19 @@ def run(cfg):
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id})
     status = "FAILED"
     try:
-        training.run_axolotl("preprocess", config_path, env)
-        t_train = time.time()
-        training.run_axolotl("train", config_path, env)
-        train_seconds = time.time() - t_train
+        train_seconds = 0.0
+        if not done:
+            training.run_axolotl("preprocess", config_path, env)
+            t_train = time.time()
+            training.run_axolotl("train", config_path, env)
+            train_seconds = time.time() - t_train
         state = training.trainer_state(output_dir)
         rows = training.loss_rows(state)
-        metrics = summarise(state, y, time.time() - t0, train_seconds,
+        # The plugin's reports describe the invocation that last ran Axolotl.
+        metrics = summarise(state, y, time.time() - t0, train_seconds, training.global_step(resume),
                             training.plugin_report(output_dir, training.MODEL_REPORT),
                             training.plugin_report(output_dir, training.TOKEN_REPORT))
-        copied = training.copy_adapter(output_dir, resolve_path(tc.adapter_dir))
+        copied = training.copy_adapter(resume if done else output_dir, resolve_path(tc.adapter_dir))
         io.write_json(METRICS, metrics)
         training.write_loss_csv(LOSS_CSV, rows)
         training.log_to_mlflow(client, run_id, cfg, metrics, rows, config_path)

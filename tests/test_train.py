@@ -222,16 +222,20 @@ def test_resume_keeps_matching_checkpoints_and_wipes_others(tmp_path):
     assert training.prepare_output_dir(out, {"a": "1"}) is None
     for step in (4, 12):
         (out / f"checkpoint-{step}").mkdir()
-        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (out / "checkpoint-16").mkdir()  # a save that was interrupted: no trainer_state.json
-    assert training.prepare_output_dir(out, {"a": "1"}).name == "checkpoint-12"
-    assert not (out / "checkpoint-16").exists()
+    last = training.prepare_output_dir(out, {"a": "1"})
+    assert last.name == "checkpoint-12" and not (out / "checkpoint-16").exists()
+    # A checkpoint at max_steps is a finished run (not resumed); one before it is resumed.
+    assert training.finished(last, 12) and not training.finished(last, 16)
+    assert not training.finished(None, 12)
     assert training.prepare_output_dir(out, {"a": "2"}) is None and not (out / "checkpoint-4").exists()
 
 
 
 def test_fingerprint_changes_with_the_plugin_code_and_library_versions(tmp_path, monkeypatch):
-    """Checkpoints of an older plugin or Axolotl/torch are not resumed: their run computed otherwise."""
+    """Checkpoints of an older plugin, environment or Axolotl/torch are not resumed: their run
+    computed otherwise."""
     cfg = compose_conf([])
     y = axolotl_config.build(cfg, cuda=False)
     fp = training.fingerprint(y, cfg)
@@ -242,6 +246,8 @@ def test_fingerprint_changes_with_the_plugin_code_and_library_versions(tmp_path,
     changed = training.fingerprint(y, cfg)
     assert changed["plugin"] != fp["plugin"]
     assert {k: v for k, v in changed.items() if k != "plugin"} == {k: v for k, v in fp.items() if k != "plugin"}
+    monkeypatch.setattr(axolotl_config, "AXOLOTL_ENV", {**axolotl_config.AXOLOTL_ENV, "PYTHONHASHSEED": "1"})
+    assert training.fingerprint(y, cfg)["environment"] != fp["environment"]
 
 # ---------------------------------------------------------------- real Axolotl runs (slow)
 
@@ -259,7 +265,7 @@ def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(project):
     assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0 and (adapter / "tokenizer.json").is_file()
     m = json.loads((project / "metrics" / "train.json").read_text())
-    assert m["steps"] == 8 and m["trainable_parameters"] > 0 and m["linear4bit_layers"] == 0
+    assert m["steps"] == 8 and m["steps_this_run"] == 8 and m["trainable_parameters"] > 0 and m["linear4bit_layers"] == 0
     assert m["train_loss_final_mean5"] < m["train_loss_first"] * 0.8
     assert m["val_loss_final"] < m["val_loss_first"]
     assert 0 <= m["padding_share"] <= 0.2 and m["tokens_per_second"] > 0
@@ -282,14 +288,15 @@ def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(project):
 @pytest.mark.slow
 def test_same_inputs_and_params_give_the_same_adapter_bit_for_bit(project, tmp_path):
     """A second fresh run, in another folder with the same model, data and params, writes the
-    same adapter file byte for byte (Axolotl alone leaves the LoRA init unseeded: see the plugin)."""
-    first = (project / "models" / "adapter" / "adapter_model.safetensors").read_bytes()
+    same adapter files byte for byte (Axolotl alone leaves the LoRA init unseeded: see the plugin;
+    PEFT lists target_modules in set order: see AXOLOTL_ENV)."""
+    first = {f: (project / "models" / "adapter" / f).read_bytes() for f in training.ADAPTER_FILES}
     other = tmp_path / "proj"
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
     assert not (other / "models" / "adapter").exists()
     proc = run_stage(other)
     assert "fresh run" in proc.stdout
-    assert (other / "models" / "adapter" / "adapter_model.safetensors").read_bytes() == first
+    assert {f: (other / "models" / "adapter" / f).read_bytes() for f in training.ADAPTER_FILES} == first
 
 
 @pytest.mark.slow
@@ -311,7 +318,24 @@ def test_interrupted_run_resumes_to_the_same_adapter(project):
     for k in before:
         assert torch.equal(before[k], after[k]), k
     m = json.loads((project / "metrics" / "train.json").read_text())
-    assert m["steps"] == 8 and len(training.loss_rows(training.trainer_state(ckpt))) == 9
+    assert m["steps"] == 8 and m["steps_this_run"] == 4
+    assert len(training.loss_rows(training.trainer_state(ckpt))) == 9
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_trains_no_further_step(project):
+    """Rerun with the same settings after the run reached max_steps (as `dvc repro -f` does):
+    the last checkpoint's adapter is used as it is. Resuming it would train a 9th step."""
+    adapter = project / "models" / "adapter"
+    before = {f: (adapter / f).read_bytes() for f in training.ADAPTER_FILES}
+    shutil.rmtree(adapter)
+    proc = run_stage(project)
+    assert "checkpoint-8 is the finished run" in proc.stdout
+    assert {f: (adapter / f).read_bytes() for f in training.ADAPTER_FILES} == before
+    assert (adapter / "tokenizer.json").is_file()
+    m = json.loads((project / "metrics" / "train.json").read_text())
+    assert m["steps"] == 8 and m["steps_this_run"] == 0
+    assert training.global_step(training.checkpoints(project / "models" / "train" / "checkpoints")[-1]) == 8
 
 
 @pytest.mark.slow

@@ -47,8 +47,10 @@ EXTRA_TEMPLATES = {"llama2": LLAMA2_JINJA, "codellama": LLAMA2_JINJA}
 PLUGIN = "qi_expert.axolotl_plugin.ModelReportPlugin"
 
 # Environment for every Axolotl process: offline, no telemetry (without it the process finishes
-# and then hangs sending it), no W&B.
+# and then hangs sending it), no W&B. A fixed hash seed because PEFT writes adapter_config.json's
+# target_modules in set order: without it two runs with identical weights differ in that file.
 AXOLOTL_ENV = {
+    "PYTHONHASHSEED": "0",
     "AXOLOTL_DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

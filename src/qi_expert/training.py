@@ -89,8 +89,9 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
     """What a checkpoint was trained with: a rerun resumes only when all of it is unchanged.
 
     Besides the config, data and base model: the plugin that runs inside Axolotl (it seeds the
-    LoRA init and orders the packed batches) and the training libraries' versions, so a fix to
-    either starts afresh instead of resuming the old run's last checkpoint.
+    LoRA init and orders the packed batches), the environment of the Axolotl processes and the
+    training libraries' versions, so a fix to any of them starts afresh instead of resuming the
+    old run's last checkpoint.
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -107,6 +108,7 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
         "data": _sha([resolve_path(cfg.train.train_file), resolve_path(cfg.train.val_file)]),
         "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
         "plugin": _sha([PLUGIN_SOURCE]),
+        "environment": hashlib.sha256(json.dumps(axolotl_config.AXOLOTL_ENV, sort_keys=True).encode()).hexdigest(),
         "libraries": " ".join(f"{n}=={installed(n)}" for n in TRAINING_LIBRARIES),
     }
 
@@ -134,6 +136,23 @@ def prepare_output_dir(output_dir: Path, fp: dict[str, str]) -> Path | None:
             shutil.rmtree(ckpt)
     found = checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def global_step(checkpoint: Path | None) -> int:
+    """The optimizer steps a checkpoint holds (0 for none)."""
+    if checkpoint is None:
+        return 0
+    return int(json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0))
+
+
+def finished(checkpoint: Path | None, max_steps: int) -> bool:
+    """True when the checkpoint to resume from is the end of the run.
+
+    Resuming it would not be a no-op: the HF trainer checks for the end only after a step, so it
+    trains one step past max_steps (at the schedule's last learning rate) and changes the adapter.
+    The stage uses such a checkpoint's adapter as it is instead.
+    """
+    return checkpoint is not None and global_step(checkpoint) >= max_steps
 
 
 def axolotl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -235,7 +254,10 @@ def write_loss_csv(path: Path, rows: list[dict]) -> None:
 
 
 def copy_adapter(output_dir: Path, adapter_dir: Path) -> list[str]:
-    """The final adapter (Axolotl saves it at output_dir's root) and tokenizer -> adapter_dir."""
+    """The final adapter and tokenizer -> adapter_dir.
+
+    output_dir is Axolotl's (it saves the final adapter at its root) or a finished checkpoint.
+    """
     missing = [f for f in ADAPTER_FILES if not (output_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"Axolotl left no {', '.join(missing)} in {output_dir}")
