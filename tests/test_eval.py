@@ -215,6 +215,9 @@ def test_predictions_file_references_pass_wrong_fail(dev_tasks, tmp_path, monkey
         assert set(r) >= {"prompt", "completion", "code", "compiled", "compile_errors", "compliance", "test"}
         if r["model"] == "wrong":
             assert r["test"]["stderr"]  # the assertion message is kept
+        # Paths in stack traces are given under a fixed name, not the random temporary root.
+        assert "/qi-eval-" not in r["test"]["stderr"] + r["test"]["stdout"]
+    assert any("<sandbox>/" in r["test"]["stderr"] for r in results)
     csv_lines = (tmp_path / "metrics" / "eval_by_category.csv").read_text().splitlines()
     assert csv_lines[0] == "category,model,pass@1,compile,compliance,label"
     assert "basic,reference,1.0,1.0,1.0,basic · reference" in csv_lines

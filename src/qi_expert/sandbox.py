@@ -319,6 +319,9 @@ class Sandbox:
                 _kill_group(proc)  # anything left in the group (there should be nothing)
         seconds = time.perf_counter() - t0
         stdout, stderr = _read_capped(out_path), _read_capped(err_path)
+        # Stack traces name files under the temporary root, whose random name would make two
+        # evaluations of the same completions write different results.
+        stdout, stderr = (s.replace(str(self.root), "<sandbox>") for s in (stdout, stderr))
         stderr = "\n".join(l for l in stderr.splitlines()
                            if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l)
         if timed_out:
