@@ -46,9 +46,10 @@ def summarise(state: dict, y: dict, wall: float, train_seconds: float, resumed_s
     trained = int(_last(state, "tokens/trainable") or 0)  # tokens with a label (assistant turns)
     padding = token_report.get("padding_share")
     tail = [v for _, v in train[-5:]]  # the mean of the last few says more than one noisy batch
+    steps = int(state.get("global_step", 0))
     return {
-        "steps": int(state.get("global_step", 0)),
-        "steps_this_run": int(state.get("global_step", 0)) - resumed_step,  # 0: a finished run reused
+        "steps": steps,
+        "steps_this_run": steps - resumed_step,  # 0: a finished run reused
         "max_steps": int(y["max_steps"]),
         "micro_batch_size": int(y["micro_batch_size"]),
         "gradient_accumulation_steps": int(y["gradient_accumulation_steps"]),

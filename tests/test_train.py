@@ -335,7 +335,6 @@ def test_rerun_of_a_finished_run_trains_no_further_step(project):
     assert (adapter / "tokenizer.json").is_file()
     m = json.loads((project / "metrics" / "train.json").read_text())
     assert m["steps"] == 8 and m["steps_this_run"] == 0
-    assert training.global_step(training.checkpoints(project / "models" / "train" / "checkpoints")[-1]) == 8
 
 
 @pytest.mark.slow

@@ -79,6 +79,10 @@ def _sha(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+def _sha_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 # The plugin Axolotl loads (axolotl_config.PLUGIN); its code changes what a run computes.
 PLUGIN_SOURCE = Path(__file__).with_name("axolotl_plugin.py")
 # Libraries whose version changes what a training step computes.
@@ -104,11 +108,11 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
     settings = {k: v for k, v in y.items() if not k.startswith(("mlflow_", "hf_mlflow"))}
     base = resolve_path(cfg.model.base_model)
     return {
-        "axolotl_config": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+        "axolotl_config": _sha_json(settings),
         "data": _sha([resolve_path(cfg.train.train_file), resolve_path(cfg.train.val_file)]),
         "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
         "plugin": _sha([PLUGIN_SOURCE]),
-        "environment": hashlib.sha256(json.dumps(axolotl_config.AXOLOTL_ENV, sort_keys=True).encode()).hexdigest(),
+        "environment": _sha_json(axolotl_config.AXOLOTL_ENV),
         "libraries": " ".join(f"{n}=={installed(n)}" for n in TRAINING_LIBRARIES),
     }
 
