@@ -1,11 +1,13 @@
 """Stage `eval`: how well do the base and the fine-tuned model write @qi code?
 
-    python stages/eval.py                                 # base + tuned (models/adapter)
+    python stages/eval.py                                 # every arm of eval.arms
+    python stages/eval.py 'eval.arms=[base,tuned]'        # no retrieval arms
     python stages/eval.py eval.limit=3                    # the first 3 tasks only
     python stages/eval.py eval.adapter=null               # the base model alone
     python stages/eval.py eval.predictions=preds.jsonl    # score {task_id, completion} rows, no model
 
-Writes data/eval/results.jsonl (one row per task, model and sample), metrics/eval.json,
+Writes data/eval/results.jsonl (one row per task, arm and sample), metrics/eval.json (per arm: the
+binary rates, the graded metrics, generation; `paired`: every comparison with intervals and tests),
 metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with the results as an artifact.
 """
 
@@ -24,19 +26,30 @@ def run(cfg):
     PLOTS.parent.mkdir(parents=True, exist_ok=True)
     PLOTS.write_text(evaluate.category_table({m: metrics[m] for m in metrics["models"]}), encoding="utf-8")
     for m in metrics["models"]:
-        s = metrics[m]
+        s, g = metrics[m], metrics[m].get("graded", {})
         print(f"eval: {m}: pass@1 {s.get('pass@1', 0):.3f}, compile {s['compile_rate']:.3f}, "
               f"compliance {s['compliance_rate']:.3f}, forbidden {s['forbidden_rate']:.3f} "
               f"({s['completions']} completions, tests: {s['test_status']})")
-    if "delta" in metrics:
-        print(f"eval: tuned - base: pass@1 {metrics['delta'].get('pass@1', 0):+.3f}, "
-              f"compile {metrics['delta']['compile_rate']:+.3f}, compliance {metrics['delta']['compliance_rate']:+.3f}")
+        if g:
+            print(f"eval: {m}: reference loss {g.get('reference_loss', float('nan')):.4f}, syntax valid "
+                  f"{g['syntax_valid_rate']:.3f}, type errors {g['type_errors_mean']:.2f} (median "
+                  f"{g['type_errors_median']:g}), @qi names real {g['qi_api_valid_share']}, only missing @qi "
+                  f"imports {g['only_missing_qi_imports_rate']:.3f}; invented: "
+                  + (", ".join(f"{n} x{c}" for n, c in g["invented_names"][:5]) or "none"))
+    for pair, measures in metrics["paired"].items():
+        print(f"eval: {pair} (paired, {next(iter(measures.values()))['n'] if measures else 0} tasks, 95% bootstrap "
+              f"interval, exact test p):")
+        for name, d in measures.items():
+            print(f"eval:   {name:34s} {d['delta']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] "
+                  f"p={d['p_value']:.4f}{'  significant' if d['significant'] else ''}")
     print(f"eval: {metrics['timing']['wall_seconds']:.1f}s wall")
     params = {"eval": cfg.eval, "base_model": cfg.model.base_model, "seed": cfg.seed}
     with tracking.stage_run(cfg, "eval", params) as mlflow:
         mlflow.set_tags({"adapter": str(cfg.eval.adapter), "mode": metrics["mode"],
                          "predictions": str(cfg.eval.predictions)})
         tracking.log_counts(mlflow, {k: v for k, v in metrics.items() if k != "models"})
+        mlflow.set_tags({tracking.safe_name(f"significant.{pair}"): ", ".join(n for n, d in ms.items() if d["significant"]) or "none"
+                         for pair, ms in metrics["paired"].items()})
         mlflow.log_artifact(str(OUT / "results.jsonl"))
         mlflow.log_artifact(str(PLOTS))
         mlflow.log_artifact(str(METRICS))

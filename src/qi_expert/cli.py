@@ -2,6 +2,7 @@
 
     qi-expert generate "Create a price validation function"   # streams a completion
     qi-expert generate --model models/gguf/qi-expert-smollm2-135m-q8_0.gguf "..."
+    qi-expert generate --retrieve "..."   # with the pattern store's @qi API entries and examples (data/index)
     qi-expert serve --port 8000        # OpenAI-compatible API on 127.0.0.1 (llama_cpp.server)
 
 Defaults (system prompt, temperature, top_p, context) come from the manifest.json the stage
@@ -42,10 +43,13 @@ def cmd_generate(args) -> int:
         system = None
     else:
         system = args.system if args.system is not None else (manifest.get("system_prompt") or _params_system_prompt())
+    prompt = args.prompt
+    if args.retrieve:
+        prompt = _with_retrieved(prompt, Path(args.store))
     llm = gguf.load_llama(path, n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048), n_threads=args.threads,
                           lora_path=args.lora)
     try:
-        for piece in gguf.stream_chat(llm, args.prompt, system, args.max_tokens,
+        for piece in gguf.stream_chat(llm, prompt, system, args.max_tokens,
                                       temperature=_setting(args.temperature, manifest, "temperature", 0.1),
                                       top_p=_setting(args.top_p, manifest, "top_p", 0.9), seed=args.seed):
             sys.stdout.write(piece)
@@ -54,6 +58,25 @@ def cmd_generate(args) -> int:
     finally:
         llm.close()
     return 0
+
+
+def _with_retrieved(prompt: str, store_dir: Path) -> str:
+    """The prompt with the pattern store's context before it, as the eval's +retrieval arms ask."""
+    import yaml
+
+    from qi_expert import retrieval
+
+    try:
+        rc = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["eval"]["retrieval"]
+    except (OSError, KeyError, TypeError) as e:
+        raise FileNotFoundError(f"--retrieve reads eval.retrieval from {PARAMS_FILE}: {e!r}") from e
+    store = retrieval.Store(store_dir)
+    try:
+        context, hits = store.context(prompt, examples=int(rc["examples"]), api=int(rc["api"]), max_chars=int(rc["max_chars"]))
+    finally:
+        store.close()
+    print(f"qi-expert: retrieved {', '.join(h['name'] for h in hits) or 'nothing'}", file=sys.stderr)
+    return retrieval.with_context(context, prompt)
 
 
 def cmd_serve(args) -> int:
@@ -98,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--system", help="system prompt (default: the training system prompt)")
     gen.add_argument("--no-system", action="store_true", help="send no system prompt")
+    gen.add_argument("--retrieve", action="store_true",
+                     help="put the pattern store's nearest @qi API entries and examples before the prompt")
+    gen.add_argument("--store", default="data/index", help="the pattern store (default %(default)s, the index stage's)")
     gen.set_defaults(func=cmd_generate)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama_cpp.server)")

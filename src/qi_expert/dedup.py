@@ -8,7 +8,7 @@ Jaccard similarity at or above a threshold.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from qi_expert import tsast
 
@@ -76,6 +76,25 @@ class NearDuplicateIndex:
         self.entries.append((key, sh))
         for s in sh:
             self.postings.setdefault(s, []).append(idx)
+
+
+def copy_detector(originals: Sequence[str], threshold: float, shingle_size: int) -> Callable[[str], bool]:
+    """f(code) -> is it one of `originals`, exactly (token stream) or as a near copy (shingle Jaccard)?
+
+    Decontamination uses it: no training row or retrieved example may copy a benchmark task's code.
+    """
+    index = NearDuplicateIndex(threshold)
+    exact = set()
+    for i, code in enumerate(originals):
+        toks = tokens(code)
+        exact.add(normal_form_hash(toks))
+        index.add(str(i), shingles(toks, shingle_size))
+
+    def is_copy(code: str) -> bool:
+        toks = tokens(code)
+        return normal_form_hash(toks) in exact or index.match(shingles(toks, shingle_size)) is not None
+
+    return is_copy
 
 
 def _stable_hash(toks: Iterable[str]) -> int:

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from qi_expert import generate, patterns, sandbox, tsast, typecheck
+from qi_expert import generate, graded, patterns, sandbox, stats, tsast, typecheck
 
 MAX_DIAGNOSTICS = 20
 METRIC_KEYS = ("compile_rate", "compliance_rate", "compliance_score", "forbidden_rate", "test_pass_rate")
@@ -122,8 +122,11 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
     # `export {}` keeps each snippet a module: two completions declaring the same global name
     # must not collide inside the shared program.
     sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
-    diagnostics = typecheck.check(sources, project, tsconfig)
+    # The same program lists what the corpus's @qi packages export (graded: API validity).
+    diagnostics = typecheck.check(sources, project, tsconfig, exports=typecheck.QI_MODULES)
+    exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
     info["compile_seconds"] = round(time.perf_counter() - t0, 3)
+    info["qi_exports"] = {m: len(v) for m, v in exports.items()}
     rows = []
     jobs = []
     for i, (it, code) in enumerate(zip(items, codes)):
@@ -136,6 +139,8 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
             "code": code, "new_tokens": it.get("new_tokens"),
             "compiled": compiled, "compile_errors": diags[:MAX_DIAGNOSTICS], "n_compile_errors": len(diags),
             "compliance": compliance(code, task, allowed),
+            "graded": graded.grade(code, diags, exports),
+            **{k: it[k] for k in ("reference_nll", "retrieved") if k in it},
         })
         if compiled:
             jobs.append((i, (f"c{i}", code, task["test"])))
@@ -198,7 +203,47 @@ def summarize(rows: Sequence[Mapping], ks: Sequence[int] = (1,)) -> dict:
     for r in rows:
         statuses[r["test"]["status"]] += 1
     summary["test_status"] = dict(sorted(statuses.items()))
+    if all("graded" in r for r in rows):
+        summary["graded"] = graded.summarize(rows)
+        summary["graded"]["by_category"] = {c: {k: v for k, v in graded.summarize([r for t in cats[c] for r in by_task[t]]).items()
+                                                if k != "invented_names"}
+                                            for c in patterns.CATEGORIES if c in cats}
     return summary
+
+
+def paired_comparison(a_rows: Sequence[Mapping], b_rows: Sequence[Mapping], seed: int = 0) -> dict:
+    """Arm a vs arm b on the tasks both answered: stats.paired for every measure of graded.PAIRED_MEASURES.
+
+    A task's value is the mean over its samples; tasks where a measure is undefined in either arm
+    (reference loss of a task without a reference) are left out of that measure.
+    """
+    def per_task(rows, value):
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            v = value(r)
+            if v is not None:
+                by_task[r["task_id"]].append(float(v))
+        return {t: sum(v) / len(v) for t, v in by_task.items()}
+
+    out = {}
+    for name, value, binary in graded.PAIRED_MEASURES:
+        if name != "pass@1" and not all("graded" in r for r in [*a_rows, *b_rows]):
+            continue
+        a, b = per_task(a_rows, value), per_task(b_rows, value)
+        tasks = [t for t in a if t in b]
+        if not tasks:
+            continue
+        xs, ys = [a[t] for t in tasks], [b[t] for t in tasks]
+        is_binary = binary and all(v in (0.0, 1.0) for v in xs + ys)
+        out[name] = stats.paired(xs, ys, binary=is_binary, seed=seed)
+    return out
+
+
+def comparisons(arm_names: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs an eval reports (a - b): what tuning adds, what retrieval adds, and both together."""
+    wanted = [("tuned", "base"), ("base+retrieval", "base"), ("tuned+retrieval", "tuned"),
+              ("tuned+retrieval", "base"), ("tuned", "base+retrieval")]
+    return [(a, b) for a, b in wanted if a in arm_names and b in arm_names]
 
 
 def deltas(tuned: Mapping, base: Mapping) -> dict:
@@ -281,13 +326,15 @@ def items_from_generation(model_name: str, tasks: Sequence[Mapping], prompts: Se
 def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *, system_prompt: str,
                max_new_tokens: int, project: Path, tsconfig: str = "tsconfig.json", timeout: float = 10,
                memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
-               n_ctx: int = 2048, n_threads: int | None = None, log=print) -> tuple[list[dict], dict]:
+               n_ctx: int = 2048, n_threads: int | None = None, reference_rows: Sequence[Mapping] | None = None,
+               reference_name: str = "tuned", log=print) -> tuple[list[dict], dict]:
     """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
 
     Same prompts (the tokenizer's chat template, token ids fed to llama.cpp as they are), same
-    stopping rules and same scorer as the eval stage, so the first file (the unquantized f16
-    conversion of the fine-tuned model) is the reference the quantized ones are compared with:
-    metrics[kind] per file and metrics["cost"][kind] = kind - reference.
+    stopping rules and same scorer as the eval stage. The reference the quantized files are
+    compared with is either `reference_rows` (the eval stage's scored rows of the tuned arm,
+    under `reference_name`: not generated twice) or else the first file (the unquantized
+    conversion): metrics[kind] per file and metrics["cost"][kind] = kind - reference.
     """
     from qi_expert import gguf
 
@@ -316,12 +363,22 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
         items += items_from_generation(kind, tasks, prompts, gen)
     rows, info = score(items, by_id, project=project, tsconfig=tsconfig, timeout=timeout, memory_mb=memory_mb,
                        try_catch_allowed_in=try_catch_allowed_in)
-    metrics: dict = {"benchmark_tasks": len(tasks), "reference": next(iter(files), None)}
-    for kind in files:
+    kinds = list(files)
+    if reference_rows is not None:
+        ref_rows = [{**r, "model": reference_name} for r in reference_rows if r["task_id"] in by_id]
+        missing = sorted(set(by_id) - {r["task_id"] for r in ref_rows})
+        if missing:
+            raise ValueError(f"the eval results hold no {reference_name} completion for {missing[:5]}: rerun eval "
+                             f"with the {reference_name} arm (eval.arms), or gguf.quant_eval.reference=generate")
+        rows = ref_rows + rows
+        kinds = [reference_name, *kinds]
+    metrics: dict = {"benchmark_tasks": len(tasks), "reference": kinds[0] if kinds else None}
+    for kind in kinds:
         metrics[kind] = summarize([r for r in rows if r["model"] == kind])
-        metrics[kind]["generation"] = generation[kind]
+        if kind in generation:
+            metrics[kind]["generation"] = generation[kind]
     ref = metrics["reference"]
-    metrics["cost"] = {kind: deltas(metrics[kind], metrics[ref]) for kind in files if kind != ref}
+    metrics["cost"] = {kind: deltas(metrics[kind], metrics[ref]) for kind in kinds if kind != ref}
     metrics["timing"] = {k: v for k, v in info.items() if k.endswith("_seconds")}
     return rows, metrics
 
@@ -329,8 +386,8 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
 # --- the whole eval ---------------------------------------------------------------------------
 
 def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
-    """Generate (or read predictions), score, summarize: (result rows, metrics) for the stage."""
-    from qi_expert import bench, io
+    """Generate every arm (or read predictions), score, summarize, compare: (result rows, metrics)."""
+    from qi_expert import arms as arms_mod, bench, io, retrieval
     from qi_expert.config import resolve_path
 
     ec = cfg.eval
@@ -351,39 +408,30 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
         log(f"eval: scoring {len(items)} predictions from {path} on {len(tasks)} tasks")
     else:
         metrics["mode"] = "model"
-        items = []
-        t0 = time.perf_counter()
+        arms = arms_mod.parse_arms(ec.arms, adapter=ec.adapter)  # bad arms fail before the model loads
         base = resolve_path(cfg.model.base_model)
         if not base.is_dir() and cfg.model.source.kind == "hub":
             base = str(cfg.model.base_model)  # a Hub id (GPU entries): transformers fetches it
-        model, tokenizer = generate.load_model(base, requires_cuda=bool(cfg.model.requires_cuda),
-                                               bf16=bool(cfg.model.bf16))
-        timing["load_seconds"] = round(time.perf_counter() - t0, 2)
-        prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
-        runs = [("base", None)]
-        if ec.adapter:
-            runs.append(("tuned", resolve_path(ec.adapter)))
-        for name, adapter in runs:
-            if adapter is not None:
-                t0 = time.perf_counter()
-                model = generate.apply_adapter(model, adapter, merge=True)
-                timing["adapter_seconds"] = round(time.perf_counter() - t0, 2)
-            gen = generate.generate(model, tokenizer, prompts, max_new_tokens=int(ec.max_new_tokens),
-                                    batch_size=int(ec.batch_size), n_samples=int(ec.n_samples),
-                                    temperature=float(ec.temperature), seed=int(cfg.seed))
-            generation[name] = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
-                                "tokens_per_second": round(gen.tokens_per_second, 2),
-                                "hit_max_new_tokens": sum(n >= int(ec.max_new_tokens) for ns in gen.new_tokens for n in ns),
-                                **gen.stats}
-            log(f"eval: {name}: {gen.stats['rows']} completions, {gen.total_new_tokens} new tokens in "
-                f"{gen.seconds:.1f}s ({gen.tokens_per_second:.1f} tokens/s)")
-            items += items_from_generation(name, tasks, prompts, gen)
-        del model
+        store = None
+        if any(a.retrieval for a in arms):
+            store = retrieval.Store(resolve_path(ec.retrieval.store), corpus=cfg.corpus)
+        try:
+            results = arms_mod.run(cfg, tasks, arms, base=base, adapter=resolve_path(ec.adapter) if ec.adapter else None,
+                                   store=store, log=log)
+            timing.update(results.pop("_timing"))
+            if store is not None:
+                metrics["retrieval"] = retrieval_report(results, tasks, cfg, store)
+        finally:
+            if store is not None:
+                store.close()
+        items = [it for r in results.values() for it in r["items"]]
+        generation = {name: r["generation"] for name, r in results.items()}
     rows, info = score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
                        timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
                        try_catch_allowed_in=cfg.validate.try_catch_allowed_in)
     timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
     metrics["network_isolation"] = info["network_isolation"]
+    metrics["qi_exports"] = info["qi_exports"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     for m in models:
         metrics[m] = summarize([r for r in rows if r["model"] == m], ks)
@@ -391,7 +439,32 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
             metrics[m]["generation"] = generation[m]
     if "base" in metrics and "tuned" in metrics:
         metrics["delta"] = deltas(metrics["tuned"], metrics["base"])
+    metrics["paired"] = {f"{a} vs {b}": paired_comparison([r for r in rows if r["model"] == a],
+                                                          [r for r in rows if r["model"] == b], seed=int(cfg.seed))
+                         for a, b in comparisons(models)}
+    no_reference = [t["id"] for t in tasks if not t.get("reference")]
+    if no_reference:
+        metrics["reference_loss_skipped"] = no_reference
     timing["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     metrics["timing"] = timing
     metrics["models"] = models
     return rows, metrics
+
+
+def retrieval_report(results: Mapping, tasks: Sequence[Mapping], cfg, store) -> dict:
+    """What the +retrieval arms were shown: sizes, and a check that no shown example copies a task."""
+    from qi_expert import bench, dedup
+
+    is_copy = dedup.copy_detector(bench.contamination_sources(list(tasks)), float(cfg.format.decontaminate_threshold),
+                                  int(cfg.validate.shingle_size))
+    shown = [it["retrieved"] for r in results.values() for it in r["items"] if "retrieved" in it]
+    examples = store.texts({h["id"] for hits in shown for h in hits if not h["module"]})
+    copies = sorted(name for name, text in examples.values() if is_copy(text))
+    if copies:  # the index stage drops them; a store built some other way must not leak answers
+        raise RuntimeError(f"retrieval showed copies of benchmark code ({copies}): rebuild the store (`dvc repro index`)")
+    n = max(1, len(shown))
+    return {"store_sha256": store.manifest.get("store_sha256"), "api_entries": store.manifest.get("api_entries"),
+            "examples_in_store": store.manifest.get("examples"), "distinct_examples_shown": len(examples),
+            "contaminated_examples_shown": len(copies),
+            "api_per_task": round(sum(sum(1 for h in hits if h["module"]) for hits in shown) / n, 2),
+            "examples_per_task": round(sum(sum(1 for h in hits if not h["module"]) for hits in shown) / n, 2)}

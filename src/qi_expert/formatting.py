@@ -175,19 +175,10 @@ def decontaminate(rows: list[dict], benchmark_codes: Sequence[str], threshold: f
     """Drop rows whose code matches a benchmark task's reference or test (exact or near)."""
     if not benchmark_codes:
         return rows, []
-    index = dedup.NearDuplicateIndex(threshold)
-    exact = set()
-    for i, code in enumerate(benchmark_codes):
-        toks = dedup.tokens(code)
-        exact.add(dedup.normal_form_hash(toks))
-        index.add(str(i), dedup.shingles(toks, shingle_size))
+    is_copy = dedup.copy_detector(benchmark_codes, threshold, shingle_size)
     kept, dropped = [], []
     for r in rows:
-        toks = dedup.tokens(r["output"])
-        if dedup.normal_form_hash(toks) in exact or index.match(dedup.shingles(toks, shingle_size)):
-            dropped.append(r)
-        else:
-            kept.append(r)
+        (dropped if is_copy(r["output"]) else kept).append(r)
     return kept, dropped
 
 

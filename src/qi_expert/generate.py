@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import formatting
+from qi_expert import formatting, retrieval
 
 # A fenced block: ```ts / ```typescript / ``` ... ```; the closing fence may be missing when the
 # model ran out of tokens.
@@ -32,22 +32,25 @@ _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
 _CLOSED_BLOCK = re.compile(r"```[^\n]*\n.*?\n[ \t]*```", re.S)
 
 
-def user_message(task: dict) -> str:
+def user_message(task: dict, context: str = "") -> str:
     """The user turn for a task, as formatting.chat builds it for a training row with input."""
-    return chat_messages(task, "")[1]["content"]
+    return chat_messages(task, "", context)[1]["content"]
 
 
-def chat_messages(task: dict, system_prompt: str) -> list[dict]:
+def chat_messages(task: dict, system_prompt: str, context: str = "") -> list[dict]:
+    """System + user turns for a task; `context` (retrieved API entries and examples) goes before the task."""
     row = {"instruction": " ".join(str(task["instruction"]).split()),
            "input": f"Signature: {' '.join(str(task['signature']).split())}", "output": ""}
-    return formatting.chat(row, system_prompt)["messages"][:2]  # system + user; the assistant turn is ours
+    messages = formatting.chat(row, system_prompt)["messages"][:2]  # system + user; the assistant turn is ours
+    messages[1]["content"] = retrieval.with_context(context, messages[1]["content"])
+    return messages
 
 
-def render_prompt(tokenizer, task: dict, system_prompt: str) -> str:
+def render_prompt(tokenizer, task: dict, system_prompt: str, context: str = "") -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template: the eval prompts (like the chat training "
                          "rows) go through it; the prepare stage must save one with the tokenizer")
-    return tokenizer.apply_chat_template(chat_messages(task, system_prompt), tokenize=False,
+    return tokenizer.apply_chat_template(chat_messages(task, system_prompt, context), tokenize=False,
                                          add_generation_prompt=True)
 
 

@@ -60,13 +60,18 @@ def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Ite
         yield mlflow
 
 
+def safe_name(name: str) -> str:
+    """A metric or tag key MLflow accepts: "@" -> "_at_", "+" -> "_plus_", spaces -> "_"."""
+    return name.replace(" ", "_").replace("@", "_at_").replace("+", "_plus_")
+
+
 def log_counts(mlflow, metrics: Mapping, prefix: str = "") -> None:
-    """Log every number in a nested metrics dict as `prefix.a.b` ("@" -> "_at_": MLflow refuses it in names)."""
+    """Log every number in a nested metrics dict as `prefix.a.b` ("@" -> "_at_", "+" -> "_plus_": MLflow refuses them in names)."""
     flat: dict[str, float] = {}
 
     def walk(obj: Mapping, path: str) -> None:
         for k, v in obj.items():
-            name = f"{path}{k}".replace(" ", "_").replace("@", "_at_")
+            name = safe_name(f"{path}{k}")
             if isinstance(v, Mapping):
                 walk(v, name + ".")
             elif isinstance(v, (int, float)) and not isinstance(v, bool):

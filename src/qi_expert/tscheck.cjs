@@ -2,7 +2,10 @@
 //
 // stdin:  {"project": "<dir holding tsconfig>", "tsconfig": "tsconfig.json",
 //          "options": {<compilerOptions overrides>}, "files": {"<name>": "<source>", ...}}
-// stdout: {"<name>": [{"code": 2304, "line": 3, "message": "..."}], ...}
+//          "exports": ["@qi/base", ...] (optional)
+// stdout: {"<name>": [{"code": 2304, "line": 3, "message": "..."}], ...,
+//          "__exports__": {"@qi/base": [{"name": "success", "file": "lib/base/src/result.ts"}, ...]}}
+//          (when "exports" was asked; null for a module the compiler cannot resolve)
 //
 // Snippets become virtual files inside the project folder, so `paths`/`baseUrl` resolve
 // `@qi/base` exactly as they do for the project's own code; one program shares the parsed
@@ -50,8 +53,33 @@ function main(input) {
   const readFile = host.readFile.bind(host);
   host.readFile = (f) => virtual.get(path.resolve(f)) ?? readFile(f);
 
+  // The export list of each asked module, as the compiler resolves it (re-exports followed):
+  // one more virtual file imports each module as a namespace.
+  const modules = input.exports || [];
+  const exportsFile = path.join(project, "__qi_exports__.ts");
+  if (modules.length) {
+    virtual.set(exportsFile, modules.map((m, i) => `import * as m${i} from ${JSON.stringify(m)};`).join("\n")
+      + "\nexport {};\n");
+  }
+
   const program = ts.createProgram({ rootNames: [...virtual.keys()], options, host });
   const out = {};
+  if (modules.length) {
+    const checker = program.getTypeChecker();
+    const sf = program.getSourceFile(exportsFile);
+    out.__exports__ = {};
+    sf.statements.filter(ts.isImportDeclaration).forEach((st, i) => {
+      const symbol = checker.getSymbolAtLocation(st.moduleSpecifier);
+      if (!symbol) { out.__exports__[modules[i]] = null; return; }
+      out.__exports__[modules[i]] = checker.getExportsOfModule(symbol).map((s) => {
+        // Follow `export { x } from "./y"` to the declaration (its file is where tree-sitter reads it).
+        const target = s.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(s) : s;
+        const decl = (target.declarations || [])[0];
+        return { name: s.name, file: decl ? path.relative(project, decl.getSourceFile().fileName) : null };
+      }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    });
+    virtual.delete(exportsFile);
+  }
   for (const [file] of virtual) {
     const sf = program.getSourceFile(file);
     const name = names.get(file);

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from qi_expert.config import PACKAGE_ROOT, ROOT
 
@@ -35,17 +35,23 @@ def _node() -> str:
     return node
 
 
+QI_MODULES = ("@qi/base", "@qi/core")
+
+
 def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.json",
-          options: Mapping | None = None, timeout: float = 900) -> dict[str, list[dict]]:
+          options: Mapping | None = None, timeout: float = 900,
+          exports: Sequence[str] = ()) -> dict[str, list[dict]]:
     """Diagnostics per snippet name ([] = compiles), all snippets in one compiler program.
 
     Snippets are placed inside `project` (virtually; nothing is written there), so its
-    tsconfig's `paths` map @qi/base and @qi/core to the project's own sources.
+    tsconfig's `paths` map @qi/base and @qi/core to the project's own sources. With `exports`
+    (module names), the result also holds "__exports__": {module: [{name, file}] or None}, the
+    modules' export lists as the same compiler program resolves them.
     """
-    if not sources:
+    if not sources and not exports:
         return {}
     payload = json.dumps({"project": str(project), "tsconfig": tsconfig, "options": dict(options or {}),
-                          "files": dict(sources)})
+                          "files": dict(sources), "exports": list(exports)})
     env = {**os.environ, "NODE_PATH": str(node_modules())}
     proc = subprocess.run([_node(), str(CHECKER)], input=payload, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
@@ -61,3 +67,13 @@ def check_one_process_each(sources: Mapping[str, str], project: Path, tsconfig: 
     for name, code in sources.items():
         out.update(check({name: code}, project, tsconfig, options))
     return out
+
+
+def module_exports(project: Path, tsconfig: str = "tsconfig.json", modules: Sequence[str] = QI_MODULES) -> dict[str, list[dict]]:
+    """{module: [{name, file}]} for the corpus's @qi packages; a module the compiler cannot resolve is an error."""
+    found = check({}, project, tsconfig, exports=modules)["__exports__"]
+    missing = [m for m, names in found.items() if names is None]
+    if missing:
+        raise TypeCheckError(f"{project}/{tsconfig} does not resolve {', '.join(missing)}: the @qi packages "
+                             "must be reachable from the corpus (its tsconfig `paths` or node_modules)")
+    return found

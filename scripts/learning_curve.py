@@ -1,0 +1,102 @@
+"""The learning curve: the eval's graded metrics against training steps, from DVC experiments.
+
+    dvc exp run --queue -S max_steps=10 && dvc exp run --queue -S max_steps=40 \
+      && dvc exp run --queue -S max_steps=80 && dvc queue start -j 1   # plus the workspace's 20
+    python scripts/learning_curve.py          # -> metrics/learning_curve.csv (dvc plots show)
+
+Reads every experiment `dvc exp show --json` lists (and the workspace), one row per max_steps
+(the newest experiment wins when two share one), columns `<arm>.<metric>` for every eval arm,
+plus the train stage's final validation loss. Experiments that differ from the workspace in
+anything but max_steps/eval_steps are left out, so the curve varies one thing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "metrics/learning_curve.csv"
+VARIED = {"max_steps", "eval_steps"}
+GRADED = ("reference_loss", "syntax_valid_rate", "type_errors_mean", "qi_names_real_per_completion",
+          "qi_names_invented_per_completion", "only_missing_qi_imports_rate", "qi_api_valid_share")
+BINARY = ("compile_rate", "compliance_rate", "compliance_score", "pass@1")
+
+
+def experiments(show: list) -> list[dict]:
+    """Every {name, timestamp, params, metrics} in `dvc exp show --json` output (DVC 3 layout)."""
+    found = []
+
+    def visit(node, name=None):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and "params" in data:
+                params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+                metrics = {path: (m or {}).get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+                found.append({"name": node.get("name") or name or node.get("rev"), "rev": node.get("rev"),
+                              "timestamp": data.get("timestamp") or "", "params": params, "metrics": metrics})
+            for v in node.values():
+                visit(v, node.get("name", name))
+        elif isinstance(node, list):
+            for v in node:
+                visit(v, name)
+
+    visit(show)
+    return found
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def curve(exps: list[dict], reference: dict) -> list[dict]:
+    ref = {k: v for k, v in _flat(reference).items() if k.split(".")[0] not in VARIED}
+    rows: dict[int, dict] = {}
+    for e in sorted(exps, key=lambda e: e["timestamp"]):
+        flat = _flat(e["params"])
+        if not flat or any(flat.get(k) != v for k, v in ref.items() if not k.startswith("mlflow")):
+            continue
+        ev, tr = e["metrics"].get("metrics/eval.json", {}), e["metrics"].get("metrics/train.json", {})
+        if not ev or tr.get("steps") != e["params"].get("max_steps"):
+            continue
+        row = {"max_steps": e["params"]["max_steps"], "experiment": e["name"], "val_loss": tr.get("val_loss_final")}
+        for arm in ev.get("models", []):
+            m = ev.get(arm, {})
+            for k in GRADED:
+                row[f"{arm}.{k}"] = m.get("graded", {}).get(k)
+            for k in BINARY:
+                row[f"{arm}.{k}"] = m.get(k)
+        rows[row["max_steps"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def main() -> int:
+    show = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], cwd=ROOT,
+                                     capture_output=True, text=True, check=True).stdout)
+    import yaml
+
+    reference = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    rows = curve(experiments(show), reference)
+    if not rows:
+        print("learning_curve: no experiment with eval metrics matches params.yaml but for max_steps", file=sys.stderr)
+        return 1
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with OUT.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"learning_curve: {len(rows)} points (max_steps {', '.join(str(r['max_steps']) for r in rows)}) -> {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

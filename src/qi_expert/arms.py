@@ -1,0 +1,123 @@
+"""Eval arms: which model answers, with or without retrieved context, all through one generation path.
+
+An arm is a name from `eval.arms`: `base` (the base model), `tuned` (base + the train stage's
+adapter), and either with `+retrieval` (the pattern store's nearest @qi API entries and training
+examples put before the task). Every arm answers the same tasks with the same decoding
+(generate.generate), so their differences are the model's and the context's alone; arms of one
+model share one loaded model (the adapter is merged once, after the base arms).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from qi_expert import gencache, generate, refloss, retrieval
+
+MODELS = ("base", "tuned")
+RETRIEVAL = "retrieval"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    model: str  # base | tuned
+    retrieval: bool
+
+
+def parse_arms(names: Sequence[str], *, adapter) -> list[Arm]:
+    """eval.arms -> Arms (base arms first, then tuned); a clear error for anything else."""
+    arms = []
+    for raw in names:
+        name = str(raw)
+        model, *extras = name.split("+")
+        if model not in MODELS or any(e != RETRIEVAL for e in extras) or len(extras) > 1:
+            raise ValueError(f"eval.arms: unknown arm {name!r}; arms are {', '.join(MODELS)}, "
+                             f"optionally with +{RETRIEVAL} (e.g. tuned+{RETRIEVAL})")
+        if model == "tuned" and not adapter:
+            raise ValueError(f"eval.arms has {name!r} but eval.adapter is null: drop the tuned arms or set the adapter")
+        arms.append(Arm(name, model, bool(extras)))
+    if len({a.name for a in arms}) != len(arms):
+        raise ValueError(f"eval.arms names an arm twice: {list(names)}")
+    return sorted(arms, key=lambda a: MODELS.index(a.model))
+
+
+def contexts(store: retrieval.Store, tasks: Sequence[dict], rc) -> tuple[list[str], list[list[dict]]]:
+    """The retrieved block for each task (queried with its instruction and signature)."""
+    blocks, hits = [], []
+    for t in tasks:
+        block, used = store.context(f"{t['instruction']} {t['signature']}", examples=int(rc.examples),
+                                    api=int(rc.api), max_chars=int(rc.max_chars))
+        blocks.append(block)
+        hits.append(used)
+    return blocks, hits
+
+
+def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, adapter: Path | None,
+        store: retrieval.Store | None, log=print) -> dict:
+    """Generate every arm's completions (and reference losses); returns per-arm results.
+
+    {arm name: {"items": [...], "generation": {...}, "reference_nll": [...] or None,
+                "retrieved": [[hits], ...] or None}}, plus "_timing".
+    """
+    ec = cfg.eval
+    timing: dict = {}
+    t0 = time.perf_counter()
+    model, tokenizer = generate.load_model(base, requires_cuda=bool(cfg.model.requires_cuda), bf16=bool(cfg.model.bf16))
+    timing["load_seconds"] = round(time.perf_counter() - t0, 2)
+    blocks, hits = (contexts(store, tasks, ec.retrieval) if store is not None else ([""] * len(tasks), None))
+    decoding = {"max_new_tokens": int(ec.max_new_tokens), "batch_size": int(ec.batch_size),
+                "n_samples": int(ec.n_samples), "temperature": float(ec.temperature), "seed": int(cfg.seed)}
+    base_folder = Path(base) if isinstance(base, Path) else None
+    out: dict = {}
+    current = "base"
+    for arm in arms:
+        if arm.model == "tuned" and current != "tuned":
+            t0 = time.perf_counter()
+            model = generate.apply_adapter(model, adapter, merge=True)
+            timing["adapter_seconds"] = round(time.perf_counter() - t0, 2)
+            current = "tuned"
+        context = blocks if arm.retrieval else [""] * len(tasks)
+        messages = [generate.chat_messages(t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
+        prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
+        gen = _generate_cached(model, tokenizer, prompts, decoding, cache=bool(ec.cache) and base_folder is not None,
+                               folders=[base_folder, *([adapter] if arm.model == "tuned" else [])])
+        info = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
+                "tokens_per_second": round(gen.tokens_per_second, 2),
+                "hit_max_new_tokens": sum(n >= decoding["max_new_tokens"] for ns in gen.new_tokens for n in ns),
+                "prompt_tokens_mean": round(sum(len(tokenizer(p, add_special_tokens=False)["input_ids"])
+                                                for p in prompts) / max(1, len(prompts)), 1),
+                **gen.stats}
+        log(f"eval: {arm.name}: {gen.stats['rows']} completions, {gen.total_new_tokens} new tokens in "
+            f"{gen.seconds:.1f}s ({gen.tokens_per_second:.1f} tokens/s){' (cached)' if gen.stats.get('cached') else ''}")
+        nll = None
+        if ec.reference_loss:
+            t0 = time.perf_counter()
+            answers = [refloss.answer_text(tokenizer, m, p, t["reference"]) if t.get("reference") else None
+                       for m, p, t in zip(messages, prompts, tasks)]
+            nll = refloss.reference_nll(model, tokenizer, prompts, answers)
+            timing[f"reference_loss_seconds.{arm.name}"] = round(time.perf_counter() - t0, 2)
+        items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
+                  "new_tokens": gen.new_tokens[i][s], "reference_nll": nll[i] if nll else None,
+                  **({"retrieved": hits[i]} if arm.retrieval and hits else {})}
+                 for i, (t, p) in enumerate(zip(tasks, prompts)) for s, c in enumerate(gen.completions[i])]
+        out[arm.name] = {"items": items, "generation": info}
+    del model
+    out["_timing"] = timing
+    return out
+
+
+def _generate_cached(model, tokenizer, prompts: list[str], decoding: dict, *, cache: bool,
+                     folders: list) -> generate.Generation:
+    key = gencache.key([Path(f) for f in folders], prompts, decoding) if cache else None
+    hit = gencache.load(key) if key else None
+    if hit is not None:
+        return generate.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True})
+    gen = generate.generate(model, tokenizer, prompts, **decoding)
+    if key:
+        gencache.store(key, {"completions": gen.completions, "new_tokens": gen.new_tokens,
+                             "seconds": gen.seconds, "stats": gen.stats})
+    gen.stats["cached"] = False
+    return gen

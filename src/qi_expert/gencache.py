@@ -1,0 +1,80 @@
+"""A content-keyed cache of generations: the same model files, prompts and decoding give the same text.
+
+The eval's base arms depend only on the base model, the tasks, the prompt and the decoding, yet
+every experiment of a sweep (`dvc exp run -S lora_r=32`) would generate them again (~2 min each
+on 2 cores). The key covers everything the completions depend on: the bytes of the model (and
+adapter) files, the prompts, every decoding setting, the generation code itself and the library
+versions; so a hit returns exactly what generating would. It lives outside the repository
+($QI_CACHE_DIR, default ~/.cache/qi-expert/generations), never a DVC out, and `eval.cache=false`
+turns it off. A hit is recorded in the stage's metrics (generation.cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+CODE_FILES = ("generate.py", "gencache.py")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QI_CACHE_DIR") or Path.home() / ".cache/qi-expert") / "generations"
+
+
+@lru_cache(maxsize=None)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_digest(folders: Iterable[Path]) -> dict[str, str]:
+    """sha256 of every file under the folders (relative names), i.e. the model as bytes."""
+    out = {}
+    for folder in folders:
+        folder = Path(folder)
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                out[f"{folder.name}/{p.relative_to(folder)}"] = _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+    return out
+
+
+def key(model_folders: Sequence[Path], prompts: Sequence[str], decoding: Mapping) -> str:
+    import torch
+    import transformers
+
+    here = Path(__file__).parent
+    payload = {
+        "model": files_digest(model_folders),
+        "prompts": list(prompts),
+        "decoding": dict(decoding),
+        "code": {f: hashlib.sha256((here / f).read_bytes()).hexdigest() for f in CODE_FILES},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def load(k: str) -> dict | None:
+    path = cache_dir() / f"{k}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # missing or unreadable: generate
+
+
+def store(k: str, value: Mapping) -> None:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{k}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        tmp.replace(folder / f"{k}.json")  # atomic: a reader never sees half a file
+    except OSError:
+        pass  # a cache that cannot be written only costs time

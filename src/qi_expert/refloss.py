@@ -1,0 +1,58 @@
+"""Reference loss: the model's mean per-token negative log-likelihood of each task's reference solution.
+
+Teacher-forced, under the exact prompt the model is asked to complete (the tokenizer's chat
+template, the arm's user turn), and with the answer written the way the training rows write an
+assistant turn (a ```typescript fence, then the template's end of turn). It is graded and
+smooth: a model that has learned @qi/base gives the real solution a higher probability long
+before it writes one itself. Lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def answer_text(tokenizer, messages: list[dict], prompt: str, reference: str) -> str:
+    """The assistant turn as the chat template renders it after `prompt` (trailing newline dropped)."""
+    content = f"```typescript\n{reference.rstrip()}\n```"
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": content}], tokenize=False)
+    if not full.startswith(prompt):
+        # A template that renders the last assistant turn differently: fall back to the bare content.
+        return content
+    return full[len(prompt):].rstrip()
+
+
+def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str | None], *,
+                  batch_size: int = 8) -> list[float | None]:
+    """Mean NLL (nats/token) of each answer after its prompt; None where there is no answer."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    jobs = [(i, tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"])
+            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
+    jobs.sort(key=lambda j: len(j[1]) + len(j[2]))  # similar lengths together: little padding
+    out: list[float | None] = [None] * len(prompts)
+    with torch.inference_mode():
+        for b in range(0, len(jobs), batch_size):
+            chunk = jobs[b:b + batch_size]
+            width = max(len(p) + len(a) for _, p, a in chunk)
+            keep = max(len(a) for _, _, a in chunk) + 1  # the logits that predict every answer token
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (_, p, a) in enumerate(chunk):  # LEFT padding: every answer ends at the last column
+                seq = p + a
+                ids[r, width - len(seq):] = torch.tensor(seq)
+                mask[r, width - len(seq):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=positions.to(device), logits_to_keep=keep).logits.float()
+            logp = torch.log_softmax(logits[:, :-1, :], dim=-1)  # position t predicts token t+1
+            targets = ids[:, width - keep + 1:].to(device)
+            token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
+            for r, (i, _, a) in enumerate(chunk):
+                n = len(a)
+                nll = -float(token_logp[r, -n:].sum()) / n
+                out[i] = nll if math.isfinite(nll) else None
+    return out
