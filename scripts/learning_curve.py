@@ -2,11 +2,12 @@
 
     dvc exp run --queue -S max_steps=10 && dvc exp run --queue -S max_steps=40 \
       && dvc exp run --queue -S max_steps=80 && dvc queue start -j 1   # plus the workspace's 20
-    python scripts/learning_curve.py          # -> metrics/learning_curve.csv (dvc plots show)
+    python scripts/learning_curve.py          # -> metrics/learning_curve/<arm>.csv (dvc plots show)
 
 Reads every experiment `dvc exp show --json` lists (and the workspace), one row per max_steps
-(the newest experiment wins when two share one), columns `<arm>.<metric>` for every eval arm,
-plus the train stage's final validation loss. Experiments that differ from the workspace in
+(the newest experiment wins when two share one): one CSV per eval arm (one line per arm in the
+DVC plots of dvc.yaml), columns the graded and binary metrics plus the train stage's final
+validation loss. Experiments that differ from the workspace in
 anything but max_steps/eval_steps are left out, so the curve varies one thing.
 """
 
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "metrics/learning_curve.csv"
+OUT = ROOT / "metrics/learning_curve"
 VARIED = {"max_steps", "eval_steps"}
 GRADED = ("reference_loss", "syntax_valid_rate", "type_errors_mean", "qi_names_real_per_completion",
           "qi_names_invented_per_completion", "only_missing_qi_imports_rate", "qi_api_valid_share")
@@ -68,14 +69,11 @@ def curve(exps: list[dict], reference: dict) -> list[dict]:
         ev, tr = e["metrics"].get("metrics/eval.json", {}), e["metrics"].get("metrics/train.json", {})
         if not ev or tr.get("steps") != e["params"].get("max_steps"):
             continue
-        row = {"max_steps": e["params"]["max_steps"], "experiment": e["name"], "val_loss": tr.get("val_loss_final")}
-        for arm in ev.get("models", []):
-            m = ev.get(arm, {})
-            for k in GRADED:
-                row[f"{arm}.{k}"] = m.get("graded", {}).get(k)
-            for k in BINARY:
-                row[f"{arm}.{k}"] = m.get(k)
-        rows[row["max_steps"]] = row
+        steps = e["params"]["max_steps"]
+        rows[steps] = {arm: {"max_steps": steps, **{k: ev.get(arm, {}).get("graded", {}).get(k) for k in GRADED},
+                             **{k: ev.get(arm, {}).get(k) for k in BINARY}, "val_loss": tr.get("val_loss_final"),
+                             "experiment": e["name"]}
+                       for arm in ev.get("models", [])}
     return [rows[k] for k in sorted(rows)]
 
 
@@ -89,12 +87,15 @@ def main() -> int:
     if not rows:
         print("learning_curve: no experiment with eval metrics matches params.yaml but for max_steps", file=sys.stderr)
         return 1
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with OUT.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"learning_curve: {len(rows)} points (max_steps {', '.join(str(r['max_steps']) for r in rows)}) -> {OUT}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    arms = list(dict.fromkeys(a for point in rows for a in point))
+    for arm in arms:
+        with (OUT / f"{arm}.csv").open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, ["max_steps", *GRADED, *BINARY, "val_loss", "experiment"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(point[arm] for point in rows if arm in point)
+    steps = ", ".join(str(next(iter(p.values()))["max_steps"]) for p in rows)
+    print(f"learning_curve: {len(rows)} points (max_steps {steps}), arms {', '.join(arms)} -> {OUT}/<arm>.csv")
     return 0
 
 

@@ -220,6 +220,23 @@ def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, token
     assert cost["compliance_score"] == pytest.approx(m["q4_k_m"]["compliance_score"] - m["f16"]["compliance_score"])
 
 
+def test_quantization_cost_against_the_eval_stages_tuned_rows(exported, tokenizer):
+    """gguf.quant_eval.reference=eval: the eval stage's scored tuned rows are the reference, not generated again."""
+    from qi_expert import bench, evaluate
+
+    out, _ = exported
+    tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
+    kw = dict(system_prompt=SYSTEM, max_new_tokens=8, project=ROOT / "data/sample/typescript", n_ctx=512, n_threads=2)
+    f16_rows, f16 = evaluate.score_gguf({"f16": out / "qi-tiny-f16.gguf"}, tokenizer, tasks, **kw)
+    eval_rows = [{**r, "model": "tuned"} for r in f16_rows]  # as data/eval/results.jsonl holds them
+    rows, m = evaluate.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows, **kw)
+    assert m["reference"] == "tuned" and set(m["cost"]) == {"q4_k_m"} and "generation" not in m["tuned"]
+    assert [r["model"] for r in rows] == ["tuned", "tuned", "q4_k_m", "q4_k_m"]
+    assert m["tuned"]["compliance_score"] == f16["f16"]["compliance_score"]
+    with pytest.raises(ValueError, match="no tuned completion"):
+        evaluate.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows[:1], **kw)
+
+
 def test_modelfiles(exported):
     out, m = exported
     default = (out / "Modelfile").read_text()

@@ -339,6 +339,12 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
     from qi_expert import gguf
 
     by_id = {t["id"]: t for t in tasks}
+    if reference_rows is not None:  # before any generation
+        reference_rows = [{**r, "model": reference_name} for r in reference_rows if r["task_id"] in by_id]
+        missing = sorted(set(by_id) - {r["task_id"] for r in reference_rows})
+        if missing:
+            raise ValueError(f"the eval results hold no {reference_name} completion for {missing[:5]}: rerun eval "
+                             f"with the {reference_name} arm (eval.arms), or gguf.quant_eval.reference=generate")
     prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     stop_check = generate.stop_checker(tokenizer)
@@ -365,12 +371,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                        try_catch_allowed_in=try_catch_allowed_in)
     kinds = list(files)
     if reference_rows is not None:
-        ref_rows = [{**r, "model": reference_name} for r in reference_rows if r["task_id"] in by_id]
-        missing = sorted(set(by_id) - {r["task_id"] for r in ref_rows})
-        if missing:
-            raise ValueError(f"the eval results hold no {reference_name} completion for {missing[:5]}: rerun eval "
-                             f"with the {reference_name} arm (eval.arms), or gguf.quant_eval.reference=generate")
-        rows = ref_rows + rows
+        rows = reference_rows + rows
         kinds = [reference_name, *kinds]
     metrics: dict = {"benchmark_tasks": len(tasks), "reference": kinds[0] if kinds else None}
     for kind in kinds:
