@@ -17,7 +17,8 @@ LLAMA_FLAGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
 WHEELS=${QI_WHEEL_CACHE:-$HOME/.cache/qi-expert/wheels}
 STAMP=$VENV/.qi-setup-$(cat requirements.txt requirements.lock package.json package-lock.json scripts/setup.sh | sha256sum | cut -c1-16)
 
-if [ -f "$STAMP" ] && [ -d node_modules/typescript ] && [ -f tools/llama.cpp/convert_hf_to_gguf.py ]; then
+if [ -f "$STAMP" ] && [ -d node_modules/typescript ] && [ -f tools/llama.cpp/convert_hf_to_gguf.py ] \
+   && command -v bwrap >/dev/null; then
   exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -56,6 +57,19 @@ if [ ! -f tools/llama.cpp/convert_hf_to_gguf.py ]; then
     --wildcards "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/convert_*.py" \
     "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/gguf-py" \
     "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/conversion"
+fi
+
+# bubblewrap: the eval runs model-written code only inside it (src/qi_expert/sandbox.py). As root
+# with apt, install it; otherwise say what to run (the eval refuses to run code without it unless
+# eval.sandbox=unsafe is given).
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing bubblewrap (the eval's sandbox)"
+    (apt-get install -y -qq bubblewrap >/dev/null 2>&1) || (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null)
+  else
+    echo "setup: WARNING: bubblewrap is missing; the eval will not run model-written code without it." >&2
+    echo "setup: install it with: sudo apt-get install bubblewrap (or: sudo dnf install bubblewrap)" >&2
+  fi
 fi
 
 # The TypeScript compiler, pinned by package-lock.json.

@@ -246,7 +246,7 @@ def test_compile_errors_are_reported_and_not_run(dev_tasks):
 
 # --- sandbox -----------------------------------------------------------------------------------
 
-ISOLATIONS = ["preload"] + (["unshare"] if sandbox.unshare_works() else [])
+ISOLATIONS = ["bwrap", "unsafe"]
 PORT_TASK = None
 
 
@@ -355,7 +355,9 @@ def test_sandbox_guards_against_early_exit_pending_promises_and_escapes(dev_task
     for r in rows:
         assert not r["passed"], r["test"]
     assert "before the test finished" in rows[0]["test"]["stderr"]
-    assert "ERR_ACCESS_DENIED" in rows[1]["test"]["stderr"] and "ERR_ACCESS_DENIED" in rows[2]["test"]["stderr"]
+    assert "ERR_ACCESS_DENIED" in rows[1]["test"]["stderr"] and "ERR_SANDBOX_DENIED" in rows[2]["test"]["stderr"]
+    # Both are also tampering, caught before any run counts.
+    assert all(r["compliance"]["tampering"] for r in rows[:3])
     assert "HOME,LANG,PATH" in rows[3]["test"]["stderr"]  # the scrubbed environment, seen by the test
     assert not outside.exists()
     # An async test whose promise never settles would let node exit 0 with no assertion run.
@@ -387,33 +389,55 @@ def test_each_forbidden_rule(rule, code):
     assert evaluate.compliance(code, {"required_calls": [], "forbidden": [r for r in ALL_FORBIDDEN if r != rule]})["pass"]
 
 
-def test_try_catch_inside_the_library_wrapper_is_allowed():
-    code = ("export function fromTryCatch<T>(op: () => T): Result<T> {\n"
-            "  try { return success(op()); } catch (e) { return failure(fromException(e)); }\n}\n")
-    assert evaluate.compliance(code, {"required_calls": [], "forbidden": ["try_catch"]})["pass"]
-    assert not evaluate.compliance(code, {"required_calls": [], "forbidden": ["try_catch"]},
-                                   try_catch_allowed_in=[])["pass"]
+def test_try_catch_is_exempt_only_inside_a_qi_wrapper_by_binding():
+    task = {"required_calls": [], "forbidden": ["try_catch"]}
+    wrapped = ("import { fromTryCatch, type Result } from '@qi/base';\n"
+               "export const f = (s: string): Result<unknown> => fromTryCatch(() => { try { return JSON.parse(s); } finally { } });\n")
+    assert evaluate.compliance(wrapped, task)["pass"]
+    assert not evaluate.compliance(wrapped, task, try_catch_allowed_in=[])["pass"]
+    # Naming your own function like the wrapper exempts nothing; nor does a local look-alike.
+    own = ("export function fromTryCatch<T>(op: () => T): T | undefined {\n"
+           "  try { return op(); } catch (e) { return undefined; }\n}\n")
+    assert evaluate.compliance(own, task)["forbidden_found"] == ["try_catch"]
+    local = ("const fromTryCatch = (op: () => unknown) => op();\n"
+             "export const f = (s: string) => fromTryCatch(() => { try { return JSON.parse(s); } catch { return 0; } });\n")
+    assert not evaluate.compliance(local, task)["pass"]
 
 
-def test_required_calls():
+def test_required_calls_count_by_binding():
     task = {"required_calls": ["success|Ok", "failure|Err", "map", "info"], "forbidden": ["throw"]}
-    good = ("import { Ok, failure, map } from '@qi/base';\n"
-            "export const f = (x: number, logger: any) => { logger.info('x'); return x > 0 ? map((v: number) => v, Ok(x)) : failure('neg'); };\n")
+    good = ("import { Ok, failure as fail, map } from '@qi/base';\nimport type { Logger } from '@qi/core';\n"
+            "export const f = (x: number, logger: Logger) => { logger.info('x'); return x > 0 ? map((v: number) => v, Ok(x)) : fail('neg'); };\n")
     c = evaluate.compliance(good, task)
     assert c["pass"] and c["score"] == 1.0
-    # A mention in a comment or a string is not a call; Array.prototype.map is not @qi's map.
-    weak = ("// success(x) and failure(e)\n"
-            "export const f = (xs: number[], logger: any) => { logger.info('success('); return xs.map((v) => v); };\n")
+    # A mention in a comment or a string is not a call; Array.prototype.map is not @qi's map;
+    # console.info is not a @qi logger's info; a namespace import in a comment binds nothing.
+    weak = ("// import * as xs from '@qi/base'; success(x) and failure(e)\n"
+            "export const f = (xs: number[]) => { console.info('success('); return xs.map((v) => v); };\n")
     c = evaluate.compliance(weak, task)
-    assert [r["rule"] for r in c["rules"] if not r["ok"]] == ["calls success|Ok", "calls failure|Err", "calls map"]
-    assert c["score"] == pytest.approx(2 / 5) and not c["pass"]
-    # Through a namespace import, @qi's functions count as member calls.
-    ns = ("import * as qi from '@qi/base';\n"
-          "export const f = (x: number, log: any) => { log.info('x'); return qi.map((v: number) => v, x > 0 ? qi.success(x) : qi.failure('n')); };\n")
+    assert [r["rule"] for r in c["rules"] if not r["ok"]] == ["calls success|Ok", "calls failure|Err", "calls map", "calls info"]
+    assert c["score"] == pytest.approx(1 / 5) and not c["pass"]
+    # Local look-alikes are not @qi's: a shadowing const, an untyped object's method, new Map().get.
+    shadow = ("const success = (v: unknown) => ({ tag: 'success', value: v });\nconst failure = success;\n"
+              "const map = <T>(f: (x: T) => T, x: T) => f(x);\n"
+              "export const f = (x: number, log: any) => { log.info('x'); new Map().get('k'); return x > 0 ? success(map((v: number) => v, x)) : failure(x); };\n")
+    assert [r["rule"] for r in evaluate.compliance(shadow, task)["rules"] if not r["ok"]] == [
+        "calls success|Ok", "calls failure|Err", "calls map", "calls info"]
+    # Through a namespace import, @qi's functions count as member calls; a logger made by @qi is a receiver.
+    ns = ("import * as qi from '@qi/base';\nimport { createLogger } from '@qi/core';\n"
+          "const made = createLogger({ level: 'info' });\n"
+          "export const f = (x: number) => { const log = made; log.info('x'); return qi.map((v: number) => v, x > 0 ? qi.success(x) : qi.failure('n')); };\n")
     assert evaluate.compliance(ns, task)["pass"]
     # `await cache.get<T>(k)`: tree-sitter-typescript puts the await inside the callee.
-    awaited = "export async function f(cache: any) { const v = await cache.get<number>('k'); return v; }\n"
+    awaited = ("import type { Cache } from '@qi/core';\n"
+               "export async function f(cache: Cache) { const v = await cache.get<number>('k'); return v; }\n")
     assert evaluate.compliance(awaited, {"required_calls": ["get"], "forbidden": []})["pass"]
+    assert not evaluate.compliance(awaited.replace("cache: Cache", "cache: any"), {"required_calls": ["get"], "forbidden": []})["pass"]
+
+
+def test_promise_executor_reject_is_a_promise_reject():
+    code = "export const f = (x: number) => new Promise<number>((ok, no) => (x > 0 ? ok(x) : no(new Error('n'))));\n"
+    assert evaluate.compliance(code, {"required_calls": [], "forbidden": ["promise_reject"]})["forbidden_found"] == ["promise_reject"]
 
 
 def test_empty_code_scores_zero():

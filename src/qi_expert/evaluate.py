@@ -22,72 +22,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from qi_expert import generate, graded, patterns, sandbox, stats, tsast, typecheck
+from qi_expert import compliance as compliance_rules
+from qi_expert import generate, graded, patterns, sandbox, stats, typecheck
 
 MAX_DIAGNOSTICS = 20
 METRIC_KEYS = ("compile_rate", "compliance_rate", "compliance_score", "forbidden_rate", "test_pass_rate")
 
 
-# --- compliance -------------------------------------------------------------------------------
+# --- compliance: compliance.py (binding-aware rules and tampering) ----------------------------------
 
-_NAMESPACE_IMPORT = re.compile(r"""import\s+\*\s+as\s+(\w+)\s+from\s+["']@qi/[\w/-]+["']""")
-# @qi/base's free functions: `arr.map(f)` or `promise.catch()` is not a call of map/catch from @qi,
-# so these count only as bare calls (or through `import * as qi`). Other required names are
-# methods (logger.info, config.get, cache.set) and count as member calls on any object.
-FUNCTION_STYLE = patterns.COMPOSERS | patterns.RESULT_CREATORS | patterns.ERROR_HANDLERS | patterns.ASYNC_RESULT
-
-
-def _awaited_generic_calls(code: str) -> tuple[set[str], set[tuple[str, str]]]:
-    """Calls tree-sitter-typescript 0.23 parses wrongly, so patterns.analyze misses them.
-
-    `await cache.get<number>(key)` comes out as call_expression(function: await_expression(
-    member_expression), type_arguments, arguments): the await is put inside the callee.
-    """
-    bare: set[str] = set()
-    members: set[tuple[str, str]] = set()
-    if "await" not in code or "<" not in code:
-        return bare, members
-    for n in tsast.walk(tsast.parse(code).root_node):
-        if n.type != "call_expression":
-            continue
-        fn = n.child_by_field_name("function")
-        if fn is None or fn.type != "await_expression" or not fn.named_children:
-            continue
-        inner = fn.named_children[0]
-        if inner.type == "identifier":
-            bare.add(tsast.text(inner))
-        elif inner.type == "member_expression":
-            obj, prop = inner.child_by_field_name("object"), inner.child_by_field_name("property")
-            if obj is not None and prop is not None:
-                members.add((tsast.text(obj).rsplit(".", 1)[-1], tsast.text(prop)))
-    return bare, members
-
-
-def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED) -> dict:
-    """Rules of the task checked on the AST: required calls present, forbidden constructs absent."""
-    a = patterns.analyze(code, try_catch_allowed_in)
-    # `import * as qi from "@qi/base"; qi.success(x)` is a call of success; `[..].map()` is not map().
-    namespaces = set(_NAMESPACE_IMPORT.findall(code))
-    bare, members = _awaited_generic_calls(code)
-    called = set(a.calls) | bare | {name for obj, name in a.member_calls | members
-                                    if obj in namespaces or name not in FUNCTION_STYLE}
-    found = defaultdict(list)
-    for f in a.anti_patterns:
-        found[f["rule"]].append(f["line"])
-    empty = not code.strip()
-    rules = []
-    for req in task.get("required_calls") or []:
-        alternatives = [x.strip() for x in str(req).split("|") if x.strip()]
-        rules.append({"rule": f"calls {req}", "kind": "required",
-                      "ok": not empty and any(x in called for x in alternatives)})
-    for rule in task.get("forbidden") or []:
-        rules.append({"rule": f"no {rule}", "kind": "forbidden", "ok": not empty and rule not in found,
-                      "lines": found.get(rule, [])})
-    satisfied = sum(r["ok"] for r in rules)
-    score = 0.0 if empty else (satisfied / len(rules) if rules else 1.0)
-    forbidden_found = sorted(r for r in (task.get("forbidden") or []) if r in found)
-    return {"score": round(score, 4), "pass": (not empty) and satisfied == len(rules), "rules": rules,
-            "forbidden_found": forbidden_found, "anti_patterns": a.anti_patterns, "parse_ok": a.parse_ok}
+compliance = compliance_rules.compliance
 
 
 # --- pass@k ----------------------------------------------------------------------------------
@@ -109,21 +53,29 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Path, tsconfig: str = "tsconfig.json",
           timeout: float = 10, memory_mb: int = 512,
           try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
-          isolation: str = "auto") -> tuple[list[dict], dict]:
+          isolation: str = "bwrap") -> tuple[list[dict], dict]:
     """Score completions [{model, task_id, sample, completion, prompt?, new_tokens?}].
 
     Returns (one result row per item, timing/set-up info). All completions share one compiler
     program and one sandbox workspace.
     """
     allowed = tuple(try_catch_allowed_in)
-    info: dict = {}
+    info: dict = {"isolation": sandbox.isolation_mode(isolation)}  # fails closed before any work
     codes = [generate.extract_code(it["completion"] or "", tasks[it["task_id"]].get("entry")) for it in items]
     t0 = time.perf_counter()
     # `export {}` keeps each snippet a module: two completions declaring the same global name
     # must not collide inside the shared program.
     sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
+    # One program for all (the batching is what makes it fast), except code that would change how
+    # the others type-check (`declare global`, `declare module`): each of those in a program alone.
+    alone = {k for k, v in sources.items() if compliance_rules.affects_other_files(v)}
+    isolated = info["isolation"] == "bwrap"  # the compiler reads untrusted source: inside the sandbox too
     # The same program lists what the corpus's @qi packages export (graded: API validity).
-    diagnostics = typecheck.check(sources, project, tsconfig, exports=typecheck.QI_MODULES)
+    diagnostics = typecheck.check({k: v for k, v in sources.items() if k not in alone}, project, tsconfig,
+                                  exports=typecheck.QI_MODULES, isolated=isolated)
+    for k in sorted(alone):
+        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, isolated=isolated))
+    info["compiled_alone"] = len(alone)
     exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
     info["compile_seconds"] = round(time.perf_counter() - t0, 3)
     info["qi_exports"] = {m: len(v) for m, v in exports.items()}
@@ -145,8 +97,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         if compiled:
             jobs.append((i, (f"c{i}", code, task["test"])))
     t0 = time.perf_counter()
-    with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=isolation) as sb:
-        info["network_isolation"] = sb.isolation
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=info["isolation"]) as sb:
         results = sb.run_tests([job for _, job in jobs])
     info["test_seconds"] = round(time.perf_counter() - t0, 3)
     by_item = {i: r for (i, _), r in zip(jobs, results)}
@@ -158,7 +109,8 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
             d = r.to_dict()
             d.pop("seconds")  # keep results.jsonl reproducible
             row["test"] = d
-        row["passed"] = row["test"]["status"] == "pass"
+        # A tampering completion never counts as passed, whatever its test run reported.
+        row["passed"] = row["test"]["status"] == "pass" and not row["compliance"]["tampering"]
         row["forbidden_found"] = row["compliance"]["forbidden_found"]
     return rows, info
 
@@ -368,7 +320,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                                   [[len(t)] for t in tokens], seconds)
         items += items_from_generation(kind, tasks, prompts, gen)
     rows, info = score(items, by_id, project=project, tsconfig=tsconfig, timeout=timeout, memory_mb=memory_mb,
-                       try_catch_allowed_in=try_catch_allowed_in)
+                       try_catch_allowed_in=try_catch_allowed_in, isolation=isolation)
     kinds = list(files)
     if reference_rows is not None:
         rows = reference_rows + rows
@@ -429,9 +381,11 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
         generation = {name: r["generation"] for name, r in results.items()}
     rows, info = score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
                        timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
-                       try_catch_allowed_in=cfg.validate.try_catch_allowed_in)
+                       try_catch_allowed_in=cfg.validate.try_catch_allowed_in, isolation=str(ec.sandbox))
     timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
-    metrics["network_isolation"] = info["network_isolation"]
+    metrics["isolation"] = info["isolation"]
+    if info["isolation"] != "bwrap":
+        log(f"eval: WARNING: model-written code ran WITHOUT OS-level isolation ({info['isolation']}, eval.sandbox=unsafe)")
     metrics["qi_exports"] = info["qi_exports"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     for m in models:

@@ -1,32 +1,39 @@
-"""Run untrusted TypeScript (model completions + a task's test) under node, in a sandbox.
+"""Run untrusted TypeScript (model completions + a task's test) under node, in an OS-level sandbox.
 
-Every test run gets:
-- its own temporary folder (the only place it may write), with HOME pointing there;
-- a scrubbed environment: PATH, HOME and LANG only;
-- a wall-clock timeout, after which the whole process group is killed (SIGKILL);
-- a memory cap: RLIMIT_DATA (private writable memory: heap, malloc, ArrayBuffers) plus
-  `node --max-old-space-size`, with RLIMIT_AS only as a loose backstop. RLIMIT_AS alone cannot
-  cap node: V8 reserves ~1 GB of address space at start-up (its CodeRange), so a tight RLIMIT_AS
-  kills every node process, while RLIMIT_DATA counts what is really committed;
-- RLIMIT_FSIZE (a flood of output or a huge file is stopped) and RLIMIT_CPU;
-- no network: `unshare -rn` puts node in a new user + network namespace with no interface up
-  (checked at run time; works here as root and for unprivileged users where user namespaces are
-  enabled), plus `-p --fork --kill-child`, a new PID namespace, so nothing it starts outlives it.
-  Where unshare is not usable, a preload (`--require`) replaces net/tls/http/dgram/dns entry points
-  by functions that throw; this is weaker (native add-ons could bypass it) and is reported as
-  `network_isolation: "preload"`;
-- node's permission model (`--experimental-permission` on node 20, `--permission` on newer
-  ones): file reads only in the sandbox folder and the compiled @qi packages, writes only in the
-  sandbox folder, no child processes, no worker threads, no native add-ons.
+Model-written code is hostile until proven otherwise. Every test run gets (isolation "bwrap", the
+default and the only one the eval accepts without an explicit opt-in):
+- bubblewrap (the sandbox under Flatpak; Debian's `bubblewrap`): new user, pid, network, ipc, uts
+  and mount namespaces (--unshare-all), --die-with-parent, --new-session (no terminal to inject
+  into), every capability dropped, an empty environment but PATH/HOME/LANG, a private /proc that
+  shows only the sandbox's processes, a private /dev and an empty tmpfs /tmp. The file system is
+  /usr read-only (node and its libraries), the compiled @qi packages read-only, and the run's own
+  folder read-write: no host /etc, /run (no Unix sockets of the host), /home, /root or repository;
+- when the eval runs as root: the code runs as the real user `nobody` (setpriv, no capabilities),
+  so RLIMIT_NPROC binds and nothing inside is root on the host (a user namespace would map it to
+  root); unprivileged, a new user namespace instead;
+- rlimits (prlimit): RLIMIT_DATA (private writable memory) plus `node --max-old-space-size` as the
+  memory cap (RLIMIT_AS only as a loose backstop: V8 reserves ~1 GB of address space at start-up),
+  RLIMIT_NPROC (no fork bomb), RLIMIT_FSIZE (no disk fill), RLIMIT_CPU, no core files; a wall-clock
+  timeout after which the whole process group is killed;
+- node's permission model inside it (`--permission` / `--experimental-permission` on node 20): file
+  reads only in the run folder and the compiled packages, writes only in the run folder, no child
+  processes, workers or native add-ons (node says it is no security boundary: bubblewrap is).
 
-A test passes when node exits 0 AND the runner printed its per-run nonce, which it does only
-after the test module loaded completely and every top-level promise (the async IIFE of an async
-test) settled: a completion that calls process.exit(0) early, or whose promise never resolves,
-fails.
+Verdicts the code under test cannot forge: a test passes when node exits 0 AND stdout holds the
+run's nonce, which the runner prints only after the test module loaded completely and every
+top-level promise settled. The nonce reaches the runner on stdin (read and consumed before the
+test loads: no file, argument or environment variable holds it), and before the test loads the
+runner freezes node:assert, keeps its own references to Promise.prototype.then and its tracking
+hook, and makes the modules a completion has no business with (child_process, net, dgram, dns,
+http, worker_threads, v8, inspector, vm, ...) throw on require. The nonce is looked for in the whole
+output before the output is cut for the results.
 
-Limits applied with the `prlimit` command (util-linux) rather than a preexec_fn, which is not
-safe in a multi-threaded parent (tests run from a thread pool); without prlimit, resource limits
-are set in preexec_fn.
+`isolation="unsafe"` (eval.sandbox=unsafe) is the explicit opt-in for machines without bubblewrap:
+`unshare -rnp` (or, where that fails, a preload that replaces the network modules) and node's
+permission model only; the eval prints it and records it in its metrics and MLflow.
+
+Limits are applied with the `prlimit` command (util-linux) rather than a preexec_fn, which is not
+safe in a multi-threaded parent (tests run from a thread pool).
 """
 
 from __future__ import annotations
@@ -49,43 +56,73 @@ from qi_expert.config import ROOT
 
 EMITTER = Path(__file__).with_name("tsemit.cjs")
 OUTPUT_LIMIT_BYTES = 8 << 20  # RLIMIT_FSIZE: stdout/stderr files and anything the test writes
-MESSAGE_CHARS = 4000  # how much of stdout/stderr a result keeps
+MESSAGE_CHARS = 4000  # how much of stdout/stderr a result keeps (after the verdict)
+NPROC_LIMIT = 256  # processes of the sandbox's user (`nobody` under root): no fork bomb
 
 RUNNER = """\
 "use strict";
-// qi-eval sandbox runner: load the test, wait for its top-level promises, then print the nonce.
+// qi-eval sandbox runner: harden, load the test, wait for its top-level promises, print the nonce.
 const fs = require("fs");
-const NONCE = %(nonce)s;
-const pending = new Set();
+const Module = require("module");
+const writeSync = fs.writeSync;
+const then = Promise.prototype.then;
+const apply = Reflect.apply;
+// The nonce arrives on stdin; once read it is in no file, argument or environment variable.
+const NONCE = fs.readFileSync(0, "utf8").trim();
+if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\\n"); process.exit(5); }
+// What the test asserts with cannot be patched by the code under test.
+const assert = require("assert");
+Object.freeze(assert); Object.freeze(assert.strict); Object.freeze(assert.AssertionError.prototype);
+const DENIED = new Set(%(denied)s);
+const load = Module._load;
+const guardedLoad = function (request, parent, isMain) {
+  const name = String(request).replace(/^node:/, "").split("/")[0];
+  if (DENIED.has(name)) {
+    const e = new Error("module '" + request + "' is not available in the qi-eval sandbox");
+    e.code = "ERR_SANDBOX_DENIED";
+    throw e;
+  }
+  return apply(load, this, [request, parent, isMain]);
+};
+Object.defineProperty(Module, "_load", { value: guardedLoad, writable: false, configurable: false });
+for (const key of ["binding", "_linkedBinding", "dlopen"]) {
+  Object.defineProperty(process, key, { value: undefined, writable: false, configurable: false });
+}
+let pending = 0;
 let loaded = false;
 let rejected = false;
-globalThis.__qiTrack = (value) => {
+const track = (value) => {
   if (value && typeof value.then === "function") {
-    pending.add(value);
-    value.then(() => pending.delete(value), (error) => {
-      pending.delete(value);
+    pending += 1;
+    apply(then, value, [() => { pending -= 1; }, (error) => {
+      pending -= 1;
       rejected = true;
       process.exitCode = 1;
-      fs.writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\\n");
-    });
+      writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\\n");
+    }]);
   }
   return value;
 };
+Object.defineProperty(globalThis, "__qiTrack", { value: track, writable: false, configurable: false });
 process.on("exit", (code) => {
   if (code !== 0 || rejected) return;
   if (!loaded) {
-    fs.writeSync(2, "qi-eval: the process exited before the test finished loading\\n");
+    writeSync(2, "qi-eval: the process exited before the test finished loading\\n");
     process.exitCode = 4;
-  } else if (pending.size) {
-    fs.writeSync(2, "qi-eval: the test's async body never settled (a promise was left pending)\\n");
+  } else if (pending) {
+    writeSync(2, "qi-eval: the test's async body never settled (a promise was left pending)\\n");
     process.exitCode = 3;
   } else {
-    fs.writeSync(1, "\\n" + NONCE + "\\n");
+    writeSync(1, "\\n" + NONCE + "\\n");
   }
 });
 require("./test.js");
 loaded = true;
 """
+
+# Node modules the code under test may not load at run time (the runner keeps the ones it needs).
+DENIED_MODULES = ("child_process", "cluster", "worker_threads", "net", "dgram", "dns", "http", "https", "http2",
+                  "tls", "inspector", "v8", "vm", "module", "repl", "trace_events", "wasi")
 
 NET_BLOCK = """\
 "use strict";
@@ -121,7 +158,7 @@ class SandboxError(RuntimeError):
 
 @dataclass
 class RunResult:
-    status: str  # pass | fail | timeout | memory | error
+    status: str  # pass | fail | timeout | cpu | memory | output_limit
     exit_code: int | None
     seconds: float
     stdout: str
@@ -161,7 +198,7 @@ def permission_flag() -> str | None:
 
 @lru_cache(maxsize=None)
 def unshare_works() -> bool:
-    """Can we put a process in new user, network and PID namespaces here?"""
+    """Can we put a process in new user, network and PID namespaces here? (isolation "unsafe" only)"""
     unshare = shutil.which("unshare")
     if unshare is None:
         return False
@@ -174,28 +211,108 @@ def unshare_works() -> bool:
     return proc.returncode == 0
 
 
-def isolation_mode(preference: str = "auto") -> str:
-    """`unshare` when available (or asked), `preload` otherwise."""
-    if preference == "preload":
-        return "preload"
-    if unshare_works():
-        return "unshare"
-    if preference == "unshare":
-        raise SandboxError("unshare -rn does not work on this machine (user namespaces disabled?)")
-    return "preload"
+NOBODY = 65534
+# The one command that gives this machine the sandbox (set-up runs it when it is root).
+INSTALL_HINT = "apt-get install bubblewrap (Debian/Ubuntu; `make setup` does it as root), or dnf install bubblewrap"
 
 
-def _node_json(script: Path, payload: Mapping, timeout: float = 600) -> dict:
-    proc = subprocess.run([node_binary(), str(script)], input=json.dumps(payload), capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+def bwrap_command(*, read_only: Sequence[Path | tuple[Path, Path]] = (), read_write: Sequence[Path] = (),
+                  chdir: Path | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+    """bubblewrap around a command: namespaces new, /usr and `read_only` read-only, `read_write` writable.
+
+    Unprivileged: a new user namespace too (--unshare-all) and every capability dropped. As root, a
+    user namespace would map the sandbox to host root; instead bwrap (root) makes the mounts and the
+    command runs as the real user `nobody` (setpriv: no capabilities, empty bounding set, no new
+    privileges), so RLIMIT_NPROC binds and nothing inside is root on the host. `read_only` folders
+    must be readable by `nobody` (their own permission bits; their parents need not be); an entry
+    (source, target) shows `source` at `target` (a symlinked folder where code expects it).
+    """
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
+    root = os.geteuid() == 0
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--clearenv"]
+    cmd += (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"] if root
+            else ["--unshare-all", "--cap-drop", "ALL"])
+    for k, v in (env or {}).items():
+        cmd += ["--setenv", k, v]
+    cmd += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    node_home = Path(node_binary()).resolve().parents[1]
+    if not str(node_home).startswith("/usr/") and str(node_home) != "/usr":
+        cmd += ["--ro-bind", str(node_home), str(node_home)]  # node installed elsewhere (nvm, /opt)
+    # Parents of the mount points, traversable by `nobody` (bwrap would make them 0700).
+    ro = [(Path(p[0]), Path(p[1])) if isinstance(p, tuple) else (Path(p), Path(p)) for p in read_only]
+    parents = sorted({a for p in [*(t for _, t in ro), *read_write] for a in Path(p).parents if str(a) not in ("/", "/usr")
+                      and not str(a).startswith("/usr/")}, key=lambda a: len(a.parts))
+    for a in parents:
+        cmd += ["--perms", "0755", "--dir", str(a)]
+    for src, target in ro:
+        cmd += ["--ro-bind", str(src), str(target)]
+    for p in read_write:
+        cmd += ["--bind", str(p), str(p)]
+    if chdir is not None:
+        cmd += ["--chdir", str(chdir)]
+    if root:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None or not setpriv.startswith("/usr/"):
+            raise SandboxError("running as root without util-linux's setpriv in /usr: the sandbox would run as root")
+        cmd += [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all", "--no-new-privs"]
+    return cmd
+
+
+@lru_cache(maxsize=None)
+def bwrap_works() -> bool:
+    """Does bubblewrap run node here (installed, user namespaces allowed)?"""
+    if shutil.which("bwrap") is None:
+        return False
+    try:
+        proc = subprocess.run(bwrap_command() + [node_binary(), "-e", "process.exit(require('fs').existsSync('/etc/passwd') ? 3 : 0)"],
+                              capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired, SandboxError):
+        return False
+    return proc.returncode == 0
+
+
+def isolation_mode(preference: str = "bwrap") -> str:
+    """"bwrap" (fails closed where bubblewrap cannot run), or, opted into by name, "unsafe (unshare|preload)"."""
+    if preference in ("bwrap", "auto"):
+        if not bwrap_works():
+            raise SandboxError("the eval runs model-written code only inside bubblewrap, which "
+                               + ("is not installed" if shutil.which("bwrap") is None else "cannot run here (user namespaces disabled?)")
+                               + f": {INSTALL_HINT}. To run it without OS-level isolation anyway, opt in with "
+                               "eval.sandbox=unsafe (recorded in the metrics)")
+        return "bwrap"
+    if preference == "unsafe":
+        return "unsafe (unshare)" if unshare_works() else "unsafe (preload)"
+    if preference in ("unsafe (unshare)", "unsafe (preload)"):  # already resolved
+        return preference
+    raise SandboxError(f"eval.sandbox is {preference!r}: bwrap (OS-level isolation) or unsafe (explicit opt-out)")
+
+
+def _node_json(script: Path, payload: Mapping, timeout: float = 600, writable: Sequence[Path] = ()) -> dict:
+    """Run one of our node scripts on a JSON payload; with `writable`, inside bubblewrap writing only there."""
+    from qi_expert.typecheck import node_modules
+
+    modules = node_modules().resolve()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "NODE_PATH": str(modules)}
+    cmd = [node_binary(), str(script)]
+    if writable:
+        cmd = bwrap_command(read_only=[script.parent, modules], read_write=writable, env=env, chdir=script.parent) + cmd
+    proc = subprocess.run(cmd, input=json.dumps(payload), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SandboxError(f"{script.name} failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout)
 
 
-def emit(files: Sequence[Mapping], packages: Mapping | None = None) -> dict:
-    """Emit CommonJS for [{source, out, track}] (and the @qi packages) in one node process."""
-    return _node_json(EMITTER, {"files": list(files), "packages": packages})
+def emit(files: Sequence[Mapping], packages: Mapping | None = None, writable: Sequence[Path] = ()) -> dict:
+    """Emit CommonJS for [{source, out, track}] (and the @qi packages) in one node process.
+
+    `writable`: the compiler reads untrusted source, so it runs in bubblewrap, writing only there."""
+    return _node_json(EMITTER, {"files": list(files), "packages": packages}, writable=writable)
 
 
 class Sandbox:
@@ -205,7 +322,7 @@ class Sandbox:
     """
 
     def __init__(self, project: Path, tsconfig: str = "tsconfig.json", *, timeout: float = 10,
-                 memory_mb: int = 512, isolation: str = "auto", workers: int | None = None):
+                 memory_mb: int = 512, isolation: str = "bwrap", workers: int | None = None):
         self.project = Path(project).resolve()
         self.tsconfig = tsconfig
         self.timeout = float(timeout)
@@ -241,6 +358,9 @@ class Sandbox:
                 break
         (runtime / "netblock.js").write_text(NET_BLOCK, encoding="utf-8")
         (self.root / "runs").mkdir()
+        for p in [runtime, *runtime.rglob("*")]:  # readable by `nobody`, whatever the umask
+            if not p.is_symlink():
+                p.chmod(0o755 if p.is_dir() else 0o644)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -253,6 +373,8 @@ class Sandbox:
         d = self.root / "runs" / name
         d.mkdir(parents=True, exist_ok=False)
         (d / "node_modules").symlink_to(self.root / "runtime" / "node_modules")
+        if os.geteuid() == 0:
+            os.chown(d, NOBODY, NOBODY)  # the run folder is the one place the sandbox writes
         return d
 
     # -- running ------------------------------------------------------------------------
@@ -266,7 +388,7 @@ class Sandbox:
             files.append({"source": test, "out": str(d / "test.js"), "fileName": str(d / "test.ts"),
                           "track": True})
         if files:
-            emit(files)
+            emit(files, writable=[self.root / "runs"] if self.isolation == "bwrap" else ())
         return dirs
 
     def command(self, workdir: Path, script: str) -> list[str]:
@@ -274,9 +396,14 @@ class Sandbox:
         cmd: list[str] = []
         prlimit = shutil.which("prlimit")
         if prlimit:
+            # CPU: SIGXCPU at the soft limit, SIGKILL a second later.
             cmd += [prlimit, f"--data={(mem + 256) << 20}", f"--as={(mem + 3072) << 20}",
-                    f"--fsize={OUTPUT_LIMIT_BYTES}", f"--cpu={int(self.timeout) + 2}", "--core=0", "--"]
-        if self.isolation == "unshare":
+                    f"--fsize={OUTPUT_LIMIT_BYTES}", f"--cpu={int(self.timeout) + 2}:{int(self.timeout) + 3}",
+                    "--core=0", f"--nproc={NPROC_LIMIT}", "--"]
+        if self.isolation == "bwrap":
+            cmd += bwrap_command(read_only=self.read_paths, read_write=[workdir], chdir=workdir,
+                                 env={"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"})
+        elif self.isolation == "unsafe (unshare)":
             cmd += [shutil.which("unshare") or "unshare", "-rnp", "--fork", "--kill-child"]
         cmd += [node_binary(), f"--max-old-space-size={mem}"]
         flag = permission_flag()
@@ -284,7 +411,7 @@ class Sandbox:
             # One flag per folder: node 20 mis-parses comma-separated lists.
             cmd += [flag, *(f"--allow-fs-read={p}" for p in [workdir, *self.read_paths]),
                     f"--allow-fs-write={workdir}"]
-        if self.isolation == "preload":
+        if self.isolation == "unsafe (preload)":
             cmd += ["--require", str(self.root / "runtime" / "netblock.js")]
         return cmd + [script]
 
@@ -297,19 +424,25 @@ class Sandbox:
         resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES,) * 2)
         resource.setrlimit(resource.RLIMIT_CPU, (int(self.timeout) + 2,) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NPROC, (NPROC_LIMIT,) * 2)
 
     def run(self, workdir: Path, script: str = "runner.js", nonce: str | None = None) -> RunResult:
-        """Run `node script` in `workdir` under every limit; `nonce` marks a completed test."""
+        """Run `node script` in `workdir` under every limit; `nonce` (sent on stdin) marks a completed test."""
         workdir = Path(workdir)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
         out_path, err_path = workdir / ".stdout", workdir / ".stderr"
         t0 = time.perf_counter()
         timed_out = False
         with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(self.command(workdir, script), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(self.command(workdir, script), cwd=workdir, env=env, stdin=subprocess.PIPE,
                                     stdout=out, stderr=err, start_new_session=True,
                                     preexec_fn=None if shutil.which("prlimit") else self._preexec)
             try:
+                try:
+                    proc.stdin.write(((nonce or "") + "\n").encode())
+                    proc.stdin.close()
+                except (BrokenPipeError, OSError):
+                    pass  # it exited before reading: its exit status says why
                 code = proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
@@ -318,6 +451,8 @@ class Sandbox:
             finally:
                 _kill_group(proc)  # anything left in the group (there should be nothing)
         seconds = time.perf_counter() - t0
+        # The verdict reads the whole output (up to RLIMIT_FSIZE) before it is cut for the results.
+        completed = nonce is not None and _contains(out_path, nonce)
         stdout, stderr = _read_capped(out_path), _read_capped(err_path)
         # Stack traces name files under the temporary root, whose random name would make two
         # evaluations of the same completions write different results.
@@ -326,11 +461,13 @@ class Sandbox:
                            if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l)
         if timed_out:
             return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s")
-        if code == 0 and (nonce is None or nonce in stdout):
+        if code == 0 and (nonce is None or completed):
             return RunResult("pass", code, seconds, stdout.replace(nonce or "\0", "").rstrip(), stderr)
-        if max(_size(out_path), _size(err_path)) >= OUTPUT_LIMIT_BYTES:
-            return RunResult("fail", code, seconds, stdout,
+        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "EFBIG" in stderr or _hit_file_limit(workdir):
+            return RunResult("output_limit", code, seconds, stdout,
                              stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit")
+        if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            return RunResult("cpu", code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit")
         if _out_of_memory(code, stderr):
             return RunResult("memory", code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap")
         if code == 0:
@@ -340,11 +477,10 @@ class Sandbox:
     def run_tests(self, jobs: Sequence[tuple[str, str, str]]) -> list[RunResult]:
         """[(name, solution_ts, test_ts)] -> one RunResult each, run in parallel."""
         dirs = self.prepare(jobs)
-        nonces = []
+        runner = RUNNER % {"denied": json.dumps(list(DENIED_MODULES))}
         for d in dirs:
-            nonce = "qi-eval-done-" + secrets.token_hex(12)
-            (d / "runner.js").write_text(RUNNER % {"nonce": json.dumps(nonce)}, encoding="utf-8")
-            nonces.append(nonce)
+            (d / "runner.js").write_text(runner, encoding="utf-8")
+        nonces = ["qi-eval-done-" + secrets.token_hex(12) for _ in dirs]
         with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(lambda dn: self.run(dn[0], "runner.js", dn[1]), zip(dirs, nonces)))
 
@@ -354,6 +490,29 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _contains(path: Path, needle: str) -> bool:
+    """Does the file hold `needle` anywhere (read in overlapping chunks, never all at once)?"""
+    data = needle.encode()
+    tail = b""
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                if data in tail + chunk:
+                    return True
+                tail = chunk[-len(data):]
+    except OSError:
+        return False
+    return False
+
+
+def _hit_file_limit(folder: Path) -> bool:
+    """Did any file of the run (its output included) reach RLIMIT_FSIZE? (node ignores SIGXFSZ: writes fail with EFBIG)"""
+    try:
+        return any(p.is_file() and not p.is_symlink() and _size(p) >= OUTPUT_LIMIT_BYTES for p in folder.rglob("*"))
+    except OSError:
+        return False
 
 
 def _size(path: Path) -> int:

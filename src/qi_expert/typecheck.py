@@ -40,20 +40,31 @@ QI_MODULES = ("@qi/base", "@qi/core")
 
 def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.json",
           options: Mapping | None = None, timeout: float = 900,
-          exports: Sequence[str] = ()) -> dict[str, list[dict]]:
+          exports: Sequence[str] = (), isolated: bool = False) -> dict[str, list[dict]]:
     """Diagnostics per snippet name ([] = compiles), all snippets in one compiler program.
 
     Snippets are placed inside `project` (virtually; nothing is written there), so its
     tsconfig's `paths` map @qi/base and @qi/core to the project's own sources. With `exports`
     (module names), the result also holds "__exports__": {module: [{name, file}] or None}, the
-    modules' export lists as the same compiler program resolves them.
+    modules' export lists as the same compiler program resolves them. `isolated` (untrusted
+    sources: model completions) runs the compiler inside the eval's bubblewrap sandbox, reading only
+    the project, TypeScript and this checker.
     """
     if not sources and not exports:
         return {}
     payload = json.dumps({"project": str(project), "tsconfig": tsconfig, "options": dict(options or {}),
                           "files": dict(sources), "exports": list(exports)})
-    env = {**os.environ, "NODE_PATH": str(node_modules())}
-    proc = subprocess.run([_node(), str(CHECKER)], input=payload, capture_output=True, text=True,
+    # A scrubbed environment: the compiler needs none of the caller's variables (tokens, keys).
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "NODE_PATH": str(node_modules().resolve())}
+    cmd = [_node(), str(CHECKER)]
+    if isolated:
+        from qi_expert import sandbox
+
+        modules = node_modules()
+        shown = [modules.resolve()] + ([(modules.resolve(), modules)] if modules.is_symlink() else [])
+        cmd = sandbox.bwrap_command(read_only=[Path(project).resolve(), *shown, CHECKER.parent],
+                                    env=env, chdir=CHECKER.parent) + cmd
+    proc = subprocess.run(cmd, input=payload, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise TypeCheckError(f"TypeScript check failed for project {project}: {proc.stderr.strip()[-2000:]}")
