@@ -97,8 +97,10 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
             t0 = time.perf_counter()
             answers = [refloss.answer_text(tokenizer, m, p, t["reference"]) if t.get("reference") else None
                        for m, p, t in zip(messages, prompts, tasks)]
-            nll = refloss.reference_nll(model, tokenizer, prompts, answers)
+            dtype = refloss.autocast_dtype(model)
+            nll = refloss.reference_nll(model, tokenizer, prompts, answers, dtype=dtype)
             timing[f"reference_loss_seconds.{arm.name}"] = round(time.perf_counter() - t0, 2)
+            info["reference_loss_dtype"] = str(dtype or next(model.parameters()).dtype).replace("torch.", "")
         items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
                   "new_tokens": gen.new_tokens[i][s], "reference_nll": nll[i] if nll else None,
                   **({"retrieved": hits[i]} if arm.retrieval and hits else {})}

@@ -23,9 +23,31 @@ def answer_text(tokenizer, messages: list[dict], prompt: str, reference: str) ->
     return full[len(prompt):].rstrip()
 
 
+def autocast_dtype(model) -> "torch.dtype | None":
+    """bf16 autocast for an fp32 model on a CPU with bf16 matrix units, else None (as the model is).
+
+    The forward over every prompt + reference is the eval's second-largest cost after generation;
+    on this machine's CPU bf16 matmuls run 2.2x fp32 (platform notes). The per-token log-softmax
+    stays fp32. What it changes is measured in benchmarks/reference_loss_precision.py.
+    """
+    import torch
+
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        return None
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    avx512bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if (amx or avx512bf16) else None
+
+
 def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str | None], *,
-                  batch_size: int = 8) -> list[float | None]:
-    """Mean NLL (nats/token) of each answer after its prompt; None where there is no answer."""
+                  batch_size: int = 8, dtype: "torch.dtype | None" = None) -> list[float | None]:
+    """Mean NLL (nats/token) of each answer after its prompt; None where there is no answer.
+
+    `dtype`: autocast the forward to it (autocast_dtype(model) picks bf16 where the CPU has it).
+    """
+    import contextlib
+
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -34,7 +56,8 @@ def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
             for i, (p, a) in enumerate(zip(prompts, answers)) if a]
     jobs.sort(key=lambda j: len(j[1]) + len(j[2]))  # similar lengths together: little padding
     out: list[float | None] = [None] * len(prompts)
-    with torch.inference_mode():
+    cast = torch.autocast(device_type="cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.inference_mode(), cast:
         for b in range(0, len(jobs), batch_size):
             chunk = jobs[b:b + batch_size]
             width = max(len(p) + len(a) for _, p, a in chunk)

@@ -1,0 +1,43 @@
+"""Eval generation throughput by batch size (continuous batching), on the real benchmark prompts.
+
+    python benchmarks/generation_batch_size.py [--sizes 16 32 54] [--max-new-tokens 128]
+
+The base model (models/base) completes the 54 benchmark prompts greedily at each batch size;
+prints tokens/s and whether the completions are the same text as at the first size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from qi_expert import bench, generate  # noqa: E402
+from qi_expert.config import load_params, resolve_path  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 54])
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    args = ap.parse_args()
+    cfg = load_params()
+    tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))
+    model, tok = generate.load_model(resolve_path(cfg.model.base_model))
+    prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt) for t in tasks]
+    first = None
+    print("| batch size | new tokens | seconds | tokens/s | same completions as the first |")
+    print("|---|---|---|---|---|")
+    for size in args.sizes:
+        gen = generate.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=size)
+        same = "-" if first is None else sum(a == b for a, b in zip(first, gen.completions))
+        first = first or gen.completions
+        print(f"| {size} | {gen.total_new_tokens} | {gen.seconds:.1f} | {gen.tokens_per_second:.1f} | {same} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
