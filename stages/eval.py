@@ -3,7 +3,7 @@
     python stages/eval.py                                 # every arm of eval.arms
     python stages/eval.py 'eval.arms=[base,tuned]'        # no retrieval arms
     python stages/eval.py eval.limit=3                    # the first 3 tasks only
-    python stages/eval.py eval.adapter=null               # the base model alone
+    python stages/eval.py eval.adapter=null 'eval.arms=[base]'   # the base model alone
     python stages/eval.py eval.predictions=preds.jsonl    # score {task_id, completion} rows, no model
 
 Writes data/eval/results.jsonl (one row per task, arm and sample), metrics/eval.json (per arm: the

@@ -55,22 +55,10 @@ class Bindings:
 
     def __init__(self, root: Node):
         self.root = root
-        self.qi: dict[str, str] = {}  # local name -> imported @qi name
-        self.namespaces: set[str] = set()
+        imported, namespaces = patterns.qi_bindings(root)
+        self.qi: dict[str, str] = {local: name for local, (_, name) in imported.items()}  # local -> @qi name
+        self.namespaces: set[str] = set(namespaces)
         self.declared: set[str] = set()  # declared in the file (shadows a same-named import's absence)
-        for node in root.named_children:
-            if node.type != "import_statement":
-                continue
-            module = tsast.text(node.child_by_field_name("source")).strip("'\"`")
-            if not module.startswith("@qi/"):
-                continue
-            for n in tsast.walk(node):
-                if n.type == "import_specifier":
-                    name = tsast.text(n.child_by_field_name("name"))
-                    alias = n.child_by_field_name("alias")
-                    self.qi[tsast.text(alias) if alias is not None else name] = name
-                elif n.type == "namespace_import":
-                    self.namespaces |= {tsast.text(c) for c in n.named_children if c.type == "identifier"}
         for n in tsast.walk(root):
             if n.type in ("function_declaration", "class_declaration", "variable_declarator"):
                 name = n.child_by_field_name("name")

@@ -279,7 +279,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                max_new_tokens: int, project: Path, tsconfig: str = "tsconfig.json", timeout: float = 10,
                memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
                n_ctx: int = 2048, n_threads: int | None = None, reference_rows: Sequence[Mapping] | None = None,
-               reference_name: str = "tuned", log=print) -> tuple[list[dict], dict]:
+               reference_name: str = "tuned", isolation: str = "bwrap", log=print) -> tuple[list[dict], dict]:
     """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
 
     Same prompts (the tokenizer's chat template, token ids fed to llama.cpp as they are), same

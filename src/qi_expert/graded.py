@@ -20,7 +20,7 @@ import statistics
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
-from qi_expert import tsast
+from qi_expert import patterns, tsast
 
 # TS2304 "Cannot find name 'X'." and TS2552 "Cannot find name 'X'. Did you mean 'Y'?";
 # TS2503 "Cannot find namespace 'X'." (a type used as QiError.Foo).
@@ -37,21 +37,8 @@ def qi_names(code: str) -> list[tuple[str, str]]:
     if not code.strip():
         return []
     root = tsast.parse(code).root_node
-    out: list[tuple[str, str]] = []
-    namespaces: dict[str, str] = {}
-    for node in root.named_children:
-        if node.type != "import_statement":
-            continue
-        module = tsast.text(node.child_by_field_name("source")).strip("'\"`")
-        if not module.startswith("@qi/"):
-            continue
-        for n in tsast.walk(node):
-            if n.type == "import_specifier":
-                out.append((module, tsast.text(n.child_by_field_name("name"))))
-            elif n.type == "namespace_import":
-                alias = next((tsast.text(c) for c in n.named_children if c.type == "identifier"), "")
-                if alias:
-                    namespaces[alias] = module
+    imported, namespaces = patterns.qi_bindings(root)
+    out: list[tuple[str, str]] = [(module, name) for module, name in imported.values()]
     if namespaces:
         for n in tsast.walk(root):
             if n.type in ("member_expression", "nested_type_identifier"):

@@ -110,6 +110,28 @@ def _imports(nodes: Sequence[Node]) -> dict[str, list[str]]:
     return out
 
 
+def qi_bindings(root: Node) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """What a file's @qi imports bind: ({local name: (module, imported name)}, {namespace alias: module})."""
+    names: dict[str, tuple[str, str]] = {}
+    namespaces: dict[str, str] = {}
+    for node in root.named_children:
+        if node.type != "import_statement":
+            continue
+        module = tsast.text(node.child_by_field_name("source")).strip("'\"`")
+        if not module.startswith("@qi/"):
+            continue
+        for n in tsast.walk(node):
+            if n.type == "import_specifier":
+                name = tsast.text(n.child_by_field_name("name"))
+                alias = n.child_by_field_name("alias")
+                names[tsast.text(alias) if alias is not None else name] = (module, name)
+            elif n.type == "namespace_import":
+                for c in n.named_children:
+                    if c.type == "identifier":
+                        namespaces[tsast.text(c)] = module
+    return names, namespaces
+
+
 def _declared(nodes: Sequence[Node]) -> list[str]:
     names = []
     for node in nodes:
