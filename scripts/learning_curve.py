@@ -70,15 +70,17 @@ def curve(exps: list[dict], reference: dict) -> list[dict]:
         if not ev or tr.get("steps") != e["params"].get("max_steps"):
             continue
         steps = e["params"]["max_steps"]
-        rows[steps] = {arm: {"max_steps": steps, **{k: ev.get(arm, {}).get("graded", {}).get(k) for k in GRADED},
-                             **{k: ev.get(arm, {}).get(k) for k in BINARY}, "val_loss": tr.get("val_loss_final"),
+        # DVC keeps only numbers of a metrics file: the arms are the blocks that hold graded metrics.
+        arms = [k for k, v in ev.items() if isinstance(v, dict) and "graded" in v]
+        rows[steps] = {arm: {"max_steps": steps, **{k: ev[arm]["graded"].get(k) for k in GRADED},
+                             **{k: ev[arm].get(k) for k in BINARY}, "val_loss": tr.get("val_loss_final"),
                              "experiment": e["name"]}
-                       for arm in ev.get("models", [])}
-    return [rows[k] for k in sorted(rows)]
+                       for arm in arms}
+    return [rows[k] for k in sorted(rows) if rows[k]]
 
 
 def main() -> int:
-    show = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], cwd=ROOT,
+    show = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ROOT,
                                      capture_output=True, text=True, check=True).stdout)
     import yaml
 
