@@ -4,7 +4,7 @@
       && dvc exp run --queue -S max_steps=80 && dvc queue start -j 1   # plus the workspace's 20
     python scripts/learning_curve.py          # -> metrics/learning_curve/<arm>.csv (dvc plots show)
 
-Reads every experiment `dvc exp show --json` lists (and the workspace), one row per max_steps
+Reads every experiment `dvc exp show --json -A` lists (all commits, their experiments, the workspace), one row per max_steps
 (the newest experiment wins when two share one): one CSV per eval arm (one line per arm in the
 DVC plots of dvc.yaml), columns the graded and binary metrics plus the train stage's final
 validation loss. Experiments that differ from the workspace in
@@ -80,7 +80,7 @@ def curve(exps: list[dict], reference: dict) -> list[dict]:
 
 
 def main() -> int:
-    show = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ROOT,
+    show = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], cwd=ROOT,
                                      capture_output=True, text=True, check=True).stdout)
     import yaml
 
