@@ -37,9 +37,8 @@ def _last(state: dict, key: str):
     return None
 
 
-def summarise(state: dict, y: dict, wall: float, train_seconds: float, resumed_step: int,
+def summarise(state: dict, rows: list[dict], y: dict, wall: float, train_seconds: float, resumed_step: int,
               model_report: dict, token_report: dict) -> dict:
-    rows = training.loss_rows(state)
     train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] != ""]
     val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] != ""]
     slots = int(_last(state, "tokens/total") or 0)       # token slots of all steps (with padding)
@@ -55,6 +54,8 @@ def summarise(state: dict, y: dict, wall: float, train_seconds: float, resumed_s
         "gradient_accumulation_steps": int(y["gradient_accumulation_steps"]),
         "sequence_len": int(y["sequence_len"]),
         "adapter": y["adapter"],
+        "precision": "bf16" if y.get("bf16") is True else "fp16" if y.get("fp16") is True
+                     else "bf16 (auto)" if y.get("bf16") == "auto" else "fp32",
         "train_loss_first": train[0][1] if train else None,
         "train_loss_final": train[-1][1] if train else None,
         "train_loss_final_mean5": round(sum(tail) / len(tail), 4) if tail else None,
@@ -112,6 +113,15 @@ def run(cfg):
     run_id = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags).info.run_id
     # Axolotl's MLflow callback logs per-step loss into this run (tagged above).
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id})
+    # The base model's validation loss (step 0) when it is already known for these inputs.
+    # (train.cache_base_val_loss=false measures it in every run that launches Axolotl.)
+    shared = bool(tc.cache_base_val_loss)
+    val_key = training.base_val_key(y, cfg)
+    base_val = training.cached_base_val(val_key, output_dir, shared=shared) if (shared or done) else None
+    if base_val is not None and not done:
+        env[training.SKIP_EVAL_ON_START] = "1"
+        print(f"train: base model's validation loss {base_val:.4f} known for these inputs "
+              f"(train.cache_base_val_loss); no step-0 validation pass", flush=True)
     status = "FAILED"
     try:
         train_seconds = 0.0
@@ -122,10 +132,16 @@ def run(cfg):
             train_seconds = time.time() - t_train
         state = training.trainer_state(output_dir)
         rows = training.loss_rows(state)
+        if base_val is not None:
+            rows = training.with_base_val(rows, base_val)
+        elif rows and rows[0]["step"] == 0 and rows[0]["val_loss"] != "":
+            training.remember_base_val(val_key, output_dir, rows[0]["val_loss"], shared=shared)
         # The plugin's reports describe the invocation that last ran Axolotl.
-        metrics = summarise(state, y, time.time() - t0, train_seconds, training.global_step(resume),
+        metrics = summarise(state, rows, y, time.time() - t0, train_seconds, training.global_step(resume),
                             training.plugin_report(output_dir, training.MODEL_REPORT),
                             training.plugin_report(output_dir, training.TOKEN_REPORT))
+        metrics["val_loss_first_cached"] = base_val is not None
+        client.set_tag(run_id, "precision", metrics["precision"])
         copied = training.copy_adapter(resume if done else output_dir, resolve_path(tc.adapter_dir))
         io.write_json(METRICS, metrics)
         training.write_loss_csv(LOSS_CSV, rows)

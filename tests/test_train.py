@@ -138,12 +138,26 @@ def test_cpu_default_yaml_has_cpu_settings():
     cfg = compose_conf(["lora_r=32"])
     y = axolotl_config.build(cfg, cuda=False, tracking_uri="sqlite:////tmp/x.db")
     assert y["lora_r"] == 32 and y["base_model"] == "models/base/smollm2-135m"
-    assert not (y["bf16"] or y["fp16"] or y["tf32"])
+    # Mixed precision where this CPU has bf16 instructions (train.cpu_precision: auto), else fp32.
+    assert y["bf16"] is basemodel.cpu_bf16_supported() and not (y["fp16"] or y["tf32"])
     assert y["attn_implementation"] in ("eager", "sdpa") and y["optimizer"] == "adamw_torch"
     assert y["dataloader_pin_memory"] is False
     assert not any(y[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"))
     assert y["mlflow_experiment_name"] == cfg.mlflow.experiment and y["hf_mlflow_log_artifacts"] is False
     assert y["auto_resume_from_checkpoints"] is True and y["output_dir"] == "models/train/checkpoints"
+
+
+def test_cpu_precision_is_chosen_by_the_cpu_and_fp32_stays_selectable(monkeypatch):
+    fp32 = axolotl_config.build(compose_conf(["train.cpu_precision=fp32"]), cuda=False)
+    assert fp32["bf16"] is False and fp32["fp16"] is False
+    monkeypatch.setattr(basemodel, "cpu_bf16_supported", lambda: True)
+    assert axolotl_config.build(compose_conf([]), cuda=False)["bf16"] is True
+    monkeypatch.setattr(basemodel, "cpu_bf16_supported", lambda: False)
+    assert axolotl_config.build(compose_conf([]), cuda=False)["bf16"] is False  # auto falls back
+    with pytest.raises(ValueError, match="train.cpu_precision=bf16: this CPU has no bf16"):
+        axolotl_config.build(compose_conf(["train.cpu_precision=bf16"]), cuda=False)
+    with pytest.raises(ValueError, match="train.cpu_precision must be auto, bf16 or fp32"):
+        axolotl_config.build(compose_conf(["train.cpu_precision=fp8"]), cuda=False)
 
 
 def test_axolotl_accepts_the_generated_configs(tmp_path):
@@ -335,6 +349,33 @@ def test_rerun_of_a_finished_run_trains_no_further_step(project):
     assert (adapter / "tokenizer.json").is_file()
     m = json.loads((project / "metrics" / "train.json").read_text())
     assert m["steps"] == 8 and m["steps_this_run"] == 0
+
+
+@pytest.mark.slow
+def test_base_val_loss_is_measured_once_and_reused_across_a_sweep(project, tmp_path):
+    """The step-0 validation pass measures the base model (LoRA B is zero): a sweep over lora_r
+    reuses the first run's figure, which is exactly what the pass would have measured."""
+    other = tmp_path / "proj"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+
+    def metrics():
+        return json.loads((other / "metrics" / "train.json").read_text())
+
+    skipped = "no step-0 validation pass"
+    assert skipped not in run_stage(other).stdout
+    first = metrics()
+    assert first["val_loss_first_cached"] is False and first["precision"] in ("bf16", "fp32")
+    assert skipped in run_stage(other, "lora_r=4").stdout
+    reused = metrics()
+    assert reused["val_loss_first_cached"] is True and reused["val_loss_first"] == first["val_loss_first"]
+    csv_rows = (other / "metrics" / "train_loss.csv").read_text().splitlines()
+    assert csv_rows[1].startswith("0,") and float(csv_rows[1].split(",")[2]) == pytest.approx(first["val_loss_first"], abs=1e-6)
+    assert reused["val_loss_final"] != first["val_loss_final"]  # another adapter was trained
+    # Measured again with the cache off and yet another lora_r: the same number.
+    assert skipped not in run_stage(other, "lora_r=2", "train.cache_base_val_loss=false").stdout
+    assert metrics()["val_loss_first"] == first["val_loss_first"]
+    # Another input of the pass (the sequence length): measured again.
+    assert skipped not in run_stage(other, "sequence_len=128").stdout
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ reproducible): an interrupted run resumed from step k ends with the same adapter
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +37,7 @@ from axolotl.integrations.base import BasePlugin
 from torch.utils.data import RandomSampler, Sampler
 from transformers import TrainerCallback, set_seed
 
-from qi_expert.training import MODEL_REPORT, TOKEN_REPORT
+from qi_expert.training import MODEL_REPORT, SKIP_EVAL_ON_START, TOKEN_REPORT
 
 
 def _write(cfg, name: str, data: dict) -> None:
@@ -143,6 +144,18 @@ def _seed_packed_order(trainer, seed: int) -> None:
 
 
 class ModelReportPlugin(BasePlugin):
+    def get_training_args(self, cfg):
+        args = {}
+        if not torch.cuda.is_available():
+            # Axolotl 0.19 never sets use_cpu; without it transformers refuses bf16 on a machine
+            # without a GPU ("Your setup doesn't support bf16/gpu"), though CPU autocast runs it.
+            args["use_cpu"] = True
+        if os.environ.get(SKIP_EVAL_ON_START) == "1":
+            # The train stage already knows the base model's validation loss (training.BaseValCache):
+            # Axolotl's eval_on_start pass would measure the same number again.
+            args["eval_on_start"] = False
+        return args
+
     def pre_model_load(self, cfg):
         set_seed(int(cfg.seed or 0))  # weights the build itself initialises (e.g. resized embeddings)
 

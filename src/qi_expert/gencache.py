@@ -1,4 +1,7 @@
-"""A content-keyed cache of generations: the same model files, prompts and decoding give the same text.
+"""A content-keyed cache of what a model computes: the same model files and inputs give the same numbers.
+
+Two users: the eval's generations and reference losses (below), and the train stage's
+base-model validation loss (training.base_val_key), each under its own folder (`kind`).
 
 The eval's base arms depend only on the base model, the tasks, the prompt and the decoding, yet
 every experiment of a sweep (`dvc exp run -S lora_r=32`) would generate them again (~2 min each
@@ -21,8 +24,8 @@ from typing import Iterable, Mapping, Sequence
 CODE_FILES = ("generate.py", "gencache.py")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("QI_CACHE_DIR") or Path.home() / ".cache/qi-expert") / "generations"
+def cache_dir(kind: str = "generations") -> Path:
+    return Path(os.environ.get("QI_CACHE_DIR") or Path.home() / ".cache/qi-expert") / kind
 
 
 @lru_cache(maxsize=None)
@@ -46,7 +49,8 @@ def files_digest(folders: Iterable[Path]) -> dict[str, str]:
     return out
 
 
-def key(model_folders: Sequence[Path], prompts: Sequence[str], decoding: Mapping) -> str:
+def key(model_folders: Sequence[Path], prompts: Sequence[str], decoding: Mapping,
+        code_files: Sequence[str] = CODE_FILES) -> str:
     import torch
     import transformers
 
@@ -55,22 +59,22 @@ def key(model_folders: Sequence[Path], prompts: Sequence[str], decoding: Mapping
         "model": files_digest(model_folders),
         "prompts": list(prompts),
         "decoding": dict(decoding),
-        "code": {f: hashlib.sha256((here / f).read_bytes()).hexdigest() for f in CODE_FILES},
+        "code": {f: hashlib.sha256((here / f).read_bytes()).hexdigest() for f in code_files},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def load(k: str) -> dict | None:
-    path = cache_dir() / f"{k}.json"
+def load(k: str, kind: str = "generations") -> dict | None:
+    path = cache_dir(kind) / f"{k}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # missing or unreadable: generate
 
 
-def store(k: str, value: Mapping) -> None:
-    folder = cache_dir()
+def store(k: str, value: Mapping, kind: str = "generations") -> None:
+    folder = cache_dir(kind)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{k}.{os.getpid()}.tmp"

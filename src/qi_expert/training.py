@@ -26,6 +26,8 @@ FINGERPRINT = "RUN_FINGERPRINT.json"
 # Written into output_dir by qi_expert.axolotl_plugin inside the Axolotl process.
 MODEL_REPORT = "qi_model_report.json"
 TOKEN_REPORT = "qi_token_report.json"
+# Set to "1" in the Axolotl process's environment: the plugin turns eval_on_start off.
+SKIP_EVAL_ON_START = "QI_SKIP_EVAL_ON_START"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
@@ -97,14 +99,6 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
     training libraries' versions, so a fix to any of them starts afresh instead of resuming the
     old run's last checkpoint.
     """
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "-"
-
     settings = {k: v for k, v in y.items() if not k.startswith(("mlflow_", "hf_mlflow"))}
     base = resolve_path(cfg.model.base_model)
     return {
@@ -113,8 +107,84 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
         "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
         "plugin": _sha([PLUGIN_SOURCE]),
         "environment": _sha_json(axolotl_config.AXOLOTL_ENV),
-        "libraries": " ".join(f"{n}=={installed(n)}" for n in TRAINING_LIBRARIES),
+        "libraries": fingerprint_libraries(),
     }
+
+
+def fingerprint_libraries() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    return " ".join(f"{n}=={installed(n)}" for n in TRAINING_LIBRARIES)
+
+
+# --- the base model's validation loss, measured once ---------------------------------------------
+# Axolotl evaluates before the first step (eval_on_start). LoRA's B matrices start at zero, so that
+# pass measures the base model alone: its result depends on the validation rows, the base model's
+# bytes, how rows are tokenized and batched, the precision and the libraries, and NOT on lora_r,
+# lora_alpha, the learning rate or the schedule. A sweep (`dvc exp run -S lora_r=32`) and every
+# rerun would otherwise pay ~20-37 s to measure the same number. It is cached by content
+# (gencache, kind "base_val_loss"); a changed input measures it again.
+BASE_VAL_KIND = "base_val_loss"
+BASE_VAL_FILE = "qi_base_val_loss.json"  # also kept beside the checkpoints (a finished run reused)
+BASE_VAL_SETTINGS = ("base_model", "tokenizer_config", "trust_remote_code", "chat_template",
+                     "chat_template_jinja", "test_datasets", "sequence_len", "excess_length_strategy",
+                     "sample_packing", "eval_sample_packing", "pad_to_sequence_len", "micro_batch_size",
+                     "eval_batch_size", "adapter", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs",
+                     "lora_target_modules", "bf16", "fp16", "tf32", "attn_implementation", "seed",
+                     "data_seed")
+
+
+def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
+    """Content key of the step-0 validation loss: the settings above, the validation file's bytes,
+    the base model's files (gencache.files_digest) and the training libraries' versions."""
+    from qi_expert import gencache
+
+    settings = {k: y.get(k) for k in BASE_VAL_SETTINGS}
+    base = resolve_path(cfg.model.base_model)
+    payload = {
+        "settings": settings,
+        "val": _sha([resolve_path(cfg.train.val_file)]),
+        "base_model": gencache.files_digest([base]) if base.is_dir() else str(cfg.model.base_model),
+        "libraries": fingerprint_libraries(),
+    }
+    return _sha_json(payload)
+
+
+def cached_base_val(key: str, output_dir: Path, *, shared: bool) -> float | None:
+    """The base model's validation loss for this key, if known: from the shared cache (`shared`,
+    train.cache_base_val_loss), else from beside this run's checkpoints (a finished run reused)."""
+    from qi_expert import gencache
+
+    hit = gencache.load(key, kind=BASE_VAL_KIND) if shared else None
+    if hit is None and (output_dir / BASE_VAL_FILE).is_file():
+        hit = json.loads((output_dir / BASE_VAL_FILE).read_text(encoding="utf-8"))
+    return float(hit["val_loss"]) if hit and hit.get("key") == key else None
+
+
+def remember_base_val(key: str, output_dir: Path, val_loss: float, *, shared: bool) -> None:
+    from qi_expert import gencache
+
+    value = {"key": key, "val_loss": float(val_loss)}
+    if shared:
+        gencache.store(key, value, kind=BASE_VAL_KIND)
+    (output_dir / BASE_VAL_FILE).write_text(json.dumps(value) + "\n", encoding="utf-8")
+
+
+def with_base_val(rows: list[dict], val_loss: float) -> list[dict]:
+    """The loss rows with the base model's validation loss at step 0, as eval_on_start logs it."""
+    rows = [dict(r) for r in rows]
+    first = next((r for r in rows if r["step"] == 0), None)
+    if first is None:
+        rows.insert(0, {"step": 0, "train_loss": "", "val_loss": float(val_loss)})
+    elif first["val_loss"] == "":
+        first["val_loss"] = float(val_loss)
+    return rows
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
