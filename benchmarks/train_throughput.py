@@ -1,8 +1,15 @@
-"""Training throughput: the Axolotl path of the train stage vs a plain transformers + PEFT loop.
+"""Training throughput: the train stage's Axolotl run in bf16 vs fp32, and vs a plain PEFT loop.
 
     python benchmarks/train_throughput.py [--steps 6] [--skip 1] [key=value ...]
+    python benchmarks/train_throughput.py --only axolotl --validate     # the default's whole run, both precisions
 
-Both train the same base model (params.yaml's model.base_model, fp32, CPU) with the same LoRA
+Precision (--precisions, default: bf16 and fp32 where the CPU has bf16 instructions): the same
+Axolotl run with train.cpu_precision set to each, one after the other; prints tokens/s of each
+and the bf16 / fp32 ratio. --validate runs the config's whole run (max_steps, validation every
+eval_steps) in each precision and prints the validation loss at every pass side by side: does
+bf16 learn as well?
+
+The plain loop trains the same base model (params.yaml's model.base_model, fp32, CPU) with the same LoRA
 settings (adapter, lora_r, lora_alpha, lora_dropout, target modules), the same rows
 (train.train_file, chat template applied, truncated to sequence_len) and the same batch
 (micro_batch_size x gradient_accumulation_steps rows/bins of at most sequence_len tokens),
@@ -34,27 +41,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from qi_expert import axolotl_config, io, training  # noqa: E402
+from qi_expert import axolotl_config, basemodel, io, training  # noqa: E402
 
 # The plain loop runs in this process with the OpenMP settings the Axolotl processes inherit
 # (qi_expert picks the wait policy at import).
 from qi_expert.config import load_params, resolve_path  # noqa: E402
 
 
-def axolotl_run(cfg, steps: int, workdir: Path) -> dict:
+def axolotl_run(cfg, steps: int, workdir: Path, validate: bool = False) -> dict:
     y = axolotl_config.build(cfg, cuda=False)
-    y.update({
-        "max_steps": steps, "warmup_steps": 0, "output_dir": str(workdir / "out"),
-        "dataset_prepared_path": str(workdir / "prepared"), "save_strategy": "no",
-        "eval_strategy": "no", "auto_resume_from_checkpoints": False,
-    })
-    for key in ("test_datasets", "eval_steps", "save_steps", "eval_sample_packing"):
-        y.pop(key, None)
+    y.update({"max_steps": steps, "output_dir": str(workdir / "out"),
+              "dataset_prepared_path": str(workdir / "prepared"), "auto_resume_from_checkpoints": False})
+    if validate:  # the stage's run as configured; one checkpoint at the end holds the log history
+        y.update({"save_strategy": "steps", "save_steps": steps})
+    else:
+        y.update({"warmup_steps": 0, "save_strategy": "no", "eval_strategy": "no"})
+        for key in ("test_datasets", "eval_steps", "save_steps", "eval_sample_packing"):
+            y.pop(key, None)
     path = axolotl_config.write(y, workdir / "axolotl.yaml")
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"})
     training.run_axolotl("preprocess", path, env)
     training.run_axolotl("train", path, env)
-    return training.plugin_report(workdir / "out", training.TOKEN_REPORT)
+    report = training.plugin_report(workdir / "out", training.TOKEN_REPORT)
+    if validate:
+        rows = training.loss_rows(training.trainer_state(workdir / "out"))
+        report["val_loss"] = {r["step"]: r["val_loss"] for r in rows if r["val_loss"] != ""}
+    return report
 
 
 def plain_run(cfg, steps: int) -> dict:
@@ -120,29 +132,46 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--skip", type=int, default=1, help="warm-up steps left out of the timing")
     ap.add_argument("--only", choices=["axolotl", "plain"], default=None)
+    ap.add_argument("--precisions", nargs="+", choices=["bf16", "fp32"],
+                    default=["bf16", "fp32"] if basemodel.cpu_bf16_supported() else ["fp32"],
+                    help="train.cpu_precision of each Axolotl run")
+    ap.add_argument("--validate", action="store_true",
+                    help="the config's whole run (max_steps, validation every eval_steps) per precision")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = load_params(args.overrides)
+    steps = int(cfg.max_steps) if args.validate else args.steps
     ga = int(cfg.gradient_accumulation_steps)
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores); model {cfg.model.name}, {cfg.adapter} "
           f"r={cfg.lora_r}, batch {cfg.micro_batch_size}x{ga} x {cfg.sequence_len} tokens, "
-          f"sample_packing={cfg.sample_packing}, {args.steps} steps ({args.skip} warm-up)", flush=True)
+          f"sample_packing={cfg.sample_packing}, {steps} steps ({args.skip} warm-up)", flush=True)
     results = {}
     if args.only in (None, "axolotl"):
-        work = Path(tempfile.mkdtemp(prefix="qi-throughput-"))
-        try:
-            results["axolotl"] = summary(axolotl_run(cfg, args.steps, work), args.skip, ga)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        for precision in args.precisions:
+            run_cfg = load_params([*args.overrides, f"train.cpu_precision={precision}"])
+            work = Path(tempfile.mkdtemp(prefix="qi-throughput-"))
+            try:
+                report = axolotl_run(run_cfg, steps, work, validate=args.validate)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            results[f"axolotl-{precision}"] = {**summary(report, args.skip, ga),
+                                               **({"val_loss": report["val_loss"]} if args.validate else {})}
     if args.only in (None, "plain"):
-        results["plain"] = summary(plain_run(cfg, args.steps), args.skip, ga)
+        results["plain-fp32"] = summary(plain_run(cfg, args.steps), args.skip, ga)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     for name, r in results.items():
-        print(f"{name:8s} {r['real_tokens_per_s']:8.1f} real tokens/s  {r['slot_tokens_per_s']:8.1f} slot tokens/s  "
+        print(f"{name:13s} {r['real_tokens_per_s']:8.1f} real tokens/s  {r['slot_tokens_per_s']:8.1f} slot tokens/s  "
               f"padding {r['padding_share']:.1%}  {r['s_per_step']} s/step over {r['steps_timed']} steps")
-    if len(results) == 2:
-        ratio = results["axolotl"]["real_tokens_per_s"] / results["plain"]["real_tokens_per_s"]
-        print(f"axolotl / plain (real tokens/s): {ratio:.2f}")
+    bf16, fp32 = results.get("axolotl-bf16"), results.get("axolotl-fp32")
+    if bf16 and fp32:
+        print(f"axolotl bf16 / fp32 (real tokens/s): {bf16['real_tokens_per_s'] / fp32['real_tokens_per_s']:.2f}")
+        for step, v in fp32.get("val_loss", {}).items():
+            b = bf16["val_loss"].get(step)
+            if b is not None:
+                print(f"  val loss at step {step}: fp32 {v:.4f}  bf16 {b:.4f}  ({(b - v) / v:+.2%})")
+    if fp32 and "plain-fp32" in results:
+        print(f"axolotl / plain, fp32 (real tokens/s): "
+              f"{fp32['real_tokens_per_s'] / results['plain-fp32']['real_tokens_per_s']:.2f}")
     print(json.dumps(results, sort_keys=True))
 
 

@@ -131,6 +131,14 @@ def run(cfg):
             training.run_axolotl("train", config_path, env)
             train_seconds = time.time() - t_train
         state = training.trainer_state(output_dir)
+        reached = int(state.get("global_step", 0))
+        if reached < int(y["max_steps"]):
+            # Axolotl exits 0 after an interruption it handled (SIGINT: it saves and stops): that
+            # is not a finished run. Nothing is copied or written; the rerun resumes.
+            raise training.IncompleteRun(
+                f"train: the run stopped at step {reached} of max_steps={y['max_steps']} (interrupted?); "
+                f"models/adapter and metrics/train.json are left as they were. Rerun the stage "
+                f"(`dvc repro train`) to resume from the last checkpoint in {tc.output_dir}")
         rows = training.loss_rows(state)
         if base_val is not None:
             rows = training.with_base_val(rows, base_val)
@@ -147,6 +155,8 @@ def run(cfg):
         training.write_loss_csv(LOSS_CSV, rows)
         training.log_to_mlflow(client, run_id, cfg, metrics, rows, config_path)
         status = "FINISHED"
+    except training.IncompleteRun as e:
+        sys.exit(str(e))  # the run ends FAILED (below)
     finally:
         client.set_terminated(run_id, status)
     print(f"train: {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s; train loss "

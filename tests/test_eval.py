@@ -611,7 +611,10 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     stage.run(cfg)
     again = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert all(again[m]["generation"]["cached"] for m in arms)
-    assert [r["completion"] for r in io.read_jsonl(tmp_path / "eval" / "results.jsonl")] == [r["completion"] for r in results]
+    assert all(again[m]["generation"]["reference_loss_cached"] for m in arms)
+    rerun = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
+    assert [r["completion"] for r in rerun] == [r["completion"] for r in results]
+    assert [r["reference_nll"] for r in rerun] == [r["reference_nll"] for r in results]
 
 
 def test_params_declare_the_eval_stage():

@@ -378,6 +378,41 @@ def test_base_val_loss_is_measured_once_and_reused_across_a_sweep(project, tmp_p
     assert skipped not in run_stage(other, "sequence_len=128").stdout
 
 
+def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monkeypatch):
+    """Axolotl handles SIGINT by saving and exiting 0: the stage must not take that for a finished
+    run. Here Axolotl "stops" at step 4 of 8: the stage exits non-zero naming the step and how to
+    resume, copies no adapter, writes no metrics, and its MLflow run ends FAILED."""
+    import importlib.util
+
+    import mlflow
+
+    from qi_expert import config
+
+    other = tmp_path / "proj"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+    monkeypatch.setattr(config, "ROOT", other)
+    cfg = config.load_params(TINY, params_file=other / "params.yaml")
+
+    def stopped_at_step_4(command, config_path, env, cwd=None):
+        if command == "train":
+            ckpt = other / "models" / "train" / "checkpoints" / "checkpoint-4"
+            ckpt.mkdir(parents=True)
+            (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4, "log_history": [
+                {"step": 0, "eval_loss": 2.0}, {"step": 4, "loss": 1.5}]}))
+
+    monkeypatch.setattr(training, "run_axolotl", stopped_at_step_4)
+    spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages" / "train.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with pytest.raises(SystemExit, match=r"stopped at step 4 of max_steps=8 .*Rerun the stage"):
+        stage.run(cfg)
+    assert not (other / "models" / "adapter").exists()
+    assert not (other / "metrics" / "train.json").exists()
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    assert run.info.status == "FAILED"
+
+
 @pytest.mark.slow
 def test_qlora_run_uses_linear4bit_and_learns(project):
     run_stage(project, "adapter=qlora")

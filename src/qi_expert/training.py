@@ -34,6 +34,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json")
 
 
+class IncompleteRun(RuntimeError):
+    """Axolotl ended before max_steps (e.g. it handled a SIGINT and exited 0)."""
+
+
 class TrainInputError(RuntimeError):
     """The model or data the train stage was given cannot be trained on (before any run)."""
 
