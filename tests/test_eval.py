@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qi_expert import bench, evaluate, generate, io, sandbox
+from qi_expert import basemodel, bench, evaluate, generate, io, sandbox
 from qi_expert.config import ROOT, load_params, resolve_path
 
 CORPUS = ROOT / "data/sample/typescript"
@@ -553,6 +553,31 @@ def test_generation_matches_transformers_generate(tiny_model):
     assert len(set(a.completions[0])) > 1
 
 
+def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
+    """eval.cpu_precision=bf16 decodes on a bf16 copy (the fp32 model stays for merging and the
+    reference loss), with the KV cache and the attention in fp32; the continuous and static paths
+    give the same greedy tokens, as in fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, _ = tiny_model
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    decoder = generate.generation_model(model, "bf16")
+    assert next(decoder.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    assert generate.generation_model(model, "fp32") is model
+    with generate._fast_attention(decoder):
+        cache = generate._new_cache(decoder)
+        decoder(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                past_key_values=cache, use_cache=True)
+    assert cache.layers[0].keys.dtype == torch.float32
+    prompts = [generate.render_prompt(tokenizer, t, "You write @qi code.") for t in yaml.safe_load(TASKS_YAML)]
+    kw = dict(max_new_tokens=10, stop_at_fence=False, stop_on_repetition=False)
+    cont = generate.generate(decoder, tokenizer, prompts, batch_size=2, continuous=True, **kw)
+    static = generate.generate(decoder, tokenizer, prompts, batch_size=3, continuous=False, **kw)
+    assert cont.completions == static.completions and all(n == [10] for n in cont.new_tokens)
+
+
 @pytest.mark.slow
 def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_path, monkeypatch):
     base, adapter = tiny_model
@@ -612,6 +637,7 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     again = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert all(again[m]["generation"]["cached"] for m in arms)
     assert all(again[m]["generation"]["reference_loss_cached"] for m in arms)
+    assert {again[m]["generation"]["precision"] for m in arms} == {basemodel.cpu_precision("auto")}
     rerun = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
     assert [r["completion"] for r in rerun] == [r["completion"] for r in results]
     assert [r["reference_nll"] for r in rerun] == [r["reference_nll"] for r in results]

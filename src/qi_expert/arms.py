@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import gencache, generate, refloss, retrieval
+from qi_expert import basemodel, gencache, generate, refloss, retrieval
 
 MODELS = ("base", "tuned")
 RETRIEVAL = "retrieval"
@@ -71,22 +71,30 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     decoding = {"max_new_tokens": int(ec.max_new_tokens), "batch_size": int(ec.batch_size),
                 "n_samples": int(ec.n_samples), "temperature": float(ec.temperature), "seed": int(cfg.seed)}
     base_folder = Path(base) if isinstance(base, Path) else None
+    # Decoding precision on CPU (eval.cpu_precision): bf16 where the CPU has it, on a copy of the
+    # fp32 model; the reference loss keeps the fp32 model (bf16 autocast, refloss.autocast_dtype).
+    precision = basemodel.cpu_precision(str(ec.get("cpu_precision", "fp32")), "eval.cpu_precision")
     out: dict = {}
     current = "base"
+    decoder = None
     for arm in arms:
         if arm.model == "tuned" and current != "tuned":
             t0 = time.perf_counter()
             model = generate.apply_adapter(model, adapter, merge=True)
             timing["adapter_seconds"] = round(time.perf_counter() - t0, 2)
-            current = "tuned"
+            current, decoder = "tuned", None
+        if decoder is None:
+            decoder = generate.generation_model(model, precision)
         context = blocks if arm.retrieval else [""] * len(tasks)
         messages = [generate.chat_messages(t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
         prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
         cache = bool(ec.cache) and base_folder is not None
         folders = [base_folder, *([adapter] if arm.model == "tuned" else [])]
-        gen = _generate_cached(model, tokenizer, prompts, decoding, cache=cache, folders=folders)
+        gen = _generate_cached(decoder, tokenizer, prompts, decoding, cache=cache, folders=folders,
+                               precision=precision)
         info = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
                 "tokens_per_second": round(gen.tokens_per_second, 2),
+                "precision": precision,
                 "hit_max_new_tokens": sum(n >= decoding["max_new_tokens"] for ns in gen.new_tokens for n in ns),
                 "prompt_tokens_mean": round(sum(len(tokenizer(p, add_special_tokens=False)["input_ids"])
                                                 for p in prompts) / max(1, len(prompts)), 1),
@@ -108,14 +116,14 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
                   **({"retrieved": hits[i]} if arm.retrieval and hits else {})}
                  for i, (t, p) in enumerate(zip(tasks, prompts)) for s, c in enumerate(gen.completions[i])]
         out[arm.name] = {"items": items, "generation": info}
-    del model
+    del model, decoder
     out["_timing"] = timing
     return out
 
 
 def _generate_cached(model, tokenizer, prompts: list[str], decoding: dict, *, cache: bool,
-                     folders: list) -> generate.Generation:
-    key = gencache.key([Path(f) for f in folders], prompts, decoding) if cache else None
+                     folders: list, precision: str) -> generate.Generation:
+    key = gencache.key([Path(f) for f in folders], prompts, {**decoding, "precision": precision}) if cache else None
     hit = gencache.load(key) if key else None
     if hit is not None:
         return generate.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True})

@@ -49,15 +49,15 @@ def cpu_bf16_supported() -> bool:
     return bool(amx or avx512bf16)
 
 
-def cpu_precision(choice: str) -> str:
-    """The CPU training/inference precision for `choice` (auto | bf16 | fp32): auto is bf16 where
+def cpu_precision(choice: str, key: str = "train.cpu_precision") -> str:
+    """The CPU precision for `choice` (auto | bf16 | fp32) of config key `key`: auto is bf16 where
     the CPU has bf16 instructions, else fp32. bf16 asked for on a CPU without them is an error."""
     if choice not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.cpu_precision must be auto, bf16 or fp32, not {choice!r}")
+        raise ValueError(f"{key} must be auto, bf16 or fp32, not {choice!r}")
     if choice == "auto":
         return "bf16" if cpu_bf16_supported() else "fp32"
     if choice == "bf16" and not cpu_bf16_supported():
-        raise ValueError("train.cpu_precision=bf16: this CPU has no bf16 instructions (AVX512-BF16 "
+        raise ValueError(f"{key}=bf16: this CPU has no bf16 instructions (AVX512-BF16 "
                          "or AMX), bf16 would be emulated and slower than fp32; use auto or fp32")
     return choice
 
