@@ -15,10 +15,11 @@ VENV=.venv
 LLAMA_VERSION=0.3.36
 LLAMA_FLAGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
 WHEELS=${QI_WHEEL_CACHE:-$HOME/.cache/qi-expert/wheels}
-STAMP=$VENV/.qi-setup-$(cat requirements.txt requirements.lock package.json package-lock.json scripts/setup.sh | sha256sum | cut -c1-16)
+STAMP=$VENV/.qi-setup-$(cat requirements.txt requirements.lock package.json package-lock.json tools/plots/package-lock.json \
+  scripts/setup.sh scripts/offline_plots_template.py | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ -d node_modules/typescript ] && [ -f tools/llama.cpp/convert_hf_to_gguf.py ] \
-   && command -v bwrap >/dev/null; then
+   && [ -f .dvc/plots/offline.html ] && command -v bwrap >/dev/null; then
   exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -74,6 +75,10 @@ fi
 
 # The TypeScript compiler, pinned by package-lock.json.
 npm ci --no-audit --no-fund --loglevel=error
+# Vega for `dvc plots show` offline (pinned by tools/plots/package-lock.json), inlined into the
+# HTML template .dvc/config names (.dvc/plots/offline.html).
+npm ci --prefix tools/plots --no-audit --no-fund --loglevel=error
+$VENV/bin/python scripts/offline_plots_template.py
 
 # DVC experiments need git identity; a fresh CI clone may have none.
 git config user.email >/dev/null || git config user.email "qi-expert@localhost"

