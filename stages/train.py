@@ -99,6 +99,8 @@ def run(cfg):
     output_dir = resolve_path(tc.output_dir)
     resume = training.prepare_output_dir(output_dir, training.fingerprint(y, cfg))
     done = training.finished(resume, int(y["max_steps"]))
+    # Read now: save_total_limit may rotate the resumed checkpoint away during the run.
+    resumed_step = training.global_step(resume)
     start = (f"{resume.name} is the finished run, its adapter is used (nothing to train)" if done
              else f"resuming from {resume.name}" if resume else "fresh run")
     print(f"train: {config_path} written; {start}; "
@@ -145,7 +147,7 @@ def run(cfg):
         elif rows and rows[0]["step"] == 0 and rows[0]["val_loss"] != "":
             training.remember_base_val(val_key, output_dir, rows[0]["val_loss"], shared=shared)
         # The plugin's reports describe the invocation that last ran Axolotl.
-        metrics = summarise(state, rows, y, time.time() - t0, train_seconds, training.global_step(resume),
+        metrics = summarise(state, rows, y, time.time() - t0, train_seconds, resumed_step,
                             training.plugin_report(output_dir, training.MODEL_REPORT),
                             training.plugin_report(output_dir, training.TOKEN_REPORT))
         metrics["val_loss_first_cached"] = base_val is not None
