@@ -151,7 +151,7 @@ class ModelReportPlugin(BasePlugin):
             # without a GPU ("Your setup doesn't support bf16/gpu"), though CPU autocast runs it.
             args["use_cpu"] = True
         if os.environ.get(SKIP_EVAL_ON_START) == "1":
-            # The train stage already knows the base model's validation loss (training.BaseValCache):
+            # The train stage already knows the base model's validation loss (training.cached_base_val):
             # Axolotl's eval_on_start pass would measure the same number again.
             args["eval_on_start"] = False
         return args

@@ -35,9 +35,9 @@ def autocast_dtype(model) -> "torch.dtype | None":
     param = next(model.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:
         return None
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    avx512bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if (amx or avx512bf16) else None
+    from qi_expert.basemodel import cpu_bf16_supported
+
+    return torch.bfloat16 if cpu_bf16_supported() else None
 
 
 def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str | None], *,
