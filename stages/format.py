@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
 
 import json
+from collections import Counter
 
 from qi_expert import bench, formatting, io, tracking
 from qi_expert.config import resolve_path, stage_entry
@@ -25,6 +26,7 @@ def run(cfg):
     fc = cfg.format
     rows = formatting.rows_from_records(io.read_jsonl(VALIDATED / "accepted.jsonl"))
     rows += formatting.rows_from_pairs(io.read_jsonl(VALIDATED / "pairs.jsonl"))
+    rows += formatting.rows_from_records(io.read_jsonl(VALIDATED / "augmented.jsonl"))  # [] with augment off
     # Decontamination: no training row may copy a benchmark task's reference or test.
     tasks = bench.load_tasks(resolve_path(fc.benchmark))
     rows, dropped = formatting.decontaminate(rows, bench.contamination_sources(tasks),
@@ -37,6 +39,7 @@ def run(cfg):
             json.dumps([formatting.alpaca(r) for r in split], ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         io.write_jsonl(OUT / f"{name}.chat.jsonl", (formatting.chat(r, fc.system_prompt) for r in split))
     instructions = [r["instruction"] for r in rows]
+    by_origin = lambda split: dict(sorted(Counter(r["origin"] for r in split).items()))
     metrics = {
         "rows": len(rows),
         "train_rows": len(train),
@@ -45,7 +48,15 @@ def run(cfg):
         "val_files": len({r["source_file"] for r in val}),
         "pair_rows": sum(1 for r in rows if r["instruction"].startswith("Rewrite this code")),
         "unique_instruction_share": round(len(set(instructions)) / len(instructions), 4) if instructions else 0.0,
+        "train_rows_by_origin": by_origin(train),
+        "val_rows_by_origin": by_origin(val),
+        # Variants of validation-side records: in neither split (they would leak it into training).
+        "variants_left_out_with_val_files": len(rows) - len(train) - len(val),
+        # What the eval's signatures need: answers that import from @qi/base, and that import QiError.
+        "train_rows_importing_qi_base": sum(1 for r in train if formatting.imports_from(r["output"], "@qi/base")),
+        "train_rows_importing_qierror": sum(1 for r in train if "QiError" in formatting.imports_from(r["output"], "@qi/base")),
         "decontaminated_rows": len(dropped),
+        "decontaminated_by_origin": by_origin(dropped),
         "benchmark_tasks": len(tasks),
     }
     io.write_json(METRICS, metrics)

@@ -3,7 +3,9 @@ anti-patterns and duplicates, pair counter-examples with their corrections.
 
     python stages/validate.py
 
-Writes data/validated/{accepted,rejected,pairs}.jsonl and metrics/validate.json.
+Writes data/validated/{accepted,rejected,pairs,augmented}.jsonl and metrics/validate.json.
+With augment.enabled, rewritten variants of accepted records (qi_expert.augment) are checked like
+corpus records and the admitted ones, at most augment.max_share of all rows, go to augmented.jsonl.
 """
 
 import sys
@@ -12,8 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
 
 import time
+from collections import Counter
 
-from qi_expert import io, tracking, validate
+from qi_expert import augment, io, tracking, validate
 from qi_expert.config import resolve_path, stage_entry
 from qi_expert.typecheck import TypeCheckError
 
@@ -28,17 +31,30 @@ def run(cfg):
     try:
         accepted, rejected, pairs, metrics = validate.validate(
             records, resolve_path(cfg.corpus.root), cfg.corpus.tsconfig, cfg.validate)
-    except TypeCheckError as e:
+        admitted, refused, aug = [], [], {"enabled": bool(cfg.augment.enabled)}
+        if cfg.augment.enabled:
+            candidates = augment.variants(accepted, list(cfg.augment.kinds))
+            admitted, refused, found = validate.admit_variants(candidates, accepted, resolve_path(cfg.corpus.root),
+                                                               cfg.corpus.tsconfig, cfg.validate)
+            kept = augment.capped(admitted, len(accepted) + len(pairs), cfg.augment.max_share)
+            aug |= found | {"admitted": len(kept), "left_out_by_cap": len(admitted) - len(kept),
+                            "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in kept).items()))}
+            admitted = kept
+    except (TypeCheckError, ValueError) as e:
         sys.exit(f"validate: {e}")
+    metrics["augmented"] = aug
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     io.write_jsonl(OUT / "accepted.jsonl", accepted)
     io.write_jsonl(OUT / "rejected.jsonl", rejected)
     io.write_jsonl(OUT / "pairs.jsonl", pairs)
+    io.write_jsonl(OUT / "augmented.jsonl", admitted)
+    io.write_jsonl(OUT / "augmented_refused.jsonl", refused)
     io.write_json(METRICS, {k: v for k, v in metrics.items() if k != "seconds"})
     print(f"validate: {len(accepted)} accepted, {len(rejected)} rejected "
           f"({metrics['rejected_by_reason']}), compile rate {metrics['compile_rate']:.1%}, "
-          f"{len(pairs)} counter-example pairs, {metrics['seconds']}s")
-    with tracking.stage_run(cfg, "validate", {"validate": cfg.validate}) as mlflow:
+          f"{len(pairs)} counter-example pairs, {len(admitted)} augmented rows admitted "
+          f"({aug.get('refused_by_reason', {})} refused), {metrics['seconds']}s")
+    with tracking.stage_run(cfg, "validate", {"validate": cfg.validate, "augment": cfg.augment}) as mlflow:
         tracking.log_counts(mlflow, metrics)
 
 

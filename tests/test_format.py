@@ -67,25 +67,19 @@ def test_three_formats():
     json.dumps(c)
 
 
-def test_answers_carry_the_qi_imports_they_use():
-    """A unit cut out of its file gets back the @qi / node: imports it uses, and no others."""
-    imports = ['import {\n  failure,\n  flatMap,\n  success as ok,\n  type Result,\n} from "@qi/base";',
-               'import type { Logger } from "@qi/core";',
-               'import * as qi from "@qi/base";',
-               'import { strict as assert } from "node:assert";',
-               'import { helper } from "./helpers";']
-    code = "export function f(x: number): Result<number> {\n  return x > 0 ? ok(helper(x)) : failure(qi.validationError(\"x\"));\n}\n"
-    out = formatting.with_imports(code, imports)
-    assert out.splitlines()[:2] == ['import { failure, success as ok, type Result } from "@qi/base";',
-                                    'import * as qi from "@qi/base";']
-    assert out.endswith(code) and "./helpers" not in out and "@qi/core" not in out and "assert" not in out
-    # Code that already has its imports is left alone; code using no @qi name gets none.
-    assert formatting.with_imports(out, imports) == out
-    assert formatting.with_imports("const y = 1;\n", imports) == "const y = 1;\n"
-    rec = dict(REC, code="export function validatePrice(p: number): Result<number> { return success(p); }\n",
-               imports=['import { success, failure, type Result } from "@qi/base";'])
+def test_rows_answer_with_the_records_module_and_keep_variants_out_of_validation():
+    rec = dict(REC, module='import { success } from "@qi/base";\n\nexport function validatePrice() {}\n')
     (row,) = formatting.rows_from_records([rec])
-    assert row["output"].startswith('import { success, type Result } from "@qi/base";\n\nexport function')
+    assert row["output"] == rec["module"] and row["origin"] == "corpus"
+    variant = {**row, "id": "v", "origin": "function_form"}
+    other = {**row, "id": "o", "source_file": "app/other.ts"}
+    other_variant = {**other, "id": "ov", "origin": "explicit_error_type"}
+    train, val = formatting.split_by_file([row, variant, other, other_variant], 0.5, seed=0)
+    # One file goes to validation with its corpus row only; its variant is in neither split.
+    assert len(val) == 1 and val[0]["origin"] == "corpus"
+    assert {r["id"] for r in train} | {r["id"] for r in val} == {"abc", "o"} | {v["id"] for v in (variant, other_variant)
+                                                                                if v["source_file"] != val[0]["source_file"]}
+    assert formatting.imports_from(rec["module"], "@qi/base") == {"success"}
 
 
 def test_pairs_become_rewrite_instructions():

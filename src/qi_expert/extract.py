@@ -22,9 +22,6 @@ from tree_sitter import Node
 from qi_expert import patterns, tsast
 from qi_expert.corpus import TS_FENCES, CodeBlock, SourceFile, demo_of, find_sources, iter_readmes, markdown_blocks, read_text
 
-_DECLARATIONS = frozenset({"function_declaration", "class_declaration", "abstract_class_declaration",
-                           "lexical_declaration", "interface_declaration", "type_alias_declaration",
-                           "enum_declaration", "variable_declaration", "generator_function_declaration"})
 _TEST_CALLS = frozenset({"test", "it", "describe"})
 _TEST_REFS = "[(identifier) (property_identifier) (type_identifier)] @name"
 
@@ -90,44 +87,14 @@ def _name(decl: Node) -> str:
     return tsast.text(decl.child_by_field_name("name"))
 
 
-def _declared_names(node: Node) -> list[str]:
-    decl = node.child_by_field_name("declaration") if node.type == "export_statement" else node
-    if decl is None:
-        return []
-    if decl.type in ("lexical_declaration", "variable_declaration"):
-        return [tsast.text(d.child_by_field_name("name")) for d in decl.named_children if d.type == "variable_declarator"]
-    name = decl.child_by_field_name("name")
-    return [tsast.text(name)] if name is not None else []
-
-
-def _referenced(node: Node) -> set[str]:
-    return tsast.referenced_names(node)
-
-
 def _support(unit_node: Node, declarations: dict[str, Node]) -> list[str]:
-    """Declarations of the same file the unit needs, transitively, in file order.
-
-    `validate` falls back to these when the unit alone does not compile: a function using the
-    file's `type Price` needs it, and `Price` may in turn need `Level`.
-    """
-    picked: dict[int, Node] = {}
-    todo = [unit_node]
-    while todo:
-        for name in _referenced(todo.pop()):
-            n = declarations.get(name)
-            if n is not None and n is not unit_node and id(n) not in picked:
-                picked[id(n)] = n
-                todo.append(n)
-    return [tsast.text(n) for n in sorted(picked.values(), key=lambda n: n.start_byte)]
+    """Declarations of the same file the unit needs (`validate` falls back to these when the unit alone does not compile)."""
+    return [tsast.text(n) for n in tsast.dependencies(unit_node, declarations)]
 
 
 def units_of_file(root: Node) -> list[Unit]:
     """Units of one parsed .ts file."""
-    declarations: dict[str, Node] = {}
-    for child in root.children:
-        if child.type in _DECLARATIONS or child.type == "export_statement":
-            for name in _declared_names(child):
-                declarations[name] = child
+    declarations = tsast.file_declarations(root)
     imports = [c for c in root.children if c.type == "import_statement"]
     units: list[Unit] = []
     for child in root.children:
@@ -221,7 +188,7 @@ def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlie
         stmts = [s for s in stmts if s.type != "empty_statement"]
         if not stmts:
             continue
-        if not any(s.type in _DECLARATIONS or s.type == "export_statement" for s in stmts) and not imports:
+        if not any(s.type in tsast.DECLARATIONS or s.type == "export_statement" for s in stmts) and not imports:
             continue  # a fragment: statements only, nothing declared, nothing imported
         body = block.code.encode("utf-8")[stmts[0].start_byte: stmts[-1].end_byte].decode("utf-8")
         code = (import_text + "\n\n" + body) if import_text and role != "counter_example" else body
@@ -230,10 +197,10 @@ def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlie
         unit_imports = ([tsast.text(i) for i in imports] if code == body else []) if imports else list(earlier_imports)
         used = set()
         for s in stmts:
-            used |= _referenced(s)
-        bound_here = {n for s in stmts for n in _declared_names(s)} | _import_names(imports)
+            used |= tsast.referenced_names(s)
+        bound_here = {n for s in stmts for n in tsast.declared_names(s)} | _import_names(imports)
         support = preamble + [src for name, src in earlier.items() if name in used and name not in bound_here]
-        names = [n for s in stmts for n in _declared_names(s)]
+        names = [n for s in stmts for n in tsast.declared_names(s)]
         units.append(Unit("block", names[0] if names else "", code, block.first_line + stmts[0].start_point[0],
                           block.first_line + stmts[-1].end_point[0], role=role, support=list(dict.fromkeys(support)),
                           nodes=imports + stmts, imports=unit_imports))
@@ -338,7 +305,7 @@ def extract_corpus(root: Path, cfg) -> tuple[list[dict], ExtractReport]:
                 for c in broot.children:
                     if c.type == "import_statement":
                         _merge_import(earlier_imports, c)
-                    for name in _declared_names(c):
+                    for name in tsast.declared_names(c):
                         earlier.setdefault(name, tsast.text(c))
     tested = _test_references(parsed)
 

@@ -91,60 +91,36 @@ def instruction_for(rec: dict) -> tuple[str, str]:
         instruction = f"Write the TypeScript class `{name}` with {_qi_modules(rec)}: {what}." + trait
     else:
         what = doc or words(name)
-        lead = _pick(["Write a TypeScript function", "Implement", "Create an exported function"], rec["id"])
+        exported = rec["code"].lstrip().startswith("export ")
+        lead = _pick(["Write a TypeScript function", "Implement"]
+                     + (["Create an exported function", "Write the exported function"] if exported else []), rec["id"])
         instruction = f"{lead} `{name}` that does the following: {what}." + trait
     instruction = re.sub(r"\.\.+", ".", " ".join(instruction.split()))
     return instruction, "\n".join(inputs)
 
 
-# Import sources a training answer keeps: the @qi packages and node's built-ins resolve anywhere;
-# a relative import ("./types") names a file the user asking for the function does not have.
-_PORTABLE_IMPORT = re.compile(r"""from\s+["'](@qi/[\w/-]+|node:[\w/]+)["']""")
-
-
-def with_imports(code: str, imports: Sequence[str]) -> str:
-    """`code` as a module that compiles on its own: its @qi (and node:) imports, pruned to the names it uses.
-
-    Extracted units are cut out of their files without the file's import lines; an answer
-    without them teaches a model to write code that cannot compile (`Cannot find name 'Result'`),
-    and the benchmark compiles every answer as a module of its own.
-    """
-    code = code.strip() + "\n"
-    if any(line.lstrip().startswith("import ") for line in code.splitlines()):
-        return code  # it brought its own imports
-    used = tsast.referenced_names(tsast.parse(code).root_node)
-    kept: list[str] = []
-    for statement in imports:
-        portable = _PORTABLE_IMPORT.search(statement)
-        if not portable:
+def imports_from(code: str, module: str) -> set[str]:
+    """Names `code` imports from `module` (local names; `type` imports included)."""
+    root = tsast.parse(code).root_node
+    names: set[str] = set()
+    for st in root.children:
+        source = st.child_by_field_name("source") if st.type == "import_statement" else None
+        if source is None or tsast.text(source).strip("'\"") != module:
             continue
-        root = tsast.parse(statement).root_node
-        specifiers = [n for n in tsast.walk(root) if n.type == "import_specifier"]
-        namespace = [n for n in tsast.walk(root) if n.type == "namespace_import"]
-        if namespace:
-            if any(tsast.text(i) in used for ns in namespace for i in ns.named_children if i.type == "identifier"):
-                kept.append(statement.strip())
-            continue
-        if not specifiers:
-            continue
-        names = []
-        for spec in specifiers:
-            local = spec.child_by_field_name("alias") or spec.child_by_field_name("name")
-            if tsast.text(local) in used:
-                names.append(tsast.text(spec))
-        if names:
-            type_only = statement.lstrip().startswith("import type")
-            kept.append(f"import {'type ' if type_only else ''}{{ {', '.join(names)} }} from \"{portable.group(1)}\";")
-    kept = list(dict.fromkeys(kept))
-    return ("\n".join(kept) + "\n\n" + code) if kept else code
+        for n in tsast.walk(st):
+            if n.type == "import_specifier":
+                names.add(tsast.text(n.child_by_field_name("alias") or n.child_by_field_name("name")))
+    return names
 
 
 def rows_from_records(records: Iterable[dict]) -> list[dict]:
+    """One row per validated record; the answer is the record's stand-alone module (validate built
+    and compiled it alone: modules.standalone)."""
     rows = []
     for rec in records:
         instruction, inp = instruction_for(rec)
         rows.append({"id": rec["id"], "source_file": rec["source_file"], "instruction": instruction,
-                     "input": inp, "output": with_imports(rec["code"], rec.get("imports", []))})
+                     "input": inp, "output": rec["module"].strip() + "\n", "origin": rec.get("origin", "corpus")})
     return rows
 
 
@@ -156,18 +132,25 @@ def rows_from_pairs(pairs: Iterable[dict]) -> list[dict]:
         rows.append({"id": p["counter_id"], "source_file": p["source_file"],
                      "instruction": "Rewrite this code with @qi/base so that failures are Result values, "
                                     "not exceptions or nulls." + (f" ({heading})" if heading else ""),
-                     "input": p["counter_code"].strip(), "output": p["corrected_code"].strip() + "\n"})
+                     "input": p["counter_code"].strip(), "output": p["corrected_code"].strip() + "\n",
+                     "origin": "counter_example_pair"})
     return rows
 
 
 def split_by_file(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded split with every source file wholly on one side (no leakage between near-twins)."""
+    """Seeded split with every source file wholly on one side (no leakage between near-twins).
+
+    Rewritten variants (origin other than corpus and counter_example_pair) train only: their
+    parents' files decide which side they would fall on, and the validation loss stays a measure
+    on the corpus's own rows.
+    """
     files = sorted({r["source_file"] for r in rows})
     random.Random(seed).shuffle(files)
     n_val = min(len(files) - 1, max(1, math.ceil(val_fraction * len(files)))) if len(files) > 1 else 0
     val_files = set(files[:n_val])
+    corpus = ("corpus", "counter_example_pair")
     return ([r for r in rows if r["source_file"] not in val_files],
-            [r for r in rows if r["source_file"] in val_files])
+            [r for r in rows if r["source_file"] in val_files and r.get("origin", "corpus") in corpus])
 
 
 def decontaminate(rows: list[dict], benchmark_codes: Sequence[str], threshold: float,

@@ -48,17 +48,7 @@ def terms(text: str) -> str:
 
 # --- the @qi API surface ------------------------------------------------------------------------
 
-_DECLARATIONS = frozenset({"function_declaration", "class_declaration", "abstract_class_declaration",
-                           "interface_declaration", "type_alias_declaration", "enum_declaration",
-                           "lexical_declaration", "variable_declaration", "function_signature"})
 MAX_SIGNATURE_CHARS = 300
-
-
-def _declared_names(decl) -> list[str]:
-    if decl.type in ("lexical_declaration", "variable_declaration"):
-        return [tsast.text(d.child_by_field_name("name")) for d in decl.named_children if d.type == "variable_declarator"]
-    name = decl.child_by_field_name("name")
-    return [tsast.text(name)] if name is not None else []
 
 
 def _signature(decl) -> str:
@@ -101,9 +91,9 @@ def api_surface(project: Path, exports: Mapping[str, Sequence[Mapping]]) -> list
         root = tsast.parse(path.read_bytes()).root_node
         for node in root.named_children:
             decl = node.child_by_field_name("declaration") if node.type == "export_statement" else node
-            if decl is None or decl.type not in _DECLARATIONS:
+            if decl is None or decl.type not in tsast.DECLARATIONS:
                 continue
-            for name in _declared_names(decl):
+            for name in tsast.declared_names(decl):
                 for module in wanted[rel].get(name, []):
                     out.append({"module": module, "name": name, "kind": decl.type.replace("_declaration", ""),
                                 "signature": _signature(decl), "doc": _doc(node)})

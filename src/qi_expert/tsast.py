@@ -68,6 +68,50 @@ def referenced_names(node: Node) -> set[str]:
     return {text(n) for n in captures(node, _NAMES_QUERY).get("name", [])}
 
 
+# Top-level statements that declare names (a file's declarations; `export` wraps them).
+DECLARATIONS = frozenset({"function_declaration", "class_declaration", "abstract_class_declaration",
+                          "lexical_declaration", "interface_declaration", "type_alias_declaration",
+                          "enum_declaration", "variable_declaration", "generator_function_declaration",
+                          "function_signature"})
+
+
+def declared_names(node: Node) -> list[str]:
+    """The names a top-level statement declares (through `export` too)."""
+    decl = node.child_by_field_name("declaration") if node.type == "export_statement" else node
+    if decl is None:
+        return []
+    if decl.type in ("lexical_declaration", "variable_declaration"):
+        return [text(d.child_by_field_name("name")) for d in decl.named_children if d.type == "variable_declarator"]
+    name = decl.child_by_field_name("name")
+    return [text(name)] if name is not None else []
+
+
+def file_declarations(root: Node) -> dict[str, Node]:
+    """{name: top-level statement declaring it} of a parsed file."""
+    found: dict[str, Node] = {}
+    for child in root.children:
+        if child.type in DECLARATIONS or child.type == "export_statement":
+            for name in declared_names(child):
+                found[name] = child
+    return found
+
+
+def dependencies(node: Node, declarations: dict[str, Node]) -> list[Node]:
+    """The declarations of the same file `node` uses, transitively, in file order (`node` excluded).
+
+    A function using the file's `type Price` needs it, and `Price` may in turn need `Level`.
+    """
+    picked: dict[int, Node] = {}
+    todo = [node]
+    while todo:
+        for name in referenced_names(todo.pop()):
+            n = declarations.get(name)
+            if n is not None and n is not node and id(n) not in picked:
+                picked[id(n)] = n
+                todo.append(n)
+    return sorted(picked.values(), key=lambda n: n.start_byte)
+
+
 def walk(node: Node) -> Iterator[Node]:
     """Every node below `node` (itself included), in source order, without recursion limits."""
     stack = [node]

@@ -1,8 +1,10 @@
 """Which extracted records are fit to train on, and why the others are not.
 
 Order of the checks, each record rejected for the first reason that applies:
-counter-example, compile error (TypeScript, against the corpus's own @qi packages), anti-pattern (on the AST),
-exact duplicate, near duplicate. Counter-examples are never training targets as they are; the
+counter-example, compile error (TypeScript, against the corpus's own @qi packages, in its file's
+context), not self-contained (its training answer, the module `modules.standalone` builds, needs
+more than max_dependency_lines of declarations besides the unit, or does not compile as a file of
+its own), anti-pattern (on the AST), exact duplicate, near duplicate. Counter-examples are never training targets as they are; the
 ones whose corrected version was accepted become "rewrite this with @qi/base" pairs.
 """
 
@@ -13,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import dedup, patterns, typecheck
+from qi_expert import dedup, modules, patterns, typecheck
 
 # TypeScript's "cannot find name" family: the snippet leans on declarations around it.
 MISSING_NAME_CODES = frozenset({2304, 2305, 2552, 2339, 2307, 2503, 2694, 2724})
@@ -77,6 +79,14 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
     return result
 
 
+def compile_modules(texts: dict[str, str], project: Path, tsconfig: str,
+                    ignore_missing_packages: bool = False) -> dict[str, list[dict]]:
+    """id -> diagnostics of each module compiled as a file of its own at the project's root (one program)."""
+    diags = _check({f"module_{k}": v + "\n\nexport {};\n" for k, v in texts.items()}, {}, project, tsconfig,
+                   ignore_missing_packages)
+    return {k: diags[f"module_{k}"] for k in texts}
+
+
 def _place(rec: dict) -> str:
     """Where the snippet sits virtually: beside its source file, so relative imports resolve."""
     folder = rec["source_file"].rsplit("/", 1)[0] if "/" in rec["source_file"] else ""
@@ -105,19 +115,31 @@ def _missing_package(diag: dict) -> bool:
 def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict], list[dict], dict]:
     """(accepted, rejected, pairs, metrics)."""
     compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages)
+    qi_files = modules.qi_export_files(typecheck.module_exports(project, tsconfig, missing_ok=True))
+    files = modules.CorpusFiles(project)
+    answers = {r["id"]: modules.standalone(r, files, qi_files) for r in records
+               if not r["counter_example"] and compiled[r["id"]]["compiles"]}
+    alone = compile_modules(answers, project, tsconfig, cfg.ignore_missing_packages)
     rules = set(cfg.anti_patterns)
     exact_seen: dict[str, str] = {}
     near = dedup.NearDuplicateIndex(cfg.near_duplicate_threshold)
     accepted, rejected = [], []
     for rec in records:
         c = compiled[rec["id"]]
-        rec = {**rec, "compiles": c["compiles"], "check_context": c["context"]}
+        rec = {**rec, "compiles": c["compiles"], "check_context": c["context"], "module": answers.get(rec["id"])}
         reason, detail = None, None
         if rec["counter_example"]:
             # Never a target as it is; only the input of a pair, so it need not compile.
             reason = "counter_example"
         elif not c["compiles"]:
             reason, detail = "compile_error", c["diagnostics"][:5]
+        elif answers[rec["id"]].count("\n") - rec["code"].count("\n") > cfg.max_dependency_lines:
+            reason = "not_self_contained:too_long"
+            detail = {"module_lines": answers[rec["id"]].count("\n"), "unit_lines": rec["code"].count("\n")}
+        elif alone[rec["id"]]:
+            local = modules.local_imports(answers[rec["id"]])
+            reason = "not_self_contained:" + ("local_import" if local else "compile_error")
+            detail = {"local_imports": local} if local else alone[rec["id"]][:5]
         else:
             found = [f for f in patterns.analyze(rec["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
             if found:
@@ -140,7 +162,7 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[li
 
     accepted_ids = {r["id"]: r for r in accepted}
     pairs = [{"counter_id": r["id"], "corrected_id": r["corrected_id"], "counter_code": r["code"],
-              "corrected_code": accepted_ids[r["corrected_id"]]["code"], "source_file": r["source_file"],
+              "corrected_code": accepted_ids[r["corrected_id"]]["module"], "source_file": r["source_file"],
               "context": r["context"]}
              for r in rejected if r["reason"] == "counter_example" and r.get("corrected_id") in accepted_ids]
     checked = len(records)
@@ -151,12 +173,55 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[li
         "accepted": len(accepted),
         "rejected": len(rejected),
         "compile_rate": round(n_compiled / checked, 4) if checked else 0.0,
+        # Of the answers built from records that compile in their file: the share that compile alone.
+        "self_contained_rate": round(sum(1 for d in alone.values() if not d) / len(alone), 4) if alone else 0.0,
         "compiled_with_file_context": sum(1 for c in compiled.values() if c["context"] == "file"),
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "not_self_contained_by_cause": dict(sorted(Counter(r["reason"].split(":")[1] for r in rejected
+                                                           if r["reason"].startswith("not_self_contained:")).items())),
         "rejected_by_anti_pattern": dict(sorted(Counter(r["reason"].split(":")[1] for r in rejected
                                                         if r["reason"].startswith("anti_pattern:")).items())),
         "counter_example_pairs": len(pairs),
         "accepted_by_kind": dict(sorted(Counter(r["source_kind"] for r in accepted).items())),
+        "accepted_by_unit": dict(sorted(Counter(r["unit"] for r in accepted).items())),
         "accepted_by_type": {t: sum(1 for r in accepted if t in r["pattern_types"]) for t in patterns.PATTERN_TYPES},
     }
     return accepted, rejected, pairs, metrics
+
+
+def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Path, tsconfig: str,
+                   cfg) -> tuple[list[dict], list[dict], dict]:
+    """(admitted, refused, metrics) for augment.variants' candidates: the checks a corpus record passes.
+
+    A variant's module must compile alone and break no anti-pattern rule; one whose code is an
+    exact copy (normal form) of an accepted record or an earlier variant is refused. Near-duplicate
+    detection does not apply: a variant is its parent rewritten, near it by design (its share is
+    capped instead).
+    """
+    qi_files = modules.qi_export_files(typecheck.module_exports(project, tsconfig, missing_ok=True))
+    files = modules.CorpusFiles(project)
+    texts = {c["id"]: modules.standalone(c, files, qi_files) for c in candidates}
+    alone = compile_modules(texts, project, tsconfig, cfg.ignore_missing_packages)
+    rules = set(cfg.anti_patterns)
+    seen = {dedup.normal_form_hash(dedup.tokens(r["code"])) for r in accepted}
+    admitted, refused = [], []
+    for c in candidates:
+        c = {**c, "module": texts[c["id"]], "compiles": not alone[c["id"]], "check_context": "module"}
+        h = dedup.normal_form_hash(dedup.tokens(c["code"]))
+        found = [f for f in patterns.analyze(c["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
+        if alone[c["id"]]:
+            refused.append({**c, "reason": "compile_error", "detail": alone[c["id"]][:5]})
+        elif found:
+            refused.append({**c, "reason": f"anti_pattern:{found[0]['rule']}", "detail": found})
+        elif h in seen:
+            refused.append({**c, "reason": "exact_duplicate", "detail": None})
+        else:
+            seen.add(h)
+            admitted.append(c)
+    metrics = {
+        "candidates": len(candidates),
+        "admitted": len(admitted),
+        "refused_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in refused).items())),
+        "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in admitted).items())),
+    }
+    return admitted, refused, metrics

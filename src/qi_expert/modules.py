@@ -1,0 +1,281 @@
+"""A training answer as a TypeScript module that compiles on its own.
+
+The eval asks for a complete module (instruction + exported signature -> code that compiles as a
+file of its own against @qi/base and @qi/core), so every training answer has that shape too:
+
+- the imports it needs, values and types, pruned to the names it uses; a relative import of a
+  name the corpus's @qi packages export (`import { create } from "./error"` inside lib/base/src)
+  becomes an import from that package (`from "@qi/base"`), as a user of the library writes it;
+- the declarations of its own file it depends on (the record's `support`), before it;
+- a method inside its class: the class with its fields, constructor and the methods the kept
+  members call through `this`, the other methods left out (the whole class when it implements or
+  extends something, whose contract the left-out methods may be part of).
+
+A relative import of anything else (`./repository` in a demo app) names a file the user asking
+for the function does not have: the module keeps it, fails the stand-alone compile check in
+validate and is left out, counted as `local_import`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from qi_expert import tsast
+
+_SOURCE = re.compile(r"""from\s+["']([^"']+)["']""")
+
+
+def qi_export_files(exports: Mapping[str, Sequence[Mapping]]) -> dict[tuple[str, str], str]:
+    """{(declaring file, name): module} from typecheck.module_exports; the first module listed wins."""
+    owner: dict[tuple[str, str], str] = {}
+    for module, names in exports.items():
+        for entry in names or []:
+            owner.setdefault((entry["file"], entry["name"]), module)
+    return owner
+
+
+def _specifiers(statement: str) -> tuple[list[tuple[str, str, bool]], list[str], bool]:
+    """([(imported name, local name, type-only)], [default/namespace locals], statement is `import type`)."""
+    root = tsast.parse(statement).root_node
+    specs, others = [], []
+    type_only = statement.lstrip().startswith("import type")
+    for n in tsast.walk(root):
+        if n.type == "import_specifier":
+            name = tsast.text(n.child_by_field_name("name"))
+            alias = n.child_by_field_name("alias")
+            spec_type = any(c.type == "type" for c in n.children) or tsast.text(n).startswith("type ")
+            specs.append((name, tsast.text(alias) if alias is not None else name, spec_type))
+        elif n.type == "namespace_import":
+            others += [tsast.text(i) for i in n.named_children if i.type == "identifier"]
+        elif n.type == "import_clause":
+            others += [tsast.text(i) for i in n.named_children if i.type == "identifier"]
+    return specs, others, type_only
+
+
+def _specifier_text(name: str, local: str, type_only: bool) -> str:
+    return ("type " if type_only else "") + (name if name == local else f"{name} as {local}")
+
+
+class CorpusFiles:
+    """The corpus's .ts files, parsed when first asked for: declarations, imports, relative paths."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._files: dict[str, tuple[dict, list[str]] | None] = {}
+
+    def _load(self, rel: str) -> tuple[dict, list[str]] | None:
+        if rel not in self._files:
+            path = self.root / rel
+            if rel.endswith(".ts") and path.is_file():
+                root = tsast.parse(path.read_bytes()).root_node
+                self._files[rel] = (tsast.file_declarations(root),
+                                    [tsast.text(c) for c in root.children if c.type == "import_statement"])
+            else:
+                self._files[rel] = None
+        return self._files[rel]
+
+    def declarations(self, rel: str) -> dict:
+        loaded = self._load(rel)
+        return loaded[0] if loaded else {}
+
+    def imports(self, rel: str) -> list[str]:
+        loaded = self._load(rel)
+        return loaded[1] if loaded else []
+
+    def resolve(self, rel: str, source: str) -> str | None:
+        """The corpus file a relative import in `rel` names (`./x`, `./x.js` (ES modules), `./x/index`)."""
+        if not rel.endswith(".ts"):
+            return None
+        base = posixpath.normpath(posixpath.join(posixpath.dirname(rel), source))
+        stem = base[:-3] if base.endswith((".js", ".ts")) else base
+        for candidate in (stem + ".ts", stem + "/index.ts"):
+            if self._load(candidate) is not None:
+                return candidate
+        return None
+
+
+def _split_imports(code: str) -> tuple[list[str], str]:
+    """(top-level import statements, the rest) of a piece of code."""
+    root = tsast.parse(code).root_node
+    data = code.encode("utf-8")
+    statements = [c for c in root.children if c.type == "import_statement"]
+    if not statements:
+        return [], code
+    rest, at = bytearray(), 0
+    for st in statements:
+        rest += data[at:st.start_byte]
+        at = st.end_byte
+    rest += data[at:]
+    return [tsast.text(s) for s in statements], re.sub(r"^\s*\n", "", rest.decode("utf-8"))
+
+
+def _gather(body: str, file: str, imports: Sequence[str], files: CorpusFiles | None,
+            qi_files: Mapping[tuple[str, str], str]) -> tuple[list[str], list[str]]:
+    """(import lines, declarations inlined from other corpus files) that `body`, written in `file`, needs.
+
+    Imports are pruned to the names used. A relative import becomes an import from the @qi package
+    that exports that very declaration (same file, same name); else the imported declaration and
+    what it depends on (in its file and through its own relative imports) are inlined; a relative
+    import that leads nowhere is kept as written (and fails the stand-alone compile).
+    """
+    declared = {n for c in tsast.parse(body).root_node.children for n in tsast.declared_names(c)}
+    by_module: dict[str, list[str]] = {}
+    whole: list[str] = []
+    groups: list[list[str]] = []
+    seen: set[tuple[str, str]] = set()
+    todo = [(file, list(imports), tsast.referenced_names(tsast.parse(body).root_node))]
+    while todo:
+        here, statements, used = todo.pop(0)
+        for statement in statements:
+            m = _SOURCE.search(statement)
+            if not m:
+                continue  # a side-effect import (`import "./polyfill"`) brings no names
+            source = m.group(1)
+            specs, others, type_only = _specifiers(statement)
+            if any(local in used and local not in declared for local in others):
+                whole.append(" ".join(statement.split()))  # default / namespace import: kept as written
+            for name, local, spec_type in specs:
+                if local not in used or local in declared:
+                    continue
+                module = source
+                target = files.resolve(here, source) if files is not None and source.startswith(".") else None
+                if target is not None and (target, name) in qi_files:
+                    module = qi_files[(target, name)]  # the library's own relative import, as its users write it
+                elif target is not None and name == local and name in files.declarations(target):
+                    decls = files.declarations(target)
+                    nodes = [n for n in tsast.dependencies(decls[name], decls) + [decls[name]]
+                             if (target, tsast.text(n)) not in seen]
+                    new_names = {n for node in nodes for n in tsast.declared_names(node)}
+                    if nodes:
+                        seen.update((target, tsast.text(n)) for n in nodes)
+                        declared |= new_names
+                        groups.append([tsast.text(n) for n in nodes])
+                        text = "\n".join(tsast.text(n) for n in nodes)
+                        todo.append((target, files.imports(target), tsast.referenced_names(tsast.parse(text).root_node)))
+                    continue
+                by_module.setdefault(module, []).append(_specifier_text(name, local, type_only or spec_type))
+    lines = list(dict.fromkeys(whole))
+    for module, names in by_module.items():
+        lines.append(f"import {{ {', '.join(dict.fromkeys(names))} }} from \"{module}\";")
+    # Deeper files first: what an inlined declaration uses comes before it.
+    inlined = [text for group in reversed(groups) for text in group]
+    return lines, inlined
+
+
+
+
+def class_with_method(class_text: str, method: str) -> str:
+    """The class with `method`, its fields, constructor and the methods kept members call; no others.
+
+    A class that extends another is kept whole (`super` and the inherited members tie its methods
+    together); one that implements interfaces loses its `implements` clause along with the methods
+    left out, which the interface may require.
+    """
+    root = tsast.parse(class_text).root_node
+    decl = next((n for n in tsast.walk(root) if n.type in ("class_declaration", "abstract_class_declaration")), None)
+    if decl is None:
+        return class_text
+    heritage = next((c for c in decl.children if c.type == "class_heritage"), None)
+    if heritage is not None and any(c.type == "extends_clause" for c in heritage.children):
+        return class_text
+    body = decl.child_by_field_name("body")
+    members = list(body.named_children)
+    methods = {tsast.text(m.child_by_field_name("name")): m for m in members if m.type == "method_definition"}
+    if method not in methods:
+        return class_text
+    keep = {id(m) for m in members if m.type != "method_definition" and m.type != "comment"}
+    keep |= {id(methods[method])} | ({id(methods["constructor"])} if "constructor" in methods else set())
+    # Members are reached through `this.` and, static ones, through the class's own name.
+    member_ref = re.compile(rf"\b(?:this|{re.escape(tsast.text(decl.child_by_field_name('name')))})\.(#?\w+)")
+    todo = [m for m in members if id(m) in keep]
+    while todo:
+        for name in member_ref.findall(tsast.text(todo.pop())):
+            m = methods.get(name)
+            if m is not None and id(m) not in keep:
+                keep.add(id(m))
+                todo.append(m)
+    # Drop each left-out method with the comments just before it, whole lines at a time.
+    data = class_text.encode("utf-8")
+    cuts = []
+    if heritage is not None and len(keep) < len([m for m in members if m.type != "comment"]):
+        cuts.append((heritage.start_byte - 1, heritage.end_byte))  # " implements X, Y"
+    for i, m in enumerate(members):
+        if m.type != "method_definition" or id(m) in keep:
+            continue
+        start = m.start_byte
+        j = i - 1
+        while j >= 0 and members[j].type == "comment" and members[j].end_point[0] >= members[j + 1].start_point[0] - 1:
+            start = members[j].start_byte
+            j -= 1
+        start = data.rfind(b"\n", 0, start) + 1
+        end = data.find(b"\n", m.end_byte)
+        cuts.append((start, len(data) if end < 0 else end + 1))
+    out = bytearray()
+    at = 0
+    for start, end in cuts:
+        out += data[at:start]
+        at = end
+    out += data[at:]
+    return re.sub(r"\n{3,}", "\n\n", out.decode("utf-8"))
+
+
+_BINDINGS = """
+[(required_parameter pattern: (identifier) @b)
+ (optional_parameter pattern: (identifier) @b)
+ (variable_declarator name: (identifier) @b)]
+"""
+
+
+def _needed(support: Sequence[str], unit: str) -> list[str]:
+    """The support declarations `unit` uses, directly or through each other, in their order.
+
+    A tutorial block's support also holds the statements before its first marker and earlier
+    blocks' declarations; only those declaring a name it uses (and not declaring it again) stay.
+    """
+    declared_by = [set(n for c in tsast.parse(s).root_node.children for n in tsast.declared_names(c)) for s in support]
+    root = tsast.parse(unit).root_node
+    own = {n for c in root.children for n in tsast.declared_names(c)}
+    # Names the unit binds itself (parameters, locals) shadow the support's: `cache` the parameter
+    # does not need `const cache = ...` of the block above.
+    bound = {tsast.text(n) for n in tsast.captures(root, _BINDINGS).get("b", [])}
+    used = tsast.referenced_names(root) - own - bound
+    keep: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for i, names in enumerate(declared_by):
+            if i not in keep and names & used and not names & own:
+                keep.add(i)
+                used |= tsast.referenced_names(tsast.parse(support[i]).root_node) - own
+                changed = True
+    return [s.strip() for i, s in enumerate(support) if i in keep]
+
+
+def standalone(rec: Mapping, files: CorpusFiles | None = None,
+               qi_files: Mapping[tuple[str, str], str] | None = None) -> str:
+    """The record as a module of its own: the imports it needs, the declarations it depends on, the unit.
+
+    `files` (the corpus) lets relative imports be followed; `qi_files` ({(file, name): module}, from
+    `qi_export_files`) turns the @qi packages' own relative imports into package imports.
+    """
+    own_imports, code = _split_imports(rec["code"].strip() + "\n")
+    support = list(rec.get("support", []))
+    if rec["unit"] == "method" and support:
+        unit, support = class_with_method(support[0], rec["name"]), support[1:]
+    else:
+        unit = code.strip()
+    parts = _needed(support, unit) + [unit]
+    body = "\n\n".join(p.strip() for p in parts) + "\n"
+    lines, inlined = _gather(body, rec["source_file"], own_imports + list(rec.get("imports", [])), files,
+                             qi_files or {})
+    module = "\n\n".join(inlined + [body.strip()]) + "\n"
+    return ("\n".join(lines) + "\n\n" + module) if lines else module
+
+
+def local_imports(module: str) -> list[str]:
+    """Relative import sources left in a module: files a user asking for it does not have."""
+    return [m.group(1) for line in module.splitlines() if line.lstrip().startswith("import ")
+            for m in [_SOURCE.search(line)] if m and m.group(1).startswith(".")]
