@@ -35,7 +35,9 @@ def run(cfg):
                   f"{g['syntax_valid_rate']:.3f}, type errors {g['type_errors_mean']:.2f} (median "
                   f"{g['type_errors_median']:g}), @qi names real {g['qi_api_valid_share']}, only missing @qi "
                   f"imports {g['only_missing_qi_imports_rate']:.3f}; invented: "
-                  + (", ".join(f"{n} x{c}" for n, c in g["invented_names"][:5]) or "none"))
+                  + (", ".join(f"{n} x{c}" for n, c in g["invented_names"][:5]) or "none")
+                  + "; used, not imported: "
+                  + (", ".join(f"{n} x{c}" for n, c in g["not_imported_names"][:5]) or "none"))
     for pair, measures in metrics["paired"].items():
         print(f"eval: {pair} (paired, {next(iter(measures.values()))['n'] if measures else 0} tasks, 95% bootstrap "
               f"interval, exact test p):")

@@ -94,6 +94,8 @@ def test_score_rows_carry_graded_fields(scored):
     a = [r for r in rows if r["model"] == "a"]
     assert [r["compiled"] for r in a] == [True, True, False, False]
     assert a[2]["graded"]["only_missing_qi_imports"] and not a[3]["graded"]["only_missing_qi_imports"]
+    assert a[2]["graded"]["not_imported"] == ["QiError", "Result", "failure", "success", "validationError"]
+    assert a[3]["graded"]["not_imported"] == []  # invented names are "no exported member", not missing imports
     # NO_IMPORTS: Result and QiError in the signature, failure x2, validationError x2, success x1.
     assert a[2]["n_compile_errors"] == 7 and {d["code"] for d in a[2]["compile_errors"]} <= graded.MISSING_NAME_CODES
     assert a[3]["graded"]["api"]["invented"] == ["@qi/base:validatePrice", "@qi/base:checkPositive"]
@@ -112,6 +114,9 @@ def test_summary_graded_values_by_hand(scored):
     assert s["qi_names_real_per_completion"] == 3.0 and s["qi_names_invented_per_completion"] == 0.5
     assert s["qi_uses_rate"] == 0.75
     assert s["invented_names"] == [["@qi/base:checkPositive", 1], ["@qi/base:validatePrice", 1]]
+    # NO_IMPORTS uses five real names without importing them; no other completion misses one.
+    assert s["qi_names_not_imported_per_completion"] == 1.25 and s["not_imported_rate"] == 0.25
+    assert s["not_imported_names"] == [[n, 1] for n in ["QiError", "Result", "failure", "success", "validationError"]]
     assert s["reference_loss"] == 1.0  # (0.5 + 0.5 + 1.0 + 2.0) / 4
     b = evaluate.summarize([r for r in rows if r["model"] == "b"])["graded"]
     assert b["syntax_valid_rate"] == 0.25 and b["reference_loss"] == 1.5  # the task without a value is left out

@@ -158,7 +158,7 @@ def summarize(rows: Sequence[Mapping], ks: Sequence[int] = (1,)) -> dict:
     if all("graded" in r for r in rows):
         summary["graded"] = graded.summarize(rows)
         summary["graded"]["by_category"] = {c: {k: v for k, v in graded.summarize([r for t in cats[c] for r in by_task[t]]).items()
-                                                if k != "invented_names"}
+                                                if k not in ("invented_names", "not_imported_names")}
                                             for c in patterns.CATEGORIES if c in cats}
     return summary
 

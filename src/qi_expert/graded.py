@@ -8,6 +8,8 @@ before they do, each from a library that knows the language:
   the corpus's @qi packages really export, by the TypeScript compiler's own export list; the
   others are hallucinated names (`import { validatePrice } from "@qi/base"`);
 - type errors: the compiler's diagnostics per completion (counted by the scorer);
+- @qi names not imported: real @qi names the code uses without importing them (the compiler's
+  "Cannot find name 'QiError'"), the most frequent error between a tuned model and compiling code;
 - only missing @qi imports: every diagnostic is "Cannot find name 'X'" for an X that @qi exports,
   so adding import lines would make the code compile;
 - reference loss (refloss.py): the model's per-token loss on the task's reference solution.
@@ -73,9 +75,21 @@ def only_missing_qi_imports(diagnostics: Sequence[Mapping], exports: Mapping[str
     return True
 
 
+def not_imported(diagnostics: Sequence[Mapping], exports: Mapping[str, Iterable[str]]) -> list[str]:
+    """The real @qi names the compiler could not find: used, but not imported (sorted, each once)."""
+    names = set().union(*(set(v) for v in exports.values())) if exports else set()
+    found = set()
+    for d in diagnostics:
+        m = _MISSING_NAME.search(str(d.get("message", "")))
+        if int(d.get("code", 0)) in MISSING_NAME_CODES and m and m.group(1) in names:
+            found.add(m.group(1))
+    return sorted(found)
+
+
 def grade(code: str, diagnostics: Sequence[Mapping], exports: Mapping[str, Iterable[str]]) -> dict:
     """The graded fields of one result row."""
     return {"syntax_valid": syntax_valid(code), "api": api_validity(code, exports),
+            "not_imported": not_imported(diagnostics, exports),
             "only_missing_qi_imports": only_missing_qi_imports(diagnostics, exports)}
 
 
@@ -87,6 +101,7 @@ def summarize(rows: Sequence[Mapping]) -> dict:
     used = sum(r["graded"]["api"]["used"] for r in rows)
     real = sum(len(r["graded"]["api"]["real"]) for r in rows)
     invented = Counter(n for r in rows for n in r["graded"]["api"]["invented"])
+    missing = Counter(n for r in rows for n in r["graded"].get("not_imported", []))
     out = {
         "syntax_valid_rate": round(sum(r["graded"]["syntax_valid"] for r in rows) / len(rows), 4),
         "type_errors_mean": round(statistics.fmean(errors), 4),
@@ -98,8 +113,11 @@ def summarize(rows: Sequence[Mapping]) -> dict:
         "qi_names_real_per_completion": round(real / len(rows), 4),
         "qi_names_invented_per_completion": round(sum(invented.values()) / len(rows), 4),
         "qi_uses_rate": round(sum(r["graded"]["api"]["used"] > 0 for r in rows) / len(rows), 4),
-        # Most frequent first; ties by name, so the list is stable.
+        "qi_names_not_imported_per_completion": round(sum(missing.values()) / len(rows), 4),
+        "not_imported_rate": round(sum(bool(r["graded"].get("not_imported")) for r in rows) / len(rows), 4),
+        # Most frequent first; ties by name, so the lists are stable.
         "invented_names": [[n, c] for n, c in sorted(invented.items(), key=lambda x: (-x[1], x[0]))[:15]],
+        "not_imported_names": [[n, c] for n, c in sorted(missing.items(), key=lambda x: (-x[1], x[0]))[:15]],
     }
     nll = [r["reference_nll"] for r in rows if r.get("reference_nll") is not None]
     if nll:
@@ -118,5 +136,6 @@ PAIRED_MEASURES = (
     ("type_errors_mean", lambda r: float(r["n_compile_errors"]), False),
     ("qi_names_real_per_completion", lambda r: float(len(r["graded"]["api"]["real"])), False),
     ("qi_names_invented_per_completion", lambda r: float(len(r["graded"]["api"]["invented"])), False),
+    ("qi_names_not_imported_per_completion", lambda r: float(len(r["graded"].get("not_imported", []))), False),
     ("reference_loss", lambda r: r.get("reference_nll"), False),
 )
