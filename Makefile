@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what is missing first (scripts/setup.sh).
-.PHONY: setup repro test bench
+.PHONY: setup repro test
 
 # Stage commands in dvc.yaml say `python`: make it this project's virtual environment.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -12,6 +12,3 @@ repro: setup
 
 test: setup
 	.venv/bin/python -m pytest
-
-bench: setup
-	.venv/bin/python benchmarks/run_all.py

@@ -23,8 +23,7 @@ def run(cfg):
     rows, metrics = evaluate.run_eval(cfg)
     io.write_jsonl(OUT / "results.jsonl", rows)
     io.write_json(METRICS, metrics)
-    PLOTS.parent.mkdir(parents=True, exist_ok=True)
-    PLOTS.write_text(evaluate.category_table({m: metrics[m] for m in metrics["models"]}), encoding="utf-8")
+    io.write_text(PLOTS, evaluate.category_table({m: metrics[m] for m in metrics["models"]}))
     for m in metrics["models"]:
         s, g = metrics[m], metrics[m].get("graded", {})
         print(f"eval: {m}: pass@1 {s.get('pass@1', 0):.3f}, compile {s['compile_rate']:.3f}, "

@@ -35,8 +35,8 @@ def run(cfg):
     for name, split in (("train", train), ("val", val)):
         io.write_jsonl(OUT / f"{name}.instruct.jsonl",
                        ({k: r[k] for k in ("instruction", "input", "output")} for r in split))
-        (OUT / f"{name}.alpaca.json").write_text(
-            json.dumps([formatting.alpaca(r) for r in split], ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        io.write_text(OUT / f"{name}.alpaca.json",
+                      json.dumps([formatting.alpaca(r) for r in split], ensure_ascii=False, indent=1) + "\n")
         io.write_jsonl(OUT / f"{name}.chat.jsonl", (formatting.chat(r, fc.system_prompt) for r in split))
     instructions = [r["instruction"] for r in rows]
     by_origin = lambda split: dict(sorted(Counter(r["origin"] for r in split).items()))

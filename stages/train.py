@@ -159,6 +159,9 @@ def run(cfg):
         status = "FINISHED"
     except training.IncompleteRun as e:
         sys.exit(str(e))  # the run ends FAILED (below)
+    except KeyboardInterrupt:
+        status = "KILLED"  # Ctrl+C or SIGTERM: Axolotl is stopped with the stage; checkpoints stay for the rerun
+        raise
     finally:
         client.set_terminated(run_id, status)
     print(f"train: {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s; train loss "

@@ -140,6 +140,10 @@ def test_each_kind_of_record_becomes_a_module_that_compiles_alone(corpus):
     # The library's own code: its relative imports become imports of the package its users write.
     lib = [r["module"] for r in accepted if r["source_file"].startswith("lib/base/src/") and 'from "./' in "\n".join(r["imports"])]
     assert lib and all('from "./' not in m for m in lib) and any('from "@qi/base"' in m for m in lib)
+    # ... and the package's own declarations they use are imported from it, never declared again.
+    lib_all = [r["module"] for r in accepted if r["source_file"].startswith("lib/base/src/")]
+    assert not [m for m in lib_all if "type Result<T, E" in m]
+    assert any("import { type Result" in m or ", type Result" in m for m in lib_all)
 
 
 def test_a_unit_whose_dependencies_are_too_long_is_left_out_counted(corpus):

@@ -9,6 +9,7 @@ log files appear beside the DVC outs.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -63,10 +64,40 @@ def resolve_path(path: str | Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+class StageError(RuntimeError):
+    """A failure the stage explains in one message (printed without a traceback, exit status 1)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, DVC's own cancellation), raised like Ctrl+C's KeyboardInterrupt."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
-    """Turn `run(cfg)` into a command-line entry point taking Hydra key overrides."""
+    """Turn `run(cfg)` into a command-line entry point taking Hydra key overrides.
+
+    Ctrl+C and SIGTERM unwind the stage like an error: child processes are stopped, no final
+    output is moved into place (io writes atomically), the MLflow run ends KILLED, and the stage
+    exits non-zero saying so, so DVC records nothing and the next `dvc repro` runs it again.
+    """
 
     def main() -> None:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        stage = Path(sys.argv[0]).stem
+        try:
+            _main()
+        except KeyboardInterrupt as e:
+            how = f"by {e.args[0]}" if isinstance(e, Interrupted) and e.args else "by Ctrl+C (SIGINT)"
+            print(f"{stage}: interrupted {how}; its outputs were not completed. Rerun `dvc repro` "
+                  f"(or `python stages/{stage}.py`) to run it again.", file=sys.stderr)
+            sys.exit(130)
+        except StageError as e:
+            sys.exit(f"{stage}: {e}")
+
+    def _main() -> None:
         overrides = sys.argv[1:]
         groups = [o.split("=", 1)[0] for o in overrides if "=" in o and (CONF_DIR / o.split("=", 1)[0]).is_dir()]
         if groups:

@@ -1,13 +1,37 @@
-"""Deterministic file output: sorted keys, fixed separators, newline at the end.
+"""Deterministic, atomic file output: sorted keys, fixed separators, newline at the end.
 
-Two runs of a data stage must give byte-identical files, so every JSON goes through here.
+Two runs of a data stage must give byte-identical files, so every JSON goes through here. Each
+file is written under a temporary name beside it and moved into place when complete, so an
+interrupted stage never leaves a half-written file that looks whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open `path` for writing under a temporary name; it replaces `path` only if the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open(mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def dumps(obj: Any) -> str:
@@ -15,9 +39,8 @@ def dumps(obj: Any) -> str:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(dumps(row) + "\n")
             n += 1
@@ -36,5 +59,4 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Pretty JSON for metrics files people read and diff."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")

@@ -4,16 +4,17 @@ The eval asks for a complete module (instruction + exported signature -> code th
 file of its own against @qi/base and @qi/core), so every training answer has that shape too:
 
 - the imports it needs, values and types, pruned to the names it uses; a relative import of a
-  name the corpus's @qi packages export (`import { create } from "./error"` inside lib/base/src)
-  becomes an import from that package (`from "@qi/base"`), as a user of the library writes it;
-- the declarations of its own file it depends on (the record's `support`), before it;
+  declaration the corpus's @qi packages export (`import { create } from "./error"` inside
+  lib/base/src) becomes an import from that package (`from "@qi/base"`), as its users write it;
+- the declarations it depends on, before it: those of its own file (the record's `support`, pruned
+  to what it uses) and those it imports from other corpus files (an app's `./types`), followed
+  through their own relative imports and inlined;
 - a method inside its class: the class with its fields, constructor and the methods the kept
-  members call through `this`, the other methods left out (the whole class when it implements or
-  extends something, whose contract the left-out methods may be part of).
+  members call through `this` (or the class name), the other methods left out; a class that
+  extends another is kept whole, one that implements interfaces loses the `implements` clause.
 
-A relative import of anything else (`./repository` in a demo app) names a file the user asking
-for the function does not have: the module keeps it, fails the stand-alone compile check in
-validate and is left out, counted as `local_import`.
+A relative import that leads to no corpus file stays as written: the module fails the
+stand-alone compile check in validate and is left out, counted as `local_import`.
 """
 
 from __future__ import annotations
@@ -254,6 +255,31 @@ def _needed(support: Sequence[str], unit: str) -> list[str]:
     return [s.strip() for i, s in enumerate(support) if i in keep]
 
 
+_TYPE_DECLARATIONS = frozenset({"interface_declaration", "type_alias_declaration"})
+
+
+def _exported_by_package(support: Sequence[str], file: str,
+                         qi_files: Mapping[tuple[str, str], str]) -> tuple[list[str], list[str]]:
+    """(support left to inline, import lines for the rest): a declaration of the @qi packages' own
+    source that the package exports is imported from it, as its users write it, not declared again.
+
+    Without this, every answer cut from lib/base/src declared `type Result<T, E = QiError> = ...`
+    itself, and a model trained on them wrote its own Result type instead of importing it.
+    """
+    kept, lines = [], []
+    for text in support:
+        stmt = next((c for c in tsast.parse(text).root_node.children if c.type != "comment"), None)
+        names = tsast.declared_names(stmt) if stmt is not None else []
+        modules_ = {qi_files.get((file, n)) for n in names}
+        if not names or None in modules_ or len(modules_) != 1:
+            kept.append(text)
+            continue
+        decl = stmt.child_by_field_name("declaration") if stmt.type == "export_statement" else stmt
+        type_only = decl is not None and decl.type in _TYPE_DECLARATIONS
+        lines.append(f"import {{ {', '.join(('type ' if type_only else '') + n for n in names)} }} from \"{modules_.pop()}\";")
+    return kept, lines
+
+
 def standalone(rec: Mapping, files: CorpusFiles | None = None,
                qi_files: Mapping[tuple[str, str], str] | None = None) -> str:
     """The record as a module of its own: the imports it needs, the declarations it depends on, the unit.
@@ -267,6 +293,8 @@ def standalone(rec: Mapping, files: CorpusFiles | None = None,
         unit, support = class_with_method(support[0], rec["name"]), support[1:]
     else:
         unit = code.strip()
+    support, package_imports = _exported_by_package(support, rec["source_file"], qi_files or {})
+    own_imports += package_imports
     parts = _needed(support, unit) + [unit]
     body = "\n\n".join(p.strip() for p in parts) + "\n"
     lines, inlined = _gather(body, rec["source_file"], own_imports + list(rec.get("imports", [])), files,

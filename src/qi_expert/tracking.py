@@ -12,7 +12,7 @@ from typing import Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from qi_expert.config import ROOT
+from qi_expert.config import ROOT, StageError
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -51,13 +51,24 @@ def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Ite
     """Start an MLflow run for `stage`; yields the mlflow module for logging inside it."""
     import mlflow  # imported late: it takes a second or two and only stages need it
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_experiment(str(cfg.mlflow.experiment))
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     tags = run_tags(cfg, stage)
-    with mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}", tags=tags):
-        if params:
-            mlflow.log_params(flatten(params))
-        yield mlflow
+    try:
+        mlflow.set_experiment(str(cfg.mlflow.experiment))
+        active = mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}", tags=tags)
+    except Exception as e:  # MLflow raises many kinds (sqlalchemy, OSError, MlflowException)
+        raise StageError(f"cannot record the run in the MLflow store {uri} (mlflow.tracking_uri or "
+                         f"MLFLOW_TRACKING_URI): {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}; DVC records "
+                         "nothing for this stage until a rerun can log it") from e
+    with active:
+        try:
+            if params:
+                mlflow.log_params(flatten(params))
+            yield mlflow
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")  # Ctrl+C or SIGTERM (config.stage_entry); an error ends FAILED
+            raise
 
 
 def safe_name(name: str) -> str:

@@ -339,12 +339,19 @@ def copy_adapter(output_dir: Path, adapter_dir: Path) -> list[str]:
     missing = [f for f in ADAPTER_FILES if not (output_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"Axolotl left no {', '.join(missing)} in {output_dir}")
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    adapter_dir.mkdir(parents=True)
+    # Copied beside it, then swapped in: an interruption never leaves a half-copied adapter.
+    staging = adapter_dir.with_name(f".{adapter_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     copied = []
-    for name in ADAPTER_FILES + TOKENIZER_FILES:
-        if (output_dir / name).is_file():
-            shutil.copy2(output_dir / name, adapter_dir / name)
-            copied.append(name)
+    try:
+        for name in ADAPTER_FILES + TOKENIZER_FILES:
+            if (output_dir / name).is_file():
+                shutil.copy2(output_dir / name, staging / name)
+                copied.append(name)
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        staging.rename(adapter_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return copied
