@@ -414,6 +414,51 @@ def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monke
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_stage_stops_axolotl_writes_nothing_and_the_rerun_resumes(project, tmp_path):
+    """A scheduler's SIGTERM to the stage while Axolotl trains: Axolotl is stopped with it, the stage
+    exits 130 saying so, no adapter or metrics appear, its MLflow run ends KILLED, and the rerun
+    resumes from the last checkpoint and finishes."""
+    import signal
+    import time
+
+    import mlflow
+
+    other = tmp_path / "proj"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+    longer = ["max_steps=60", "eval_steps=60", "train.save_steps=4"]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *longer], cwd=other, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = other / "models" / "train" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "train: interrupted by SIGTERM" in err
+    assert not (other / "models" / "adapter").exists() and not (other / "metrics" / "train.json").exists()
+    still = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd(p) == other.resolve()]
+    assert still == [], "Axolotl outlived the stage"
+    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    assert run.info.status == "KILLED"
+
+    rerun = run_stage(other, *longer)
+    assert "resuming from checkpoint-" in rerun.stdout
+    m = json.loads((other / "metrics" / "train.json").read_text())
+    assert m["steps"] == 60 and 0 < m["steps_this_run"] < 60
+
+
+def _cwd(proc: Path) -> Path | None:
+    try:
+        return Path(os.readlink(proc / "cwd"))
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
 def test_qlora_run_uses_linear4bit_and_learns(project):
     run_stage(project, "adapter=qlora")
     report = json.loads((project / "models" / "train" / "checkpoints" / training.MODEL_REPORT).read_text())
