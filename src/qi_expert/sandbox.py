@@ -481,8 +481,16 @@ class Sandbox:
         for d in dirs:
             (d / "runner.js").write_text(runner, encoding="utf-8")
         nonces = ["qi-eval-done-" + secrets.token_hex(12) for _ in dirs]
-        with ThreadPoolExecutor(self.workers) as pool:
+        pool = ThreadPoolExecutor(self.workers)
+        try:
             return list(pool.map(lambda dn: self.run(dn[0], "runner.js", dn[1]), zip(dirs, nonces)))
+        except BaseException:
+            # Ctrl+C / SIGTERM (config.stage_entry): the tests not yet started are dropped; running
+            # ones end within their timeout and their process groups are killed by `run`.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
