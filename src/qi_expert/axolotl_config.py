@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from qi_expert import basemodel
+from qi_expert import basemodel, io
 from qi_expert.config import ROOT, resolve_path
 
 # Model entries may name a template Axolotl 0.19 has no built-in for; these are passed as
@@ -219,6 +219,5 @@ def to_yaml(y: dict[str, Any]) -> str:
 
 
 def write(y: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(y), encoding="utf-8")
+    io.write_text(path, to_yaml(y))
     return path

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from qi_expert import axolotl_config
+from qi_expert import axolotl_config, io
 from qi_expert.config import ROOT, resolve_path
 
 FINGERPRINT = "RUN_FINGERPRINT.json"
@@ -323,8 +323,7 @@ def loss_rows(state: dict) -> list[dict]:
 
 
 def write_loss_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with io.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["step", "train_loss", "val_loss"], lineterminator="\n")
         w.writeheader()
         for r in rows:
