@@ -28,21 +28,26 @@ METRICS = resolve_path("metrics/validate.json")
 def run(cfg):
     records = list(io.read_jsonl(RECORDS))
     started = time.perf_counter()
+    project = resolve_path(cfg.corpus.root)
     try:
-        accepted, rejected, pairs, metrics = validate.validate(
-            records, resolve_path(cfg.corpus.root), cfg.corpus.tsconfig, cfg.validate)
-        admitted, refused, aug = [], [], {"enabled": bool(cfg.augment.enabled)}
+        build = validate.answer_builder(project, cfg.corpus.tsconfig)
+        accepted, rejected, pairs, metrics = validate.validate(records, project, cfg.corpus.tsconfig, cfg.validate, build)
+        candidates, admitted, refused = [], [], []
         if cfg.augment.enabled:
             candidates = augment.variants(accepted, list(cfg.augment.kinds))
-            admitted, refused, found = validate.admit_variants(candidates, accepted, resolve_path(cfg.corpus.root),
-                                                               cfg.corpus.tsconfig, cfg.validate)
-            kept = augment.capped(admitted, len(accepted) + len(pairs), cfg.augment.max_share)
-            aug |= found | {"admitted": len(kept), "left_out_by_cap": len(admitted) - len(kept),
-                            "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in kept).items()))}
-            admitted = kept
+            passed, refused = validate.admit_variants(candidates, accepted, project, cfg.corpus.tsconfig,
+                                                      cfg.validate, build)
+            admitted = augment.capped(passed, len(accepted) + len(pairs), cfg.augment.max_share)
     except (TypeCheckError, ValueError) as e:
         sys.exit(f"validate: {e}")
-    metrics["augmented"] = aug
+    metrics["augmented"] = {
+        "enabled": bool(cfg.augment.enabled),
+        "candidates": len(candidates),
+        "admitted": len(admitted),
+        "left_out_by_cap": len(candidates) - len(refused) - len(admitted),
+        "refused_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in refused).items())),
+        "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in admitted).items())),
+    }
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     io.write_jsonl(OUT / "accepted.jsonl", accepted)
     io.write_jsonl(OUT / "rejected.jsonl", rejected)
@@ -53,7 +58,7 @@ def run(cfg):
     print(f"validate: {len(accepted)} accepted, {len(rejected)} rejected "
           f"({metrics['rejected_by_reason']}), compile rate {metrics['compile_rate']:.1%}, "
           f"{len(pairs)} counter-example pairs, {len(admitted)} augmented rows admitted "
-          f"({aug.get('refused_by_reason', {})} refused), {metrics['seconds']}s")
+          f"({len(refused)} refused), {metrics['seconds']}s")
     with tracking.stage_run(cfg, "validate", {"validate": cfg.validate, "augment": cfg.augment}) as mlflow:
         tracking.log_counts(mlflow, metrics)
 

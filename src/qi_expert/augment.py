@@ -130,11 +130,8 @@ def _function_form_record(rec: Mapping) -> dict | None:
     if code is None:
         return None
     # The benchmark's form in full: an exported function whose Result names its error type.
-    explicit = explicit_error_type(code)
-    if explicit is not None and not any("type Result" in s for s in rec.get("support", [])):
-        return {"code": explicit, "support": [explicit_error_type(s) or s for s in rec.get("support", [])],
-                "imports": _qi_error_import(rec), "unit": "function"}
-    return {"code": code, "unit": "function"}
+    new = {"code": code, "unit": "function"}
+    return new | (_explicit_error_type_record({**rec, **new}) or {})
 
 
 def capped(variants_: Sequence[dict], corpus_rows: int, max_share: float) -> list[dict]:

@@ -13,7 +13,7 @@ import random
 import re
 from typing import Iterable, Sequence
 
-from qi_expert import dedup, tsast
+from qi_expert import dedup, patterns, tsast
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -100,17 +100,9 @@ def instruction_for(rec: dict) -> tuple[str, str]:
 
 
 def imports_from(code: str, module: str) -> set[str]:
-    """Names `code` imports from `module` (local names; `type` imports included)."""
-    root = tsast.parse(code).root_node
-    names: set[str] = set()
-    for st in root.children:
-        source = st.child_by_field_name("source") if st.type == "import_statement" else None
-        if source is None or tsast.text(source).strip("'\"") != module:
-            continue
-        for n in tsast.walk(st):
-            if n.type == "import_specifier":
-                names.add(tsast.text(n.child_by_field_name("alias") or n.child_by_field_name("name")))
-    return names
+    """Local names `code` imports from the @qi module `module` (`type` imports included)."""
+    bound, _ = patterns.qi_bindings(tsast.parse(code).root_node)
+    return {local for local, (source, _) in bound.items() if source == module}
 
 
 def rows_from_records(records: Iterable[dict]) -> list[dict]:

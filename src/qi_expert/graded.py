@@ -63,27 +63,26 @@ def api_validity(code: str, exports: Mapping[str, Iterable[str]]) -> dict:
             "share": round(len(real) / used, 4) if used else None}
 
 
+def _qi_names(exports: Mapping[str, Iterable[str]]) -> set[str]:
+    return set().union(*(set(v) for v in exports.values())) if exports else set()
+
+
+def _missing_qi_name(diag: Mapping, names: set[str]) -> str | None:
+    """The @qi name a "Cannot find name 'X'" diagnostic is about, if X is one @qi exports."""
+    m = _MISSING_NAME.search(str(diag.get("message", "")))
+    return m.group(1) if int(diag.get("code", 0)) in MISSING_NAME_CODES and m and m.group(1) in names else None
+
+
 def only_missing_qi_imports(diagnostics: Sequence[Mapping], exports: Mapping[str, Iterable[str]]) -> bool:
     """Every diagnostic is a missing name that @qi exports: the imports alone stand between it and compiling."""
-    if not diagnostics:
-        return False
-    names = set().union(*(set(v) for v in exports.values())) if exports else set()
-    for d in diagnostics:
-        m = _MISSING_NAME.search(str(d.get("message", "")))
-        if int(d.get("code", 0)) not in MISSING_NAME_CODES or not m or m.group(1) not in names:
-            return False
-    return True
+    names = _qi_names(exports)
+    return bool(diagnostics) and all(_missing_qi_name(d, names) for d in diagnostics)
 
 
 def not_imported(diagnostics: Sequence[Mapping], exports: Mapping[str, Iterable[str]]) -> list[str]:
     """The real @qi names the compiler could not find: used, but not imported (sorted, each once)."""
-    names = set().union(*(set(v) for v in exports.values())) if exports else set()
-    found = set()
-    for d in diagnostics:
-        m = _MISSING_NAME.search(str(d.get("message", "")))
-        if int(d.get("code", 0)) in MISSING_NAME_CODES and m and m.group(1) in names:
-            found.add(m.group(1))
-    return sorted(found)
+    names = _qi_names(exports)
+    return sorted({n for d in diagnostics if (n := _missing_qi_name(d, names))})
 
 
 def grade(code: str, diagnostics: Sequence[Mapping], exports: Mapping[str, Iterable[str]]) -> dict:

@@ -26,8 +26,6 @@ from typing import Mapping, Sequence
 
 from qi_expert import tsast
 
-_SOURCE = re.compile(r"""from\s+["']([^"']+)["']""")
-
 
 def qi_export_files(exports: Mapping[str, Sequence[Mapping]]) -> dict[tuple[str, str], str]:
     """{(declaring file, name): module} from typecheck.module_exports; the first module listed wins."""
@@ -38,9 +36,11 @@ def qi_export_files(exports: Mapping[str, Sequence[Mapping]]) -> dict[tuple[str,
     return owner
 
 
-def _specifiers(statement: str) -> tuple[list[tuple[str, str, bool]], list[str], bool]:
-    """([(imported name, local name, type-only)], [default/namespace locals], statement is `import type`)."""
+def _specifiers(statement: str) -> tuple[str, list[tuple[str, str, bool]], list[str], bool]:
+    """(source, [(imported name, local name, type-only)], [default/namespace locals], statement is `import type`)."""
     root = tsast.parse(statement).root_node
+    stmt = next((c for c in root.children if c.type == "import_statement"), None)
+    source = tsast.text(stmt.child_by_field_name("source")).strip("'\"`") if stmt is not None else ""
     specs, others = [], []
     type_only = statement.lstrip().startswith("import type")
     for n in tsast.walk(root):
@@ -49,11 +49,9 @@ def _specifiers(statement: str) -> tuple[list[tuple[str, str, bool]], list[str],
             alias = n.child_by_field_name("alias")
             spec_type = any(c.type == "type" for c in n.children) or tsast.text(n).startswith("type ")
             specs.append((name, tsast.text(alias) if alias is not None else name, spec_type))
-        elif n.type == "namespace_import":
+        elif n.type in ("namespace_import", "import_clause"):
             others += [tsast.text(i) for i in n.named_children if i.type == "identifier"]
-        elif n.type == "import_clause":
-            others += [tsast.text(i) for i in n.named_children if i.type == "identifier"]
-    return specs, others, type_only
+    return source, specs, others, type_only
 
 
 def _specifier_text(name: str, local: str, type_only: bool) -> str:
@@ -122,20 +120,19 @@ def _gather(body: str, file: str, imports: Sequence[str], files: CorpusFiles | N
     what it depends on (in its file and through its own relative imports) are inlined; a relative
     import that leads nowhere is kept as written (and fails the stand-alone compile).
     """
-    declared = {n for c in tsast.parse(body).root_node.children for n in tsast.declared_names(c)}
+    root = tsast.parse(body).root_node
+    declared = {n for c in root.children for n in tsast.declared_names(c)}
     by_module: dict[str, list[str]] = {}
     whole: list[str] = []
     groups: list[list[str]] = []
     seen: set[tuple[str, str]] = set()
-    todo = [(file, list(imports), tsast.referenced_names(tsast.parse(body).root_node))]
+    todo = [(file, list(imports), tsast.referenced_names(root))]
     while todo:
         here, statements, used = todo.pop(0)
         for statement in statements:
-            m = _SOURCE.search(statement)
-            if not m:
+            source, specs, others, type_only = _specifiers(statement)
+            if not specs and not others:
                 continue  # a side-effect import (`import "./polyfill"`) brings no names
-            source = m.group(1)
-            specs, others, type_only = _specifiers(statement)
             if any(local in used and local not in declared for local in others):
                 whole.append(" ".join(statement.split()))  # default / namespace import: kept as written
             for name, local, spec_type in specs:
@@ -149,13 +146,11 @@ def _gather(body: str, file: str, imports: Sequence[str], files: CorpusFiles | N
                     decls = files.declarations(target)
                     nodes = [n for n in tsast.dependencies(decls[name], decls) + [decls[name]]
                              if (target, tsast.text(n)) not in seen]
-                    new_names = {n for node in nodes for n in tsast.declared_names(node)}
                     if nodes:
                         seen.update((target, tsast.text(n)) for n in nodes)
-                        declared |= new_names
+                        declared |= {n for node in nodes for n in tsast.declared_names(node)}
                         groups.append([tsast.text(n) for n in nodes])
-                        text = "\n".join(tsast.text(n) for n in nodes)
-                        todo.append((target, files.imports(target), tsast.referenced_names(tsast.parse(text).root_node)))
+                        todo.append((target, files.imports(target), set().union(*map(tsast.referenced_names, nodes))))
                     continue
                 by_module.setdefault(module, []).append(_specifier_text(name, local, type_only or spec_type))
     lines = list(dict.fromkeys(whole))
@@ -305,5 +300,19 @@ def standalone(rec: Mapping, files: CorpusFiles | None = None,
 
 def local_imports(module: str) -> list[str]:
     """Relative import sources left in a module: files a user asking for it does not have."""
-    return [m.group(1) for line in module.splitlines() if line.lstrip().startswith("import ")
-            for m in [_SOURCE.search(line)] if m and m.group(1).startswith(".")]
+    root = tsast.parse(module).root_node
+    sources = [tsast.text(c.child_by_field_name("source")).strip("'\"`") for c in root.children
+               if c.type == "import_statement" and c.child_by_field_name("source") is not None]
+    return [src for src in sources if src.startswith(".")]
+
+
+class AnswerBuilder:
+    """`standalone` for one corpus: its files, parsed once, and its @qi packages' export list, asked
+    of the compiler once (validate builds the corpus records' answers and the variants' with it)."""
+
+    def __init__(self, project: Path, exports: Mapping[str, Sequence[Mapping]]):
+        self.files = CorpusFiles(project)
+        self.qi_files = qi_export_files(exports)
+
+    def __call__(self, rec: Mapping) -> str:
+        return standalone(rec, self.files, self.qi_files)

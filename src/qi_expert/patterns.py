@@ -133,19 +133,7 @@ def qi_bindings(root: Node) -> tuple[dict[str, tuple[str, str]], dict[str, str]]
 
 
 def _declared(nodes: Sequence[Node]) -> list[str]:
-    names = []
-    for node in nodes:
-        decl = node.child_by_field_name("declaration") if node.type == "export_statement" else node
-        if decl is None:
-            continue
-        if decl.type in ("lexical_declaration", "variable_declaration"):
-            names += [tsast.text(d.child_by_field_name("name")) for d in decl.named_children
-                      if d.type == "variable_declarator"]
-        else:
-            name = decl.child_by_field_name("name")
-            if name is not None:
-                names.append(tsast.text(name))
-    return names
+    return [name for node in nodes for name in tsast.declared_names(node)]
 
 
 def _returns_result(fn: Node) -> bool:

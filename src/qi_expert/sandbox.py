@@ -484,13 +484,10 @@ class Sandbox:
         pool = ThreadPoolExecutor(self.workers)
         try:
             return list(pool.map(lambda dn: self.run(dn[0], "runner.js", dn[1]), zip(dirs, nonces)))
-        except BaseException:
-            # Ctrl+C / SIGTERM (config.stage_entry): the tests not yet started are dropped; running
-            # ones end within their timeout and their process groups are killed by `run`.
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
         finally:
-            pool.shutdown(wait=True)
+            # On Ctrl+C / SIGTERM (config.stage_entry) the tests not yet started are dropped; running
+            # ones end within their timeout and `run` kills their process groups.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

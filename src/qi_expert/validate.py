@@ -112,13 +112,17 @@ def _missing_package(diag: dict) -> bool:
     return bool(spec) and not spec.startswith((".", "/", "@qi/"))
 
 
-def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict], list[dict], dict]:
+def answer_builder(project: Path, tsconfig: str) -> modules.AnswerBuilder:
+    """Training answers for this corpus (a corpus of @qi/base alone has no @qi/core to import from)."""
+    return modules.AnswerBuilder(project, typecheck.module_exports(project, tsconfig, missing_ok=True))
+
+
+def validate(records: list[dict], project: Path, tsconfig: str, cfg,
+             build: modules.AnswerBuilder | None = None) -> tuple[list[dict], list[dict], list[dict], dict]:
     """(accepted, rejected, pairs, metrics)."""
     compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages)
-    qi_files = modules.qi_export_files(typecheck.module_exports(project, tsconfig, missing_ok=True))
-    files = modules.CorpusFiles(project)
-    answers = {r["id"]: modules.standalone(r, files, qi_files) for r in records
-               if not r["counter_example"] and compiled[r["id"]]["compiles"]}
+    build = build or answer_builder(project, tsconfig)
+    answers = {r["id"]: build(r) for r in records if not r["counter_example"] and compiled[r["id"]]["compiles"]}
     alone = compile_modules(answers, project, tsconfig, cfg.ignore_missing_packages)
     rules = set(cfg.anti_patterns)
     exact_seen: dict[str, str] = {}
@@ -190,17 +194,16 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg) -> tuple[li
 
 
 def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Path, tsconfig: str,
-                   cfg) -> tuple[list[dict], list[dict], dict]:
-    """(admitted, refused, metrics) for augment.variants' candidates: the checks a corpus record passes.
+                   cfg, build: modules.AnswerBuilder | None = None) -> tuple[list[dict], list[dict]]:
+    """(admitted, refused) of augment.variants' candidates: the checks a corpus record passes.
 
     A variant's module must compile alone and break no anti-pattern rule; one whose code is an
     exact copy (normal form) of an accepted record or an earlier variant is refused. Near-duplicate
     detection does not apply: a variant is its parent rewritten, near it by design (its share is
     capped instead).
     """
-    qi_files = modules.qi_export_files(typecheck.module_exports(project, tsconfig, missing_ok=True))
-    files = modules.CorpusFiles(project)
-    texts = {c["id"]: modules.standalone(c, files, qi_files) for c in candidates}
+    build = build or answer_builder(project, tsconfig)
+    texts = {c["id"]: build(c) for c in candidates}
     alone = compile_modules(texts, project, tsconfig, cfg.ignore_missing_packages)
     rules = set(cfg.anti_patterns)
     seen = {dedup.normal_form_hash(dedup.tokens(r["code"])) for r in accepted}
@@ -218,10 +221,4 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
         else:
             seen.add(h)
             admitted.append(c)
-    metrics = {
-        "candidates": len(candidates),
-        "admitted": len(admitted),
-        "refused_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in refused).items())),
-        "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in admitted).items())),
-    }
-    return admitted, refused, metrics
+    return admitted, refused
