@@ -35,13 +35,13 @@ def base_model_dir(model) -> Path:
     raise FileNotFoundError(f"{local} holds no Hugging Face model (config.json): run the prepare stage")
 
 
-def quantization_cost(cfg, tokenizer_dir: Path) -> tuple[list[dict], dict]:
+def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict], dict]:
     """The eval benchmark on the f16 file and each quantized file (evaluate.score_gguf)."""
     from transformers import AutoTokenizer
 
     qc, ec = cfg.gguf.quant_eval, cfg.eval
-    manifest = gguf.read_manifest(OUT / gguf.MANIFEST)
-    files = {str(k): OUT / manifest["files"][k] for k in qc.files}
+    manifest = gguf.read_manifest(folder / gguf.MANIFEST)
+    files = {str(k): folder / manifest["files"][k] for k in qc.files}
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
     if qc.limit is not None:
         tasks = tasks[: int(qc.limit)]
@@ -59,7 +59,7 @@ def quantization_cost(cfg, tokenizer_dir: Path) -> tuple[list[dict], dict]:
         max_new_tokens=int(ec.max_new_tokens), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
         try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
-        n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows)
+        n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows, cache=bool(ec.cache))
 
 
 def run(cfg):
@@ -72,11 +72,14 @@ def run(cfg):
                          f"(gguf.outtype and gguf.quantizations)")
     adapter = resolve_path(str(cfg.get("train", {}).get("adapter_dir", "models/adapter")))
     base = base_model_dir(cfg.model)
-    metrics = gguf.export(base, adapter, OUT, name=f"qi-expert-{cfg.model.name}",
+    # Everything is built in a staging folder and swapped in when complete: an interrupted run
+    # leaves models/gguf as it was (or absent), never a folder of some files that looks whole.
+    staging = io.staging_dir(OUT)
+    metrics = gguf.export(base, adapter, staging, name=f"qi-expert-{cfg.model.name}",
                           system_prompt=str(cfg.format.system_prompt), settings=settings)
     if cfg.gguf.quant_eval.files:
-        rows, metrics["quantization_cost"] = quantization_cost(cfg, gguf.tokenizer_source(base, adapter))
-        io.write_jsonl(OUT / "quant_eval.jsonl", rows)
+        rows, metrics["quantization_cost"] = quantization_cost(cfg, staging, gguf.tokenizer_source(base, adapter))
+        io.write_jsonl(staging / "quant_eval.jsonl", rows)
         qc = metrics["quantization_cost"]
         for kind in [qc["reference"]] + [k for k in cfg.gguf.quant_eval.files if k != qc["reference"]]:
             m, cost = qc[kind], qc["cost"].get(kind)
@@ -84,6 +87,7 @@ def run(cfg):
                   f"{cost['compliance_rate']:+.3f})") if cost else ""
             print(f"gguf eval: {kind}: pass@1 {m.get('pass@1', 0):.3f}, compile {m['compile_rate']:.3f}, "
                   f"compliance {m['compliance_rate']:.3f}{vs}")
+    io.replace_dir(staging, OUT)
     io.write_json(METRICS, metrics)
     tps = metrics["tokens_per_s"]
     print("gguf: " + ", ".join(f"{k} {metrics['size_mb'][k]} MiB" for k in metrics["size_mb"]))

@@ -112,6 +112,7 @@ def run(cfg):
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(str(cfg.mlflow.experiment))
     client = MlflowClient(uri)
+    tracking.close_dead_runs(client, experiment.experiment_id, "train")  # a run SIGKILLed before this one
     run_id = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags).info.run_id
     # Axolotl's MLflow callback logs per-step loss into this run (tagged above).
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id})

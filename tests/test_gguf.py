@@ -344,3 +344,96 @@ def test_cli_serve_answers_on_localhost(exported):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
+    """The llama.cpp completions of each file are kept by content (the file's bytes, the prompts,
+    the decoding): a rerun after an interruption redoes only the files it had not finished, with
+    the same completions."""
+    from qi_expert import bench, evaluate
+
+    out, _ = exported
+    tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
+    files = {"f16": out / "qi-tiny-f16.gguf", "q8_0": out / "qi-tiny-q8_0.gguf"}
+    kw = dict(system_prompt=SYSTEM, max_new_tokens=8, project=ROOT / "data/sample/typescript", n_ctx=512, n_threads=2)
+    evaluate.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **kw)  # as if stopped after the first file
+    rows, m = evaluate.score_gguf(files, tokenizer, tasks, **kw)
+    assert [m[k]["generation"]["cached"] for k in files] == [True, False]
+    fresh_rows, _ = evaluate.score_gguf(files, tokenizer, tasks, cache=False, **kw)
+    assert [r["completion"] for r in rows] == [r["completion"] for r in fresh_rows]
+    # Another prompt is another key: nothing stale is reused.
+    _, other = evaluate.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **{**kw, "max_new_tokens": 6})
+    assert other["f16"]["generation"]["cached"] is False
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(make_checkout, tiny, tmp_path):
+    """The stage builds models/gguf in a staging folder and swaps it in when complete. SIGKILL at a
+    random point leaves the previous output whole (byte for byte) and no converter running; killed
+    again once the first file's quantization cost is scored, the rerun reuses that file's
+    completions and ends with the outputs of an uninterrupted run."""
+    import os
+    import random
+    import signal
+
+    base, adapter = tiny
+    root = make_checkout("gguf-stage")
+    overrides = ["model.name=tiny", f"model.base_model={base}", "model.source.kind=local",
+                 f"train.adapter_dir={adapter}", "gguf.quant_eval.reference=generate",
+                 "gguf.quant_eval.files=[f16,q8_0,q4_k_m]", "gguf.quant_eval.limit=3", "eval.max_new_tokens=24",
+                 "gguf.n_ctx=512", "gguf.n_threads=2", "gguf.smoke.bench_tokens=8", "gguf.smoke.compare_tokens=8",
+                 "gguf.smoke.exact_tokens=8"]
+    cmd = [sys.executable, "stages/gguf_export.py", *overrides]
+
+    def env(cache: str) -> dict:
+        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "QI_CACHE_DIR": str(tmp_path / cache)}
+
+    def outputs() -> dict[str, bytes]:  # everything but the logs (timings)
+        return {p.name: p.read_bytes() for p in sorted((root / "models/gguf").iterdir()) if p.is_file()}
+
+    def running() -> list[int]:
+        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd(p) == root.resolve()]
+
+    t0 = time.time()
+    first = subprocess.run(cmd, cwd=root, env=env("cache-1"), capture_output=True, text=True, timeout=900)
+    seconds = time.time() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    whole = outputs()
+    assert "quant_eval.jsonl" in whole and "manifest.json" in whole
+
+    after = random.uniform(1.0, seconds * 0.9)
+    proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(after)
+    proc.kill()
+    proc.communicate(timeout=60)
+    time.sleep(0.3)
+    assert running() == [], f"a converter outlived the stage killed after {after:.1f} s"
+    assert outputs() == whole, f"models/gguf changed by a run killed after {after:.1f} s"
+
+    proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cached = tmp_path / "cache-2" / "gguf_completions"
+    deadline = time.time() + 600
+    while not (cached.is_dir() and any(cached.glob("*.json"))):
+        assert proc.poll() is None and time.time() < deadline, "the stage ended before scoring a file"
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert outputs() == whole
+
+    rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "gguf eval: f16: 3 completions" in rerun.stdout and "(cached)" in rerun.stdout
+    metrics = json.loads((root / "metrics/gguf.json").read_text())
+    flags = [metrics["quantization_cost"][k]["generation"]["cached"] for k in ("f16", "q8_0", "q4_k_m")]
+    assert flags[0] and flags == sorted(flags, reverse=True)  # the files finished before the kill, in order
+    assert outputs() == whole  # byte-identical to the uninterrupted run
+    assert not (root / "models/.gguf.partial").exists()
+
+
+def _cwd(proc: Path) -> Path | None:
+    import os
+
+    try:
+        return Path(os.readlink(proc / "cwd"))
+    except OSError:
+        return None

@@ -451,6 +451,58 @@ def test_sigterm_to_the_stage_stops_axolotl_writes_nothing_and_the_rerun_resumes
     assert m["steps"] == 60 and 0 < m["steps_this_run"] < 60
 
 
+@pytest.mark.slow
+def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_uninterrupted_run(project, tmp_path):
+    """SIGKILL to the stage at a random moment after the first checkpoint: the stage runs no code,
+    yet Axolotl dies with it (lifetime.tied: the kernel kills it), so no orphan goes on writing
+    checkpoints. Nothing final was written; the run left RUNNING in MLflow is closed KILLED by the
+    rerun, which resumes from the last whole checkpoint and ends with the adapter an
+    uninterrupted run writes."""
+    import random
+    import signal
+    import time
+
+    import mlflow
+
+    longer = ["max_steps=16", "eval_steps=16", "train.save_steps=4"]
+    whole = tmp_path / "whole"
+    shutil.copytree(project, whole, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+    run_stage(whole, *longer)
+
+    other = tmp_path / "proj"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *longer], cwd=other, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = other / "models" / "train" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.1)
+    after = random.uniform(0.0, 3.0)
+    time.sleep(after)
+    assert proc.poll() is None, f"the run ended before the kill ({after:.2f} s after checkpoint-4): kill earlier"
+    proc.kill()
+    proc.communicate(timeout=60)
+    time.sleep(0.3)
+    still = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd(p) == other.resolve()]
+    assert still == [], f"Axolotl outlived the stage killed {after:.2f} s after checkpoint-4"
+    assert not (other / "models" / "adapter").exists() and not (other / "metrics" / "train.json").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
+    experiment = client.get_experiment_by_name("qi-expert").experiment_id
+    (killed,) = client.search_runs([experiment])
+    assert killed.info.status == "RUNNING"  # SIGKILL: nothing could close it
+
+    rerun = run_stage(other, *longer)
+    assert "resuming from checkpoint-" in rerun.stdout
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    m = json.loads((other / "metrics" / "train.json").read_text())
+    assert m["steps"] == 16 and 0 < m["steps_this_run"] < 16
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (other / "models" / "adapter" / name).read_bytes() == (whole / "models" / "adapter" / name).read_bytes(), \
+            f"{name} differs from the uninterrupted run's (killed {after:.2f} s after checkpoint-4)"
+
+
 def _cwd(proc: Path) -> Path | None:
     try:
         return Path(os.readlink(proc / "cwd"))

@@ -9,6 +9,7 @@ log files appear beside the DVC outs.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from pathlib import Path
@@ -72,6 +73,10 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM (a scheduler, `kill`, DVC's own cancellation), raised like Ctrl+C's KeyboardInterrupt."""
 
 
+# A full disk, a quota, a read-only folder, a file-size limit: one line, not a traceback.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def _raise_interrupted(signum, frame) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
@@ -96,6 +101,12 @@ def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
             sys.exit(130)
         except StageError as e:
             sys.exit(f"{stage}: {e}")
+        except OSError as e:
+            if e.errno not in DISK_ERRORS:
+                raise
+            # io writes every output atomically: what the stage had not finished is as it was.
+            sys.exit(f"{stage}: cannot write {e.filename or 'its outputs'}: {e.strerror}; no output of the stage "
+                     f"was left half-written. Free space (or make the folder writable) and rerun `dvc repro`.")
 
     def _main() -> None:
         overrides = sys.argv[1:]

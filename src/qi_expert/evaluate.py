@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from qi_expert import compliance as compliance_rules
-from qi_expert import generate, graded, patterns, sandbox, stats, typecheck
+from qi_expert import gencache, generate, graded, patterns, sandbox, stats, typecheck
 
 MAX_DIAGNOSTICS = 20
 METRIC_KEYS = ("compile_rate", "compliance_rate", "compliance_score", "forbidden_rate", "test_pass_rate")
@@ -279,7 +279,8 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                max_new_tokens: int, project: Path, tsconfig: str = "tsconfig.json", timeout: float = 10,
                memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
                n_ctx: int = 2048, n_threads: int | None = None, reference_rows: Sequence[Mapping] | None = None,
-               reference_name: str = "tuned", isolation: str = "bwrap", log=print) -> tuple[list[dict], dict]:
+               reference_name: str = "tuned", isolation: str = "bwrap", cache: bool = True,
+               log=print) -> tuple[list[dict], dict]:
     """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
 
     Same prompts (the tokenizer's chat template, token ids fed to llama.cpp as they are), same
@@ -303,19 +304,34 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
     eos = generate.stop_ids(None, tokenizer)
     items: list[dict] = []
     generation: dict = {}
+    import llama_cpp
+
+    decoding = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
+                "n_threads": gguf.default_threads(n_threads), "llama_cpp": llama_cpp.__version__}
     for kind, path in files.items():
-        llm = gguf.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
-        try:
-            tokens, reasons, seconds = gguf.complete_gguf(llm, prompt_ids, int(max_new_tokens), stop_ids=eos,
-                                                          stop_check=stop_check)
-        finally:
-            llm.close()
+        # Cached by content, one file at a time: a rerun after an interruption redoes only the
+        # files it had not finished. (Not task by task: llama.cpp reuses the previous prompt's KV
+        # cache for the shared system prompt, so a completion depends on the one before it.)
+        key = gencache.key([path], [list(map(int, ids)) for ids in prompt_ids], decoding,
+                           code_files=("gguf.py", "generate.py", "gencache.py")) if cache else None
+        hit = gencache.load(key, kind="gguf_completions") if key else None
+        if hit is None:
+            llm = gguf.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+            try:
+                tokens, reasons, seconds = gguf.complete_gguf(llm, prompt_ids, int(max_new_tokens), stop_ids=eos,
+                                                              stop_check=stop_check)
+            finally:
+                llm.close()
+            if key:
+                gencache.store(key, {"tokens": tokens, "reasons": reasons, "seconds": seconds}, kind="gguf_completions")
+        else:
+            tokens, reasons, seconds = hit["tokens"], hit["reasons"], hit["seconds"]
         new_tokens = sum(len(t) for t in tokens)
         generation[kind] = {"seconds": round(seconds, 2), "new_tokens": new_tokens,
                             "tokens_per_second": round(new_tokens / seconds, 2) if seconds else 0.0,
-                            "stop_reasons": dict(sorted(Counter(reasons).items()))}
+                            "stop_reasons": dict(sorted(Counter(reasons).items())), "cached": hit is not None}
         log(f"gguf eval: {kind}: {len(tasks)} completions, {new_tokens} new tokens in {seconds:.1f}s "
-            f"({generation[kind]['tokens_per_second']} tokens/s)")
+            f"({generation[kind]['tokens_per_second']} tokens/s){' (cached)' if hit is not None else ''}")
         gen = generate.Generation([[tokenizer.decode(t, skip_special_tokens=True)] for t in tokens],
                                   [[len(t)] for t in tokens], seconds)
         items += items_from_generation(kind, tasks, prompts, gen)

@@ -1,7 +1,9 @@
 """A content-keyed cache of what a model computes: the same model files and inputs give the same numbers.
 
-Two users: the eval's generations and reference losses (below), and the train stage's
-base-model validation loss (training.base_val_key), each under its own folder (`kind`).
+Three users: the eval's generations and reference losses (below), the gguf stage's llama.cpp
+completions of each GGUF file (evaluate.score_gguf: a rerun after an interruption redoes only
+the files it had not finished), and the train stage's base-model validation loss
+(training.base_val_key), each under its own folder (`kind`).
 
 The eval's base arms depend only on the base model, the tasks, the prompt and the decoding, yet
 every experiment of a sweep (`dvc exp run -S lora_r=32`) would generate them again (~2 min each
@@ -38,10 +40,15 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def files_digest(folders: Iterable[Path]) -> dict[str, str]:
-    """sha256 of every file under the folders (relative names), i.e. the model as bytes."""
+    """sha256 of every file under the folders (relative names), i.e. the model as bytes; a path
+    that is a file (one GGUF) stands for itself."""
     out = {}
     for folder in folders:
         folder = Path(folder)
+        if folder.is_file():
+            st = folder.stat()
+            out[folder.name] = _file_sha256(str(folder), st.st_size, st.st_mtime_ns)
+            continue
         for p in sorted(folder.rglob("*")):
             if p.is_file():
                 st = p.stat()

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from qi_expert import lifetime
 from qi_expert.config import PACKAGE_ROOT, ROOT, resolve_path
 
 # tools/ is git-ignored: a queued DVC experiment runs in a temporary copy without it, so the
@@ -120,7 +121,7 @@ def run_conversions(jobs: Mapping[str, Conversion], llama_dir: Path | None = Non
                 arg.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(llama_dir / job.script), *map(str, job.args)]
         out = tempfile.TemporaryFile()
-        running[name] = (cmd, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT),
+        running[name] = (cmd, subprocess.Popen(lifetime.tied(cmd), env=env, stdout=out, stderr=subprocess.STDOUT),
                          out, time.perf_counter())
     seconds, failures = {}, []
     for name, (cmd, proc, out, start) in running.items():

@@ -7,8 +7,10 @@ interrupted stage never leaves a half-written file that looks whole.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -16,8 +18,13 @@ from typing import IO, Any, Iterable, Iterator
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """Open `path` for writing under a temporary name; it replaces `path` only if the block completes."""
+    """Open `path` for writing under a temporary name; it replaces `path` only if the block completes.
+
+    An error while writing (a full disk) names `path`, not the temporary file, and leaves `path`
+    as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open(mode, **kwargs) as f:
@@ -25,8 +32,48 @@ def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename in (None, str(tmp)):
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of `path` left by a writer that was killed outright (SIGKILL runs no cleanup)."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = old.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _running(int(pid)):
+            old.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def staging_dir(final: Path) -> Path:
+    """An empty folder beside `final` to build it in (a killed run's leftovers removed)."""
+    staging = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Move a completed folder into place: `final` is the old folder or the new one, never a mix."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:

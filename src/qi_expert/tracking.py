@@ -12,7 +12,12 @@ from typing import Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from qi_expert import lifetime
 from qi_expert.config import ROOT, StageError
+
+# The process that opened a run (lifetime.identity): a run whose process died RUNNING is closed
+# as KILLED by the next run of its stage.
+PROCESS_TAG = "process"
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -30,7 +35,24 @@ def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
         "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
         "corpus": str(cfg.corpus.name),
         "base_model": str(cfg.model.name),
+        PROCESS_TAG: lifetime.identity(),
     }
+
+
+def close_dead_runs(client, experiment_id: str, stage: str) -> list[str]:
+    """End as KILLED the runs of `stage` left RUNNING by a process that no longer exists.
+
+    A stage killed outright (SIGKILL, out of memory) runs no code of its own, so its run stays
+    RUNNING; the next run of the stage on the same host closes it. Returns the closed run ids.
+    """
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'"):
+        ident = run.data.tags.get(PROCESS_TAG, "")
+        if lifetime.is_dead(ident):
+            client.set_tag(run.info.run_id, "ended_by", f"process {ident} died with the run open; closed by the next run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
@@ -55,7 +77,8 @@ def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Ite
     mlflow.set_tracking_uri(uri)
     tags = run_tags(cfg, stage)
     try:
-        mlflow.set_experiment(str(cfg.mlflow.experiment))
+        experiment = mlflow.set_experiment(str(cfg.mlflow.experiment))
+        close_dead_runs(mlflow.MlflowClient(uri), experiment.experiment_id, stage)
         active = mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}", tags=tags)
     except Exception as e:  # MLflow raises many kinds (sqlalchemy, OSError, MlflowException)
         raise StageError(f"cannot record the run in the MLflow store {uri} (mlflow.tracking_uri or "

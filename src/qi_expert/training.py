@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from qi_expert import axolotl_config, io
+from qi_expert import axolotl_config, io, lifetime
 from qi_expert.config import ROOT, resolve_path
 
 FINGERPRINT = "RUN_FINGERPRINT.json"
@@ -258,7 +258,7 @@ def axolotl_command(command: str, config_path: Path) -> list[str]:
 
 def run_axolotl(command: str, config_path: Path, env: dict[str, str], cwd: Path = ROOT) -> None:
     """Run one Axolotl CLI command on the config; raises naming the command on failure."""
-    proc = subprocess.run(axolotl_command(command, config_path), cwd=cwd, env=env)
+    proc = subprocess.run(lifetime.tied(axolotl_command(command, config_path)), cwd=cwd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"Axolotl {command} failed (exit {proc.returncode}): "
                            f"python -m axolotl.cli.{command} {config_path}")
@@ -339,18 +339,14 @@ def copy_adapter(output_dir: Path, adapter_dir: Path) -> list[str]:
     if missing:
         raise FileNotFoundError(f"Axolotl left no {', '.join(missing)} in {output_dir}")
     # Copied beside it, then swapped in: an interruption never leaves a half-copied adapter.
-    staging = adapter_dir.with_name(f".{adapter_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = io.staging_dir(adapter_dir)
     copied = []
     try:
         for name in ADAPTER_FILES + TOKENIZER_FILES:
             if (output_dir / name).is_file():
                 shutil.copy2(output_dir / name, staging / name)
                 copied.append(name)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        staging.rename(adapter_dir)
+        io.replace_dir(staging, adapter_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return copied

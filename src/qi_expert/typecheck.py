@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from qi_expert import lifetime
 from qi_expert.config import PACKAGE_ROOT, ROOT
 
 CHECKER = Path(__file__).with_name("tscheck.cjs")
@@ -64,7 +65,7 @@ def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.j
         shown = [modules.resolve()] + ([(modules.resolve(), modules)] if modules.is_symlink() else [])
         cmd = sandbox.bwrap_command(read_only=[Path(project).resolve(), *shown, CHECKER.parent],
                                     env=env, chdir=CHECKER.parent) + cmd
-    proc = subprocess.run(cmd, input=payload, capture_output=True, text=True,
+    proc = subprocess.run(lifetime.tied(cmd), input=payload, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise TypeCheckError(f"TypeScript check failed for project {project}: {proc.stderr.strip()[-2000:]}")
