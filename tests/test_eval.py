@@ -653,3 +653,60 @@ def test_params_declare_the_eval_stage():
                 "memory_mb", "predictions", "limit"):
         assert key in params["eval"], key
     assert params["eval"]["predictions"] is None and params["eval"]["limit"] is None
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_arms(make_checkout, tiny_model,
+                                                                                    sample_store, tmp_path):
+    """The eval stage killed outright once some arms are generated: data/eval and its metrics stay
+    those of the previous run, no process is left, and the rerun reuses the arms finished before
+    the kill (the content-keyed cache) and ends with results byte-identical to an uninterrupted
+    run's. (Resumption is by arm, not by task: a batched completion depends on its batch.)"""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base, adapter = tiny_model
+    root = make_checkout("eval-stage")
+    cmd = [sys.executable, "stages/eval.py", f"model.base_model={base}", f"eval.adapter={adapter}",
+           f"eval.benchmark={BENCHMARK}", "eval.limit=3", "eval.max_new_tokens=12", "eval.batch_size=2",
+           f"eval.retrieval.store={sample_store}"]
+
+    def env(cache: str) -> dict:
+        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "QI_CACHE_DIR": str(tmp_path / cache)}
+
+    def outputs() -> dict[str, bytes]:
+        return {"results.jsonl": (root / "data/eval/results.jsonl").read_bytes(),
+                "eval.json": (root / "metrics/eval.json").read_bytes()}
+
+    first = subprocess.run(cmd, cwd=root, env=env("cache-1"), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    whole = outputs()
+
+    proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    generated = tmp_path / "cache-2" / "generations"
+    deadline = time.time() + 600
+    while not (generated.is_dir() and any(generated.glob("*.json"))):
+        assert proc.poll() is None and time.time() < deadline, "the stage ended before generating an arm"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(0.3)
+    left = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and Path(os.readlink(p / "cwd")) == root.resolve():
+                left.append(p.name)
+        except OSError:
+            pass
+    assert left == []
+    assert outputs() == whole  # the previous run's, untouched
+
+    rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "(cached)" in rerun.stdout  # at least the arm finished before the kill
+    assert (root / "data/eval/results.jsonl").read_bytes() == whole["results.jsonl"]
