@@ -27,6 +27,8 @@ def run(cfg):
     rows = formatting.rows_from_records(io.read_jsonl(VALIDATED / "accepted.jsonl"))
     rows += formatting.rows_from_pairs(io.read_jsonl(VALIDATED / "pairs.jsonl"))
     rows += formatting.rows_from_records(io.read_jsonl(VALIDATED / "augmented.jsonl"))  # [] with augment off
+    if cfg.feedback.include and (VALIDATED / "feedback.jsonl").is_file():  # served answers, judged (feedback.py)
+        rows += formatting.rows_from_feedback(io.read_jsonl(VALIDATED / "feedback.jsonl"))
     # Decontamination: no training row may copy a benchmark task's reference or test.
     tasks = bench.load_tasks(resolve_path(fc.benchmark))
     rows, dropped = formatting.decontaminate(rows, bench.contamination_sources(tasks),
@@ -62,7 +64,7 @@ def run(cfg):
     io.write_json(METRICS, metrics)
     print(f"format: {metrics['train_rows']} train / {metrics['val_rows']} val rows, "
           f"{metrics['unique_instruction_share']:.0%} unique instructions, {len(dropped)} dropped as benchmark matches")
-    with tracking.stage_run(cfg, "format", {"format": fc, "seed": cfg.seed}) as mlflow:
+    with tracking.stage_run(cfg, "format", {"format": fc, "seed": cfg.seed, "feedback.include": cfg.feedback.include}) as mlflow:
         tracking.log_counts(mlflow, metrics)
 
 

@@ -6,6 +6,9 @@ anti-patterns and duplicates, pair counter-examples with their corrections.
 Writes data/validated/{accepted,rejected,pairs,augmented}.jsonl and metrics/validate.json.
 With augment.enabled, rewritten variants of accepted records (qi_expert.augment) are checked like
 corpus records and the admitted ones, at most augment.max_share of all rows, go to augmented.jsonl.
+Feedback on served answers (feedback.file, qi_expert.feedback) is checked the same way: the
+accepted rows go to feedback.jsonl, the others to feedback_rejected.jsonl (neither is written
+while there is no feedback).
 """
 
 import sys
@@ -16,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import time
 from collections import Counter
 
-from qi_expert import augment, io, tracking, validate
+from qi_expert import augment, feedback, io, tracking, validate
 from qi_expert.config import resolve_path, stage_entry
 from qi_expert.typecheck import TypeCheckError
 
@@ -38,6 +41,8 @@ def run(cfg):
             passed, refused = validate.admit_variants(candidates, accepted, project, cfg.corpus.tsconfig,
                                                       cfg.validate, build)
             admitted = augment.capped(passed, len(accepted) + len(pairs), cfg.augment.max_share)
+        feedback_rows = feedback.read_rows(resolve_path(cfg.feedback.file))
+        feedback_ok, feedback_refused = validate.admit_feedback(feedback_rows, project, cfg.corpus.tsconfig, cfg.validate)
     except (TypeCheckError, ValueError) as e:
         sys.exit(f"validate: {e}")
     metrics["augmented"] = {
@@ -48,18 +53,29 @@ def run(cfg):
         "refused_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in refused).items())),
         "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in admitted).items())),
     }
+    metrics["feedback"] = {
+        "rows": len(feedback_rows),
+        "by_verdict": dict(sorted(Counter(r["verdict"] for r in feedback_rows).items())),
+        "accepted": len(feedback_ok),
+        "rejected_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in feedback_refused).items())),
+    }
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     io.write_jsonl(OUT / "accepted.jsonl", accepted)
     io.write_jsonl(OUT / "rejected.jsonl", rejected)
     io.write_jsonl(OUT / "pairs.jsonl", pairs)
     io.write_jsonl(OUT / "augmented.jsonl", admitted)
     io.write_jsonl(OUT / "augmented_refused.jsonl", refused)
+    if feedback_rows:  # (no feedback: no file, the outputs of a project without any stay as they were)
+        io.write_jsonl(OUT / "feedback.jsonl", feedback_ok)
+        io.write_jsonl(OUT / "feedback_rejected.jsonl", feedback_refused)
     io.write_json(METRICS, {k: v for k, v in metrics.items() if k != "seconds"})
     print(f"validate: {len(accepted)} accepted, {len(rejected)} rejected "
           f"({metrics['rejected_by_reason']}), compile rate {metrics['compile_rate']:.1%}, "
           f"{len(pairs)} counter-example pairs, {len(admitted)} augmented rows admitted "
-          f"({len(refused)} refused), {metrics['seconds']}s")
-    with tracking.stage_run(cfg, "validate", {"validate": cfg.validate, "augment": cfg.augment}) as mlflow:
+          f"({len(refused)} refused), {len(feedback_ok)} of {len(feedback_rows)} feedback rows accepted, "
+          f"{metrics['seconds']}s")
+    with tracking.stage_run(cfg, "validate", {"validate": cfg.validate, "augment": cfg.augment,
+                                              "feedback": cfg.feedback}) as mlflow:
         tracking.log_counts(mlflow, metrics)
 
 

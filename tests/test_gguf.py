@@ -437,3 +437,238 @@ def _cwd(proc: Path) -> Path | None:
         return Path(os.readlink(proc / "cwd"))
     except OSError:
         return None
+
+
+def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported):
+    """`qi-expert serve` through the real `openai` client: the model is listed as `<name>:<kind>`;
+    a request without a system message is given the trained system prompt (the same prompt tokens
+    as a request that sends it), a client's own system prompt is kept, streaming works."""
+    import openai
+
+    out, _ = exported
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
+                             "--port", str(port), "--n-ctx", "256", "--threads", "1", "--log-level", "warning"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                models = [m.id for m in client.models.list()]
+                break
+            except openai.APIConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not come up: {proc.stdout.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        assert models == ["qi-tiny:q8_0"]
+
+        def ask(messages):
+            raw = client.chat.completions.with_raw_response.create(model="anything", messages=messages,
+                                                                   max_tokens=2, temperature=0)
+            return raw.headers.get("x-qi-system-prompt"), raw.parse()
+
+        user = {"role": "user", "content": "Create a price validation function"}
+        source, bare = ask([user])
+        assert source == "trained" and bare.model == "qi-tiny:q8_0"
+        source, explicit = ask([{"role": "system", "content": SYSTEM}, user])
+        assert source == "client"
+        assert bare.usage.prompt_tokens == explicit.usage.prompt_tokens  # the same prompt reached the model
+        _, other = ask([{"role": "system", "content": "Be brief."}, user])
+        assert other.usage.prompt_tokens < bare.usage.prompt_tokens  # a client's own prompt is not replaced
+
+        stream = client.chat.completions.create(model="qi-tiny:q8_0", messages=[user], max_tokens=4,
+                                                temperature=0, stream=True)
+        chunks = list(stream)
+        assert len(chunks) >= 2 and chunks[-1].choices[0].finish_reason in ("length", "stop")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+CONTINUE_CHECK = """
+import { readFileSync } from "node:fs";
+import { parseConfigYaml, validateConfigYaml } from "@continuedev/config-yaml";
+const config = parseConfigYaml(readFileSync(process.argv[2], "utf8"));  // throws on a schema error
+const problems = validateConfigYaml(config);
+if (problems.length) { console.error(JSON.stringify(problems)); process.exit(1); }
+console.log(JSON.stringify(config));
+"""
+
+
+def _continue_check(path: Path) -> subprocess.CompletedProcess:
+    """Continue's own parser and validator (@continuedev/config-yaml, pinned in package.json)."""
+    script = ROOT / ".continue-check.mjs"  # inside the project: node resolves the package from its node_modules
+    script.write_text(CONTINUE_CHECK)
+    try:
+        return subprocess.run(["node", str(script), str(path)], capture_output=True, text=True, timeout=60)
+    finally:
+        script.unlink()
+
+
+def test_configure_writes_a_continue_config_its_schema_accepts(exported, tmp_path, capsys):
+    from qi_expert import clients
+
+    out, _ = exported
+    rc = cli.main(["configure", "--model", str(out / "qi-tiny-q4_k_m.gguf"), "--port", "8123", "--out", str(tmp_path)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "ccr code" in printed and "ollama create qi-tiny:q4_k_m" in printed
+    checked = _continue_check(tmp_path / clients.CONTINUE_FILE)
+    assert checked.returncode == 0, checked.stderr
+    (model,) = json.loads(checked.stdout)["models"]
+    assert (model["provider"], model["model"], model["apiBase"]) == ("openai", "qi-tiny:q4_k_m", "http://127.0.0.1:8123/v1")
+    # The check can fail: a role Continue does not know is refused.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((tmp_path / clients.CONTINUE_FILE).read_text().replace("- apply", "- fly"))
+    assert _continue_check(broken).returncode != 0
+
+
+@pytest.mark.slow
+def test_claude_code_router_on_the_written_config_answers_through_qi_expert_serve(exported, tmp_path):
+    """A real Claude Code Router (2.0.0, pinned in package.json) started on the config `qi-expert
+    configure` writes: an Anthropic Messages request, as Claude Code sends it, comes back answered
+    by the served model."""
+    import os
+
+    from qi_expert import clients
+
+    out, _ = exported
+    port, router_port = _free_port(), _free_port()
+    home = tmp_path / "home"
+    assert cli.main(["configure", "--model", str(out / "qi-tiny-q8_0.gguf"), "--port", str(port),
+                     "--router-port", str(router_port), "--out", str(tmp_path / "clients")]) == 0
+    (home / ".claude-code-router").mkdir(parents=True)
+    (home / ".claude-code-router" / "config.json").write_text((tmp_path / "clients" / clients.CCR_FILE).read_text())
+    server = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
+                               "--port", str(port), "--n-ctx", "512", "--threads", "1", "--log-level", "warning"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ccr = ROOT / "node_modules" / "@musistudio" / "claude-code-router" / "dist" / "cli.js"
+    router = subprocess.Popen(["node", str(ccr), "start"], cwd=tmp_path, env={**os.environ, "HOME": str(home)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{router_port}/v1/messages", method="POST",
+            headers={"Content-Type": "application/json", "x-api-key": "unused", "anthropic-version": "2023-06-01"},
+            data=json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 4,
+                             "messages": [{"role": "user", "content": "Create a price validation function"}]}).encode())
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    answer = json.load(r)
+                break
+            except OSError:
+                if router.poll() is not None or server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("no answer through the router: " + router.stdout.read1().decode()[-2000:]
+                                         + server.stdout.read1().decode()[-2000:])
+                time.sleep(1)
+        assert answer["type"] == "message" and answer["role"] == "assistant"
+        assert answer["content"] and answer["content"][0]["type"] == "text"
+        assert answer["usage"]["output_tokens"] <= 4
+    finally:
+        for proc in (router, server):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+FIXED = '''import { success, failure, validationError, type Result, type QiError } from "@qi/base";
+
+export function parsePercent(text: string): Result<number, QiError> {
+  const value = Number(text);
+  return Number.isFinite(value) && value >= 0 && value <= 100
+    ? success(value)
+    : failure(validationError("percent must be between 0 and 100", { text }));
+}
+'''
+
+
+@pytest.mark.slow
+def test_served_request_is_logged_checked_and_its_correction_reaches_the_training_rows(exported, make_checkout, tmp_path):
+    """End to end on the tiny model: a client's request to `qi-expert serve --log-dir`, its log row,
+    the background check (checks.jsonl and the MLflow run serve:<model>), `qi-expert report`, a
+    correction and a broken one through `qi-expert feedback`, then validate accepts the one and
+    counts the other, and format trains on the accepted correction."""
+    import os
+
+    import mlflow
+    import openai
+
+    out, _ = exported
+    root = make_checkout("served")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    run = lambda *cmd: subprocess.run([sys.executable, *cmd], cwd=root, env=env, capture_output=True, text=True,
+                                      timeout=600)
+    assert run("stages/extract.py").returncode == 0
+    log_dir = root / "models" / "served"
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
+                               "--port", str(port), "--n-ctx", "512", "--threads", "1", "--log-level", "warning",
+                               "--log-dir", str(log_dir), "--check-every", "1"],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read1().decode()[-2000:]
+                time.sleep(0.5)
+        raw = client.chat.completions.with_raw_response.create(
+            model="qi", max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": "Parse a percentage from text with @qi/base Result"}])
+        request_id = raw.headers["x-qi-request-id"]
+        answer = raw.parse().choices[0].message.content
+        checks = log_dir / "checks.jsonl"
+        tracking = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = []
+        while not (checks.is_file() and runs):  # the checker writes checks.jsonl, then logs to MLflow
+            assert time.monotonic() < deadline + 60, "the background check never ran"
+            time.sleep(0.5)
+            experiment = tracking.get_experiment_by_name("qi-expert")
+            runs = tracking.search_runs([experiment.experiment_id], "tags.stage = 'serve'") if experiment else []
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    (logged,) = [json.loads(x) for x in (log_dir / "requests.jsonl").read_text().splitlines()]
+    assert logged["id"] == request_id and logged["completion"] == answer and logged["system_prompt"] == "trained"
+    assert logged["messages"][0]["role"] == "system" and logged["status"] == 200
+    (checked,) = [json.loads(x) for x in checks.read_text().splitlines()]
+    assert checked["id"] == request_id and checked["compiled"] is False  # a random tiny model writes no module
+    assert [r.info.run_name for r in runs] == ["serve:qi-tiny:q8_0"] and "served.compiled" in runs[0].data.metrics
+
+    report = run("-m", "qi_expert.cli", "report", "--log-dir", str(log_dir), "--json")
+    assert report.returncode == 0, report.stderr
+    summary = json.loads(report.stdout)
+    assert summary["requests"] == 1 and summary["checked"] == 1 and summary["trained_system_prompt"] == 1
+
+    (tmp_path / "fixed.ts").write_text(FIXED)
+    (tmp_path / "broken.ts").write_text(FIXED.replace("success(value)", "success(valu)"))
+    for verdict, code in (("corrected", "fixed.ts"), ("corrected", "broken.ts"), ("bad", None)):
+        done = run("-m", "qi_expert.cli", "feedback", request_id[:8], verdict, "--log-dir", str(log_dir),
+                   *(["--code", str(tmp_path / code)] if code else []))
+        assert done.returncode == 0, done.stderr
+    refused = run("-m", "qi_expert.cli", "feedback", "nope", "good", "--log-dir", str(log_dir))
+    assert refused.returncode == 1 and "no request with id 'nope'" in refused.stderr
+
+    assert run("stages/validate.py").returncode == 0
+    fb = json.loads((root / "metrics" / "validate.json").read_text())["feedback"]
+    assert fb == {"rows": 3, "by_verdict": {"bad": 1, "corrected": 2}, "accepted": 1,
+                  "rejected_by_reason": {"compile_error": 1}}
+    assert run("stages/format.py").returncode == 0
+    rows = [json.loads(x) for split in ("train", "val")
+            for x in (root / "data" / "formatted" / f"{split}.instruct.jsonl").read_text().splitlines()]
+    (taught,) = [r for r in rows if "parsePercent" in r["output"]]
+    assert taught["instruction"] == "Parse a percentage from text with @qi/base Result" and taught["output"] == FIXED
+
+    # A malformed row stops validate with the file and line, before anything is written.
+    with (root / "data" / "feedback" / "feedback.jsonl").open("a") as f:
+        f.write('{"verdict": "meh"}\n')
+    broken = run("stages/validate.py")
+    assert broken.returncode == 1 and "feedback.jsonl:4: missing" in broken.stderr

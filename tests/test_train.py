@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -501,6 +502,52 @@ def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (other / "models" / "adapter" / name).read_bytes() == (whole / "models" / "adapter" / name).read_bytes(), \
             f"{name} differs from the uninterrupted run's (killed {after:.2f} s after checkpoint-4)"
+
+
+@pytest.mark.slow
+def test_sigint_to_axolotl_alone_fails_the_stage_and_the_rerun_finishes(project, tmp_path):
+    """The issue's measured case, for real: Ctrl+C reaches the Axolotl process alone (not the
+    stage) after a checkpoint; Axolotl's own handler saves and exits 0. The stage must not take that
+    for a finished run: exit 1 naming the step reached and how to resume, no adapter or metrics,
+    MLflow FAILED; the rerun resumes and finishes."""
+    import signal
+    import time
+
+    import mlflow
+
+    longer = ["max_steps=16", "eval_steps=16", "train.save_steps=4"]
+    other = tmp_path / "proj"
+    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *longer], cwd=other, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = other / "models" / "train" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.1)
+    (axolotl,) = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
+                  and b"axolotl.cli.train" in (p / "cmdline").read_bytes()]
+    os.kill(int(axolotl.name), signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert re.search(r"train: the run stopped at step \d+ of max_steps=16 \(interrupted\?\).*Rerun the stage", err), err[-2000:]
+    assert not (other / "models" / "adapter").exists() and not (other / "metrics" / "train.json").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    assert run.info.status == "FAILED"
+
+    rerun = run_stage(other, *longer)
+    assert "resuming from checkpoint-" in rerun.stdout
+    m = json.loads((other / "metrics" / "train.json").read_text())
+    assert m["steps"] == 16 and 0 < m["steps_this_run"] < 16
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _cwd(proc: Path) -> Path | None:

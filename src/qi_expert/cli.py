@@ -3,7 +3,11 @@
     qi-expert generate "Create a price validation function"   # streams a completion
     qi-expert generate --model models/gguf/qi-expert-smollm2-135m-q8_0.gguf "..."
     qi-expert generate --retrieve "..."   # with the pattern store's @qi API entries and examples (data/index)
-    qi-expert serve --port 8000        # OpenAI-compatible API on 127.0.0.1 (llama_cpp.server)
+    qi-expert serve --port 8000        # OpenAI-compatible API on 127.0.0.1 (llama_cpp.server, serving.py)
+    qi-expert configure --port 8000    # Claude Code Router and Continue configs for that server (clients.py)
+    qi-expert serve --log-dir models/served   # ... logging requests, their code checked (monitor.py)
+    qi-expert report                   # adherence of the served answers
+    qi-expert feedback <id> good|bad|corrected [--code fixed.ts]   # into the training data (feedback.py)
 
 Defaults (system prompt, temperature, top_p, context) come from the manifest.json the stage
 writes beside the GGUF files, else from params.yaml; flags override them.
@@ -82,22 +86,114 @@ def _with_retrieved(prompt: str, store_dir: Path) -> str:
 def cmd_serve(args) -> int:
     try:
         import uvicorn
-        from llama_cpp.server.app import create_app
-        from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+        from qi_expert import serving
     except ImportError as e:
         print(f"qi-expert serve: llama-cpp-python's server cannot be imported ({e}); install its extra "
               f"dependencies: `.venv/bin/pip install -r requirements.txt -c requirements.lock`", file=sys.stderr)
         return 2
     path, manifest = _model(args)
-    model = ModelSettings(model=str(path), model_alias=args.alias or path.stem,
-                          n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048),
-                          n_threads=gguf.default_threads(args.threads), n_threads_batch=gguf.default_threads(args.threads),
-                          n_gpu_layers=0, lora_path=args.lora, verbose=False)
-    server = ServerSettings(host=args.host, port=args.port)
-    app = create_app(server_settings=server, model_settings=[model])
-    print(f"qi-expert serve: {path} as '{model.model_alias}' on http://{args.host}:{args.port}/v1 "
-          f"(system prompt: send it as the first message)", file=sys.stderr, flush=True)
+    if args.no_system:
+        system = None
+    else:
+        system = args.system if args.system is not None else (manifest.get("system_prompt") or _params_system_prompt())
+    log_dir = Path(args.log_dir) if args.log_dir else None
+    app, name = serving.create_app(path, manifest, system_prompt=system, alias=args.alias,
+                                   n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048),
+                                   n_threads=gguf.default_threads(args.threads), lora_path=args.lora,
+                                   host=args.host, port=args.port, log_dir=log_dir)
+    how = ("requests without a system message get the trained one" if system
+           else "no system prompt is added")
+    if log_dir is not None:
+        from qi_expert import monitor
+
+        monitor.Checker(log_dir, interval=args.check_every, **_check_settings()).start()
+        how += f"; requests logged to {log_dir / monitor.REQUESTS}, checked every {args.check_every:g} s"
+    print(f"qi-expert serve: {path} as '{name}' on http://{args.host}:{args.port}/v1 ({how})",
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _check_settings() -> dict:
+    """How served answers are checked: the project's corpus, anti-pattern rules and MLflow store."""
+    from qi_expert import tracking
+    from qi_expert.config import load_params, resolve_path
+
+    cfg = load_params()
+    return {"project": resolve_path(cfg.corpus.root), "tsconfig": str(cfg.corpus.tsconfig),
+            "forbidden": list(cfg.validate.anti_patterns), "try_catch_allowed_in": list(cfg.validate.try_catch_allowed_in),
+            "tracking_uri": tracking.tracking_uri(cfg), "experiment": str(cfg.mlflow.experiment)}
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from qi_expert import monitor
+
+    log_dir = Path(args.log_dir)
+    if not (log_dir / monitor.REQUESTS).is_file():
+        print(f"qi-expert report: {log_dir / monitor.REQUESTS} does not exist: start the server with "
+              f"`qi-expert serve --log-dir {log_dir}`", file=sys.stderr)
+        return 1
+    checked = monitor.check_pending(log_dir, **_check_settings())
+    summary = monitor.report(log_dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    rate = lambda v: "-" if v is None else f"{v:.1%}"
+    print(f"{summary['requests']} requests ({summary['trained_system_prompt']} with the trained system prompt), "
+          f"{summary['checked']} checked ({checked} just now), {summary['with_code']} with code")
+    print(f"compiles {rate(summary['compile_rate'])}, anti-patterns {rate(summary['forbidden_rate'])}, "
+          f"invented @qi names per answer {summary['qi_names_invented_per_answer']}")
+    for day, b in summary["by_day"].items():
+        print(f"  {day}: {b['with_code']} answers with code, compiles {rate(b['compile_rate'])}, "
+              f"anti-patterns {rate(b['forbidden_rate'])}")
+    if summary["invented"]:
+        print("invented: " + ", ".join(f"{n} x{c}" for n, c in summary["invented"]))
+    if summary["not_imported"]:
+        print("used, not imported: " + ", ".join(f"{n} x{c}" for n, c in summary["not_imported"]))
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    from qi_expert import feedback
+    from qi_expert.config import load_params, resolve_path
+
+    code = None
+    if args.verdict == "corrected":
+        if not args.code:
+            print("qi-expert feedback: a correction needs --code FILE (the corrected TypeScript)", file=sys.stderr)
+            return 2
+        code = Path(args.code).read_text(encoding="utf-8")
+    elif args.code:
+        print(f"qi-expert feedback: --code goes with `corrected`, not `{args.verdict}`", file=sys.stderr)
+        return 2
+    target = Path(args.file) if args.file else resolve_path(str(load_params().feedback.file))
+    try:
+        request = feedback.find_request(Path(args.log_dir), args.request_id)
+        row = feedback.record(target, request, args.verdict, code)
+    except feedback.FeedbackError as e:
+        print(f"qi-expert feedback: {e}", file=sys.stderr)
+        return 1
+    print(f"qi-expert feedback: {row['verdict']} on request {row['request_id']} -> {target} "
+          f"(checked and used by the next `dvc repro`)")
+    return 0
+
+
+def cmd_configure(args) -> int:
+    from qi_expert import clients, serving
+
+    path, manifest = _model(args)
+    model = args.alias or serving.model_id(path, manifest)
+    paths = clients.write(Path(args.out), host=args.host, port=args.port, model=model, router_port=args.router_port)
+    serve = f"qi-expert serve --port {args.port}" + (f" --model {path}" if args.model else "")
+    print(f"""qi-expert configure: '{model}' at {clients.api_base(args.host, args.port)} (start it with `{serve}`)
+  Claude Code Router: {paths['claude-code-router']}
+      cp {paths['claude-code-router']} ~/.claude-code-router/config.json && ccr restart && ccr code
+  Continue:           {paths['continue']}
+      cp {paths['continue']} ~/.continue/config.yaml   (or add its `models` entry to yours)
+  Ollama:             ollama create {model} -f {path.parent / 'Modelfile'}""")
     return 0
 
 
@@ -130,9 +226,35 @@ def build_parser() -> argparse.ArgumentParser:
     common(srv)
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--alias", help="model name in the API (default: the file's stem)")
+    srv.add_argument("--alias", help="model id in the API (default: <name>:<kind>, as Ollama tags it)")
+    srv.add_argument("--system", help="system prompt for requests that send none (default: the training one)")
+    srv.add_argument("--no-system", action="store_true", help="add no system prompt (the client's messages as sent)")
     srv.add_argument("--log-level", default="info")
+    srv.add_argument("--log-dir", help="log each chat request and answer here and check its code (opt-in; local)")
+    srv.add_argument("--check-every", type=float, default=30.0, help="seconds between checks of logged answers")
     srv.set_defaults(func=cmd_serve)
+
+    rep = sub.add_parser("report", help="adherence of the served answers (checks what the server had not)")
+    rep.add_argument("--log-dir", default="models/served", help="the server's --log-dir (default %(default)s)")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=cmd_report)
+
+    fb = sub.add_parser("feedback", help="a verdict or a correction on a served answer, kept as training data")
+    fb.add_argument("request_id", help="the answer's x-qi-request-id (a unique prefix will do)")
+    fb.add_argument("verdict", choices=["good", "bad", "corrected"])
+    fb.add_argument("--code", help="the corrected code (a .ts file), with `corrected`")
+    fb.add_argument("--log-dir", default="models/served", help="the server's --log-dir (default %(default)s)")
+    fb.add_argument("--file", help="the feedback file (default: feedback.file of params.yaml)")
+    fb.set_defaults(func=cmd_feedback)
+
+    cfg = sub.add_parser("configure", help="write Claude Code Router and Continue configs for `qi-expert serve`")
+    common(cfg)
+    cfg.add_argument("--host", default="127.0.0.1")
+    cfg.add_argument("--port", type=int, default=8000, help="the port `qi-expert serve` listens on (default %(default)s)")
+    cfg.add_argument("--router-port", type=int, default=3456, help="Claude Code Router's own port (default %(default)s)")
+    cfg.add_argument("--alias", help="model id (default: <name>:<kind>, as `qi-expert serve` lists it)")
+    cfg.add_argument("--out", default="models/clients", help="where to write them (default %(default)s)")
+    cfg.set_defaults(func=cmd_configure)
     return parser
 
 

@@ -50,6 +50,49 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 # --- scoring ---------------------------------------------------------------------------------
 
+def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.json", *,
+                isolated: bool = True) -> tuple[list[list[dict]], dict[str, list[str]], dict]:
+    """Type-check every code snippet in the corpus project: (diagnostics per snippet, the @qi
+    packages' exports, info). Empty code gets one "no code" diagnostic."""
+    t0 = time.perf_counter()
+    # `export {}` keeps each snippet a module: two completions declaring the same global name
+    # must not collide inside the shared program.
+    sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
+    # One program for all (the batching is what makes it fast), except code that would change how
+    # the others type-check (`declare global`, `declare module`): each of those in a program alone.
+    alone = {k for k, v in sources.items() if compliance_rules.affects_other_files(v)}
+    # (isolated: the compiler reads untrusted source, so it runs inside the sandbox too.)
+    # The same program lists what the corpus's @qi packages export (graded: API validity).
+    diagnostics = typecheck.check({k: v for k, v in sources.items() if k not in alone}, project, tsconfig,
+                                  exports=typecheck.QI_MODULES, isolated=isolated)
+    for k in sorted(alone):
+        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, isolated=isolated))
+    exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
+    per_code = [diagnostics.get(f"c{i}", []) if code.strip() else [{"code": 0, "line": 0, "message": "no code in the completion"}]
+                for i, code in enumerate(codes)]
+    info = {"compiled_alone": len(alone), "compile_seconds": round(time.perf_counter() - t0, 3),
+            "qi_exports": {m: len(v) for m, v in exports.items()}}
+    return per_code, exports, info
+
+
+def check_code(codes: Sequence[str], *, project: Path, tsconfig: str = "tsconfig.json",
+               forbidden: Iterable[str] = (), try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
+               isolation: str = "bwrap") -> list[dict]:
+    """Code written outside the benchmark (a served completion): compiled, the forbidden
+    constructs found, the graded fields; no test to run. Same compiler program and rules as score()."""
+    isolated = sandbox.isolation_mode(isolation) == "bwrap"
+    diagnostics, exports, _ = compile_all(codes, project, tsconfig, isolated=isolated)
+    rule = {"required_calls": [], "forbidden": list(forbidden)}
+    allowed = tuple(try_catch_allowed_in)
+    rows = []
+    for code, diags in zip(codes, diagnostics):
+        c = compliance(code, rule, allowed)
+        rows.append({"compiled": bool(code.strip()) and not diags, "n_compile_errors": len(diags),
+                     "compile_errors": diags[:MAX_DIAGNOSTICS], "forbidden_found": c["forbidden_found"],
+                     "graded": graded.grade(code, diags, exports)})
+    return rows
+
+
 def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Path, tsconfig: str = "tsconfig.json",
           timeout: float = 10, memory_mb: int = 512,
           try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
@@ -62,28 +105,13 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
     allowed = tuple(try_catch_allowed_in)
     info: dict = {"isolation": sandbox.isolation_mode(isolation)}  # fails closed before any work
     codes = [generate.extract_code(it["completion"] or "", tasks[it["task_id"]].get("entry")) for it in items]
-    t0 = time.perf_counter()
-    # `export {}` keeps each snippet a module: two completions declaring the same global name
-    # must not collide inside the shared program.
-    sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
-    # One program for all (the batching is what makes it fast), except code that would change how
-    # the others type-check (`declare global`, `declare module`): each of those in a program alone.
-    alone = {k for k, v in sources.items() if compliance_rules.affects_other_files(v)}
-    isolated = info["isolation"] == "bwrap"  # the compiler reads untrusted source: inside the sandbox too
-    # The same program lists what the corpus's @qi packages export (graded: API validity).
-    diagnostics = typecheck.check({k: v for k, v in sources.items() if k not in alone}, project, tsconfig,
-                                  exports=typecheck.QI_MODULES, isolated=isolated)
-    for k in sorted(alone):
-        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, isolated=isolated))
-    info["compiled_alone"] = len(alone)
-    exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
-    info["compile_seconds"] = round(time.perf_counter() - t0, 3)
-    info["qi_exports"] = {m: len(v) for m, v in exports.items()}
+    diagnostics, exports, compile_info = compile_all(codes, project, tsconfig, isolated=info["isolation"] == "bwrap")
+    info.update(compile_info)
     rows = []
     jobs = []
     for i, (it, code) in enumerate(zip(items, codes)):
         task = tasks[it["task_id"]]
-        diags = diagnostics.get(f"c{i}", []) if code.strip() else [{"code": 0, "line": 0, "message": "no code in the completion"}]
+        diags = diagnostics[i]
         compiled = code.strip() != "" and not diags
         rows.append({
             "model": it["model"], "task_id": it["task_id"], "category": task["category"],

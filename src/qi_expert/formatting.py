@@ -116,6 +116,12 @@ def rows_from_records(records: Iterable[dict]) -> list[dict]:
     return rows
 
 
+def rows_from_feedback(rows: Iterable[dict]) -> list[dict]:
+    """Accepted feedback (validate.admit_feedback): the user's request -> the good or corrected code."""
+    return [{"id": f"feedback-{r['id']}", "source_file": r["source_file"], "instruction": r["instruction"].strip(),
+             "input": "", "output": r["module"].strip() + "\n", "origin": "feedback"} for r in rows]
+
+
 def rows_from_pairs(pairs: Iterable[dict]) -> list[dict]:
     """Counter-example + its correction: "rewrite this with @qi/base"."""
     rows = []

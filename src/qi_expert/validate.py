@@ -222,3 +222,22 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
             seen.add(h)
             admitted.append(c)
     return admitted, refused
+
+
+def admit_feedback(rows: Sequence[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict]]:
+    """(accepted, rejected) of the feedback rows with code (feedback.py): the code must compile
+    alone at the corpus root and break no anti-pattern rule, as a corpus record's module must.
+    Accepted rows come out shaped like records for formatting.rows_from_feedback."""
+    coded = [r for r in rows if r["code"]]
+    alone = compile_modules({r["id"]: r["code"] for r in coded}, project, tsconfig, cfg.ignore_missing_packages)
+    rules = set(cfg.anti_patterns)
+    accepted, rejected = [], []
+    for r in coded:
+        found = [f for f in patterns.analyze(r["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
+        if alone[r["id"]]:
+            rejected.append({**r, "reason": "compile_error", "detail": alone[r["id"]][:5]})
+        elif found:
+            rejected.append({**r, "reason": f"anti_pattern:{found[0]['rule']}", "detail": found})
+        else:
+            accepted.append({**r, "module": r["code"], "source_file": f"feedback/{r['request_id']}", "origin": "feedback"})
+    return accepted, rejected
