@@ -647,6 +647,10 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     assert report.returncode == 0, report.stderr
     summary = json.loads(report.stdout)
     assert summary["requests"] == 1 and summary["checked"] == 1 and summary["trained_system_prompt"] == 1
+    from qi_expert import monitor
+
+    assert monitor.fence_language("Sure:\n```python\ndef f(): pass\n```") == "python"
+    assert monitor.fence_language("```ts\nconst a = 1;\n```") in monitor.TYPESCRIPT_TAGS
 
     (tmp_path / "fixed.ts").write_text(FIXED)
     (tmp_path / "broken.ts").write_text(FIXED.replace("success(value)", "success(valu)"))

@@ -144,10 +144,12 @@ def cmd_report(args) -> int:
     rate = lambda v: "-" if v is None else f"{v:.1%}"
     print(f"{summary['requests']} requests ({summary['trained_system_prompt']} with the trained system prompt), "
           f"{summary['checked']} checked ({checked} just now), {summary['with_code']} with code")
-    print(f"compiles {rate(summary['compile_rate'])}, anti-patterns {rate(summary['forbidden_rate'])}, "
+    print(f"TypeScript {rate(summary['typescript_rate'])}, compiles {rate(summary['compile_rate'])}, "
+          f"anti-patterns {rate(summary['forbidden_rate'])}, "
           f"invented @qi names per answer {summary['qi_names_invented_per_answer']}")
     for day, b in summary["by_day"].items():
-        print(f"  {day}: {b['with_code']} answers with code, compiles {rate(b['compile_rate'])}, "
+        print(f"  {day}: {b['with_code']} answers with code, TypeScript {rate(b['typescript_rate'])}, "
+              f"compiles {rate(b['compile_rate'])}, "
               f"anti-patterns {rate(b['forbidden_rate'])}")
     if summary["invented"]:
         print("invented: " + ", ".join(f"{n} x{c}" for n, c in summary["invented"]))

@@ -16,6 +16,7 @@ feedback file (feedback.py), keyed by the request id written here.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -66,6 +67,15 @@ def completion_text(body: bytes, streamed: bool) -> tuple[str, dict | None]:
     return "".join(parts), usage
 
 
+def fence_language(text: str) -> str:
+    """The tag of the answer's first code fence ("typescript", "python", ...; "" when untagged or none)."""
+    m = re.search(r"```([\w+-]*)", text)
+    return m.group(1).lower() if m else ""
+
+
+TYPESCRIPT_TAGS = ("typescript", "ts", "tsx", "")
+
+
 def request_row(request_id: str, model: str, system_source: str, request: Mapping, body: bytes, streamed: bool,
                 seconds: float, status: int) -> dict:
     text, usage = completion_text(body, streamed)
@@ -91,6 +101,7 @@ def check_pending(log_dir: Path, *, project: Path, tsconfig: str, forbidden: Ite
     for r, code, v in zip(pending, codes, verdicts):
         g = v["graded"]
         rows.append({"id": r["id"], "time": r["time"], "model": r["model"], "has_code": bool(code.strip()),
+                     "language": fence_language(r.get("completion") or ""),
                      "compiled": v["compiled"], "n_compile_errors": v["n_compile_errors"],
                      "forbidden_found": v["forbidden_found"], "qi_names_real": g["api"]["real"],
                      "qi_names_invented": g["api"]["invented"], "qi_names_not_imported": g["not_imported"]})
@@ -131,6 +142,9 @@ def report(log_dir: Path) -> dict:
         n = len(rows)
         coded = [r for r in rows if r["has_code"]]
         return {"checked": n, "with_code": len(coded),
+                # An answer in another language (the untrained failure: Python) is not @qi code at all.
+                "typescript_rate": round(sum(r.get("language", "") in TYPESCRIPT_TAGS for r in coded) / len(coded), 4)
+                if coded else None,
                 "compile_rate": round(sum(r["compiled"] for r in coded) / len(coded), 4) if coded else None,
                 "forbidden_rate": round(sum(bool(r["forbidden_found"]) for r in coded) / len(coded), 4) if coded else None,
                 "qi_names_invented_per_answer": round(sum(len(r["qi_names_invented"]) for r in coded) / len(coded), 4)
