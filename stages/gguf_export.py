@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from qi_expert import bench, evaluate, gguf, io, tracking
+from qi_expert import bench, gguf, io, quantcost, tracking
 from qi_expert.config import resolve_path, stage_entry
 
 OUT = resolve_path("models/gguf")
@@ -36,7 +36,7 @@ def base_model_dir(model) -> Path:
 
 
 def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict], dict]:
-    """The eval benchmark on the f16 file and each quantized file (evaluate.score_gguf)."""
+    """The eval benchmark on the f16 file and each quantized file (quantcost.score_gguf)."""
     from transformers import AutoTokenizer
 
     qc, ec = cfg.gguf.quant_eval, cfg.eval
@@ -54,7 +54,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
     elif qc.reference != "generate":
         raise ValueError(f"gguf.quant_eval.reference is {qc.reference!r}: eval (the eval stage's tuned "
                          "completions) or generate (the first of gguf.quant_eval.files)")
-    return evaluate.score_gguf(
+    return quantcost.score_gguf(
         files, AutoTokenizer.from_pretrained(tokenizer_dir), tasks, system_prompt=str(cfg.format.system_prompt),
         max_new_tokens=int(ec.max_new_tokens), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),

@@ -202,12 +202,12 @@ def test_complete_gguf_greedy_tokens_and_stopping(exported, tokenizer):
 
 
 def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, tokenizer):
-    from qi_expert import bench, evaluate
+    from qi_expert import bench, quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
     files = {"f16": out / "qi-tiny-f16.gguf", "q4_k_m": out / "qi-tiny-q4_k_m.gguf"}
-    rows, m = evaluate.score_gguf(files, tokenizer, tasks, system_prompt=SYSTEM, max_new_tokens=8,
+    rows, m = quantcost.score_gguf(files, tokenizer, tasks, system_prompt=SYSTEM, max_new_tokens=8,
                                   project=ROOT / "data/sample/typescript", n_ctx=512, n_threads=2)
     assert [(r["model"], r["task_id"]) for r in rows] == [(k, t["id"]) for k in files for t in tasks]
     assert m["reference"] == "f16" and set(m["cost"]) == {"q4_k_m"}
@@ -222,19 +222,19 @@ def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, token
 
 def test_quantization_cost_against_the_eval_stages_tuned_rows(exported, tokenizer):
     """gguf.quant_eval.reference=eval: the eval stage's scored tuned rows are the reference, not generated again."""
-    from qi_expert import bench, evaluate
+    from qi_expert import bench, quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
     kw = dict(system_prompt=SYSTEM, max_new_tokens=8, project=ROOT / "data/sample/typescript", n_ctx=512, n_threads=2)
-    f16_rows, f16 = evaluate.score_gguf({"f16": out / "qi-tiny-f16.gguf"}, tokenizer, tasks, **kw)
+    f16_rows, f16 = quantcost.score_gguf({"f16": out / "qi-tiny-f16.gguf"}, tokenizer, tasks, **kw)
     eval_rows = [{**r, "model": "tuned"} for r in f16_rows]  # as data/eval/results.jsonl holds them
-    rows, m = evaluate.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows, **kw)
+    rows, m = quantcost.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows, **kw)
     assert m["reference"] == "tuned" and set(m["cost"]) == {"q4_k_m"} and "generation" not in m["tuned"]
     assert [r["model"] for r in rows] == ["tuned", "tuned", "q4_k_m", "q4_k_m"]
     assert m["tuned"]["compliance_score"] == f16["f16"]["compliance_score"]
     with pytest.raises(ValueError, match="no tuned completion"):
-        evaluate.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows[:1], **kw)
+        quantcost.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows[:1], **kw)
 
 
 def test_modelfiles(exported):
@@ -350,19 +350,19 @@ def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
     """The llama.cpp completions of each file are kept by content (the file's bytes, the prompts,
     the decoding): a rerun after an interruption redoes only the files it had not finished, with
     the same completions."""
-    from qi_expert import bench, evaluate
+    from qi_expert import bench, quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
     files = {"f16": out / "qi-tiny-f16.gguf", "q8_0": out / "qi-tiny-q8_0.gguf"}
     kw = dict(system_prompt=SYSTEM, max_new_tokens=8, project=ROOT / "data/sample/typescript", n_ctx=512, n_threads=2)
-    evaluate.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **kw)  # as if stopped after the first file
-    rows, m = evaluate.score_gguf(files, tokenizer, tasks, **kw)
+    quantcost.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **kw)  # as if stopped after the first file
+    rows, m = quantcost.score_gguf(files, tokenizer, tasks, **kw)
     assert [m[k]["generation"]["cached"] for k in files] == [True, False]
-    fresh_rows, _ = evaluate.score_gguf(files, tokenizer, tasks, cache=False, **kw)
+    fresh_rows, _ = quantcost.score_gguf(files, tokenizer, tasks, cache=False, **kw)
     assert [r["completion"] for r in rows] == [r["completion"] for r in fresh_rows]
     # Another prompt is another key: nothing stale is reused.
-    _, other = evaluate.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **{**kw, "max_new_tokens": 6})
+    _, other = quantcost.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **{**kw, "max_new_tokens": 6})
     assert other["f16"]["generation"]["cached"] is False
 
 
@@ -676,3 +676,17 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
         f.write('{"verdict": "meh"}\n')
     broken = run("stages/validate.py")
     assert broken.returncode == 1 and "feedback.jsonl:4: missing" in broken.stderr
+
+
+def test_header_reader_agrees_with_the_gguf_package(exported):
+    """gguf.gguf_metadata (hand-written, for speed: see its docstring) reads what the pinned `gguf`
+    package's GGUFReader reads."""
+    from gguf import GGUFReader
+
+    out, _ = exported
+    keys = ["general.architecture", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre",
+            "llama.context_length", "tokenizer.ggml.eos_token_id"]
+    for name in ("qi-tiny-f16.gguf", "qi-tiny-q4_k_m.gguf"):
+        reader = GGUFReader(out / name)
+        expected = {k: reader.get_field(k).contents() for k in keys if reader.get_field(k) is not None}
+        assert len(expected) >= 5 and gguf.gguf_metadata(out / name, keys) == expected

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qi_expert.config import ROOT
-from qi_expert.typecheck import node_modules
+from qi_expert.node import modules as node_modules
 
 pytestmark = pytest.mark.slow
 

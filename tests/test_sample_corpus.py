@@ -3,7 +3,7 @@
 import subprocess
 
 from qi_expert.config import ROOT
-from qi_expert.typecheck import node_modules
+from qi_expert.node import modules as node_modules
 
 
 def test_sample_corpus_typechecks_with_tsc():

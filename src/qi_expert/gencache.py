@@ -1,7 +1,7 @@
 """A content-keyed cache of what a model computes: the same model files and inputs give the same numbers.
 
 Three users: the eval's generations and reference losses (below), the gguf stage's llama.cpp
-completions of each GGUF file (evaluate.score_gguf: a rerun after an interruption redoes only
+completions of each GGUF file (quantcost.score_gguf: a rerun after an interruption redoes only
 the files it had not finished), and the train stage's base-model validation loss
 (training.base_val_key), each under its own folder (`kind`).
 

@@ -52,6 +52,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from qi_expert import node
 from qi_expert.config import ROOT
 
 EMITTER = Path(__file__).with_name("tsemit.cjs")
@@ -175,10 +176,10 @@ class RunResult:
 
 
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
+    found = node.binary()
+    if found is None:
         raise SandboxError("node is not on PATH: the eval runs the tests with Node.js 18 or newer")
-    return node
+    return found
 
 
 @lru_cache(maxsize=None)
@@ -294,9 +295,10 @@ def isolation_mode(preference: str = "bwrap") -> str:
 
 def _node_json(script: Path, payload: Mapping, timeout: float = 600, writable: Sequence[Path] = ()) -> dict:
     """Run one of our node scripts on a JSON payload; with `writable`, inside bubblewrap writing only there."""
-    from qi_expert.typecheck import node_modules
-
-    modules = node_modules().resolve()
+    found = node.modules()
+    if found is None:
+        raise SandboxError("TypeScript is not installed: run `npm ci` (make setup does)")
+    modules = found.resolve()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "NODE_PATH": str(modules)}
     cmd = [node_binary(), str(script)]
     if writable:

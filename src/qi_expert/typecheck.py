@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from qi_expert import lifetime
-from qi_expert.config import PACKAGE_ROOT, ROOT
+from qi_expert import lifetime, node
+from qi_expert.config import ROOT
 
 CHECKER = Path(__file__).with_name("tscheck.cjs")
 
@@ -20,20 +19,17 @@ class TypeCheckError(RuntimeError):
 
 
 def node_modules() -> Path:
-    """The node_modules holding the pinned TypeScript: this checkout's, else an enclosing one
-    (a queued DVC experiment runs in a copy under .dvc/tmp/exps without node_modules), else the
-    installed package's."""
-    for folder in (ROOT, *ROOT.parents, PACKAGE_ROOT):
-        if (folder / "node_modules" / "typescript").is_dir():
-            return folder / "node_modules"
-    raise TypeCheckError(f"TypeScript is not installed: run `npm ci` in {ROOT} (make setup does)")
+    found = node.modules()
+    if found is None:
+        raise TypeCheckError(f"TypeScript is not installed: run `npm ci` in {ROOT} (make setup does)")
+    return found
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
+    found = node.binary()
+    if found is None:
         raise TypeCheckError("node is not on PATH: the TypeScript check needs Node.js 18 or newer")
-    return node
+    return found
 
 
 QI_MODULES = ("@qi/base", "@qi/core")

@@ -1,0 +1,93 @@
+"""The quantization cost: the eval benchmark generated through llama.cpp from GGUF files, scored by
+the eval's own scorer (evaluate.score) and compared with a reference (the eval stage's tuned rows,
+or the first file).
+
+The gguf stage's side of the boundary: it asks eval's scorer for its files; evaluate.py knows
+nothing of GGUF (imports run one way, quantcost -> evaluate, gguf).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from qi_expert import evaluate, gencache, generate, gguf, patterns
+
+
+def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *, system_prompt: str,
+               max_new_tokens: int, project: Path, tsconfig: str = "tsconfig.json", timeout: float = 10,
+               memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
+               n_ctx: int = 2048, n_threads: int | None = None, reference_rows: Sequence[Mapping] | None = None,
+               reference_name: str = "tuned", isolation: str = "bwrap", cache: bool = True,
+               log=print) -> tuple[list[dict], dict]:
+    """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
+
+    Same prompts (the tokenizer's chat template, token ids fed to llama.cpp as they are), same
+    stopping rules and same scorer as the eval stage. The reference the quantized files are
+    compared with is either `reference_rows` (the eval stage's scored rows of the tuned arm,
+    under `reference_name`: not generated twice) or else the first file (the unquantized
+    conversion): metrics[kind] per file and metrics["cost"][kind] = kind - reference.
+    """
+    by_id = {t["id"]: t for t in tasks}
+    if reference_rows is not None:  # before any generation
+        reference_rows = [{**r, "model": reference_name} for r in reference_rows if r["task_id"] in by_id]
+        missing = sorted(set(by_id) - {r["task_id"] for r in reference_rows})
+        if missing:
+            raise ValueError(f"the eval results hold no {reference_name} completion for {missing[:5]}: rerun eval "
+                             f"with the {reference_name} arm (eval.arms), or gguf.quant_eval.reference=generate")
+    prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks]
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    stop_check = generate.stop_checker(tokenizer)
+    eos = generate.stop_ids(None, tokenizer)
+    items: list[dict] = []
+    generation: dict = {}
+    import llama_cpp
+
+    decoding = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
+                "n_threads": gguf.default_threads(n_threads), "llama_cpp": llama_cpp.__version__}
+    for kind, path in files.items():
+        # Cached by content, one file at a time: a rerun after an interruption redoes only the
+        # files it had not finished. (Not task by task: llama.cpp reuses the previous prompt's KV
+        # cache for the shared system prompt, so a completion depends on the one before it.)
+        key = gencache.key([path], [list(map(int, ids)) for ids in prompt_ids], decoding,
+                           code_files=("quantcost.py", "gguf.py", "generate.py", "gencache.py")) if cache else None
+        hit = gencache.load(key, kind="gguf_completions") if key else None
+        if hit is None:
+            llm = gguf.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+            try:
+                tokens, reasons, seconds = gguf.complete_gguf(llm, prompt_ids, int(max_new_tokens), stop_ids=eos,
+                                                              stop_check=stop_check)
+            finally:
+                llm.close()
+            if key:
+                gencache.store(key, {"tokens": tokens, "reasons": reasons, "seconds": seconds}, kind="gguf_completions")
+        else:
+            tokens, reasons, seconds = hit["tokens"], hit["reasons"], hit["seconds"]
+        new_tokens = sum(len(t) for t in tokens)
+        generation[kind] = {"seconds": round(seconds, 2), "new_tokens": new_tokens,
+                            "tokens_per_second": round(new_tokens / seconds, 2) if seconds else 0.0,
+                            "stop_reasons": dict(sorted(Counter(reasons).items())), "cached": hit is not None}
+        log(f"gguf eval: {kind}: {len(tasks)} completions, {new_tokens} new tokens in {seconds:.1f}s "
+            f"({generation[kind]['tokens_per_second']} tokens/s){' (cached)' if hit is not None else ''}")
+        gen = generate.Generation([[tokenizer.decode(t, skip_special_tokens=True)] for t in tokens],
+                                  [[len(t)] for t in tokens], seconds)
+        items += evaluate.items_from_generation(kind, tasks, prompts, gen)
+    rows, info = evaluate.score(items, by_id, project=project, tsconfig=tsconfig, timeout=timeout, memory_mb=memory_mb,
+                       try_catch_allowed_in=try_catch_allowed_in, isolation=isolation)
+    kinds = list(files)
+    if reference_rows is not None:
+        rows = reference_rows + rows
+        kinds = [reference_name, *kinds]
+    metrics: dict = {"benchmark_tasks": len(tasks), "reference": kinds[0] if kinds else None}
+    for kind in kinds:
+        metrics[kind] = evaluate.summarize([r for r in rows if r["model"] == kind])
+        if kind in generation:
+            metrics[kind]["generation"] = generation[kind]
+    ref = metrics["reference"]
+    metrics["cost"] = {kind: evaluate.deltas(metrics[kind], metrics[ref]) for kind in kinds if kind != ref}
+    metrics["timing"] = {k: v for k, v in info.items() if k.endswith("_seconds")}
+    return rows, metrics
+
+
+# --- the whole eval ---------------------------------------------------------------------------
