@@ -302,6 +302,8 @@ def test_cli_generate_streams_from_the_default_model(exported, capsys):
     assert capsys.readouterr().out.endswith("\n")
     rc = cli.main(["generate", "x", "--models-dir", str(out / "nowhere")])
     assert rc == 1 and "no GGUF model" in capsys.readouterr().err
+    rc = cli.main(["serve", "--models-dir", str(out / "nowhere")])  # a server started before any GGUF exists
+    assert rc == 1 and "no GGUF model" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -439,10 +441,14 @@ def _cwd(proc: Path) -> Path | None:
         return None
 
 
-def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported):
+FENCE_THEN_TEXT = 'root ::= "```typescript\\nconst a = 1;\\n```\\n" [a-z ]+'
+
+
+def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported, tokenizer):
     """`qi-expert serve` through the real `openai` client: the model is listed as `<name>:<kind>`;
     a request without a system message is given the trained system prompt (the same prompt tokens
-    as a request that sends it), a client's own system prompt is kept, streaming works."""
+    as a request that sends it), a client's own system prompt is kept, streaming works, and a
+    completion stops where the eval's would."""
     import openai
 
     out, _ = exported
@@ -481,6 +487,13 @@ def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported
                                                 temperature=0, stream=True)
         chunks = list(stream)
         assert len(chunks) >= 2 and chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+        # The eval's stop rules: an answer (forced by a grammar, llama.cpp's own request field) that
+        # closes its code fence and goes on stops at the fence, where the eval would stop it.
+        fenced = client.chat.completions.create(model="m", messages=[user], max_tokens=40, temperature=0,
+                                                extra_body={"grammar": FENCE_THEN_TEXT})
+        assert fenced.choices[0].finish_reason == "stop" and fenced.usage.completion_tokens < 40
+        assert fenced.choices[0].message.content.rstrip().endswith("```")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -101,7 +101,8 @@ def cmd_serve(args) -> int:
     app, name = serving.create_app(path, manifest, system_prompt=system, alias=args.alias,
                                    n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048),
                                    n_threads=gguf.default_threads(args.threads), lora_path=args.lora,
-                                   host=args.host, port=args.port, log_dir=log_dir)
+                                   host=args.host, port=args.port, log_dir=log_dir,
+                                   eval_stops=not args.no_eval_stops)
     how = ("requests without a system message get the trained one" if system
            else "no system prompt is added")
     if log_dir is not None:
@@ -234,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--log-level", default="info")
     srv.add_argument("--log-dir", help="log each chat request and answer here and check its code (opt-in; local)")
     srv.add_argument("--check-every", type=float, default=30.0, help="seconds between checks of logged answers")
+    srv.add_argument("--no-eval-stops", action="store_true",
+                     help="do not stop at the closing code fence or a repetition loop (the eval's rules)")
     srv.set_defaults(func=cmd_serve)
 
     rep = sub.add_parser("report", help="adherence of the served answers (checks what the server had not)")

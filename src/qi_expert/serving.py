@@ -6,6 +6,7 @@ one-message request for a @qi price validator came back as Python). So a chat re
 system message gets the trained one put first; a client that sends its own keeps it. The model is
 listed under a stable id, `<name>:<kind>` (as `ollama create` names it from the Modelfiles), never
 a file path; any model name a client asks for is served by the one model, and the answer names it.
+Completions stop where the eval's do (a closed code fence, a degenerate loop).
 
 The server itself (routing, streaming, the chat template embedded in the GGUF) is llama_cpp.server;
 this adds one ASGI layer that edits the request body before it reaches it.
@@ -110,9 +111,51 @@ class TrainedDefaults:
                 time.perf_counter() - started, response["status"]))
 
 
+class _LlamaVocab:
+    """What generate.stop_checker asks of a tokenizer, answered by llama.cpp's own vocabulary."""
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def get_vocab(self) -> dict[str, int]:
+        return {self.llm._model.token_get_text(i): i for i in range(self.llm.n_vocab())}
+
+    def decode(self, tokens, skip_special_tokens: bool = True) -> str:
+        return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+
+def apply_eval_stops(llm) -> None:
+    """Stop every completion of `llm` where the eval stops one: at the code fence that closes the
+    answer, or in a degenerate loop (generate.stop_checker). Without the loop rule a small model
+    that starts repeating itself runs to max_tokens (26 of the 54 tuned eval completions would).
+
+    llama_cpp.server passes no stopping criteria of its own; its chat handlers call the model's
+    create_completion, which takes them: that one method of this instance is wrapped.
+    """
+    from llama_cpp import StoppingCriteriaList
+
+    from qi_expert import generate
+
+    check = generate.stop_checker(_LlamaVocab(llm))
+    create_completion = llm.create_completion
+
+    def with_stops(*args, stopping_criteria=None, **kwargs):
+        first: list[int] = []
+
+        def stop(input_ids, logits) -> bool:  # input_ids: the prompt and the tokens so far
+            if not first:
+                first.append(len(input_ids) - 1)  # called after each new token: the first call has one
+            return check([int(t) for t in input_ids[first[0]:]]) is not None
+
+        criteria = StoppingCriteriaList([*(stopping_criteria or []), stop])
+        return create_completion(*args, stopping_criteria=criteria, **kwargs)
+
+    llm.create_completion = with_stops
+
+
 def create_app(path: Path, manifest: dict, *, system_prompt: str | None, alias: str | None, n_ctx: int,
                n_threads: int, lora_path: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-               log_dir: Path | None = None):
+               log_dir: Path | None = None, eval_stops: bool = True):
     """The llama_cpp.server app for one GGUF, wrapped in TrainedDefaults. Returns (app, model id)."""
     from llama_cpp.server.app import create_app as llama_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -121,4 +164,8 @@ def create_app(path: Path, manifest: dict, *, system_prompt: str | None, alias: 
     model = ModelSettings(model=str(path), model_alias=name, n_ctx=n_ctx, n_threads=n_threads,
                           n_threads_batch=n_threads, n_gpu_layers=0, lora_path=lora_path, verbose=False)
     app = llama_app(server_settings=ServerSettings(host=host, port=port), model_settings=[model])
+    if eval_stops:
+        from llama_cpp.server import app as server_app
+
+        apply_eval_stops(server_app._llama_proxy())  # the one model, loaded by create_app
     return TrainedDefaults(app, system_prompt, name, log_dir), name
