@@ -94,7 +94,7 @@ def run(cfg):
     uri = tracking.tracking_uri(cfg)
     tags = tracking.run_tags(cfg, "train") | {"adapter": str(cfg.adapter), "device": "cuda" if cuda else "cpu"}
     run_name = f"train:{tags['dvc_experiment']}"
-    y = axolotl_config.build(cfg, cuda=cuda, tracking_uri=uri, run_name=run_name)
+    y = axolotl_config.build(cfg, cuda=cuda, mlflow=True, run_name=run_name)
     config_path = axolotl_config.write(y, resolve_path(tc.axolotl_config))
     output_dir = resolve_path(tc.output_dir)
     resume = training.prepare_output_dir(output_dir, training.fingerprint(y, cfg))

@@ -137,7 +137,7 @@ def test_chat_templates_are_known_to_axolotl():
 
 def test_cpu_default_yaml_has_cpu_settings():
     cfg = compose_conf(["lora_r=32"])
-    y = axolotl_config.build(cfg, cuda=False, tracking_uri="sqlite:////tmp/x.db")
+    y = axolotl_config.build(cfg, cuda=False, mlflow=True)
     assert y["lora_r"] == 32 and y["base_model"] == "models/base/smollm2-135m"
     # Mixed precision where this CPU has bf16 instructions (train.cpu_precision: auto), else fp32.
     assert y["bf16"] is basemodel.cpu_bf16_supported() and not (y["fp16"] or y["tf32"])
@@ -145,6 +145,8 @@ def test_cpu_default_yaml_has_cpu_settings():
     assert y["dataloader_pin_memory"] is False
     assert not any(y[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"))
     assert y["mlflow_experiment_name"] == cfg.mlflow.experiment and y["hf_mlflow_log_artifacts"] is False
+    # No path of this machine in the generated file: the store reaches Axolotl by environment.
+    assert "mlflow_tracking_uri" not in y and str(ROOT) not in axolotl_config.to_yaml(y)
     assert y["auto_resume_from_checkpoints"] is True and y["output_dir"] == "models/train/checkpoints"
 
 
