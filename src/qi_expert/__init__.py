@@ -73,3 +73,12 @@ def _keep_freed_memory() -> None:
 
 
 _keep_freed_memory()
+
+
+def _quiet() -> None:
+    from qi_expert import quiet  # third-party messages that say nothing to a user (quiet.py)
+
+    quiet.silence()
+
+
+_quiet()

@@ -247,7 +247,9 @@ def axolotl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 # runs, but the main module is no file: datasets' save_to_disk (preprocess) uses a *spawn* pool,
 # and a spawned child re-imports a `-m` main module, i.e. all of Axolotl and torch, once per
 # saved split (~20 s each on 2 idle cores, over a minute under load).
-_STUB = ("import runpy, sys; sys.argv = [{mod!r}] + sys.argv[1:]; "
+# `import qi_expert` first: its quiet.py silences the same uninformative third-party messages in
+# Axolotl's process as in the stage's.
+_STUB = ("import qi_expert, runpy, sys; sys.argv = [{mod!r}] + sys.argv[1:]; "
          "runpy.run_module({mod!r}, run_name='__main__', alter_sys=False)")
 
 
