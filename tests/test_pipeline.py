@@ -54,8 +54,15 @@ def dvc(repo: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_data_stages_through_dvc(repo):
-    out = dvc(repo, "repro", "format")
+@pytest.fixture(scope="module")
+def reproduced(repo) -> str:
+    """`dvc repro format` once in the fresh repository; its output. Each test below asks for it,
+    so they hold in any order (or alone)."""
+    return dvc(repo, "repro", "format")
+
+
+def test_data_stages_through_dvc(repo, reproduced):
+    out = reproduced
     for stage in ("extract", "validate", "format"):
         assert f"Running stage '{stage}'" in out
     formatted = repo / "data/formatted"
@@ -73,7 +80,7 @@ def test_data_stages_through_dvc(repo):
     assert ignored == ["data/formatted", "data/extracted"]
 
 
-def test_data_stages_are_deterministic(repo):
+def test_data_stages_are_deterministic(repo, reproduced):
     before = {p.name: p.read_bytes() for p in sorted((repo / "data/formatted").iterdir())}
     records = (repo / "data/extracted/records.jsonl").read_bytes()
     dvc(repo, "repro", "--force", "format", "--single-item")
@@ -82,7 +89,7 @@ def test_data_stages_are_deterministic(repo):
     assert {p.name: p.read_bytes() for p in sorted((repo / "data/formatted").iterdir())} == before
 
 
-def test_noop_repro_and_param_change_reruns_only_what_follows(repo):
+def test_noop_repro_and_param_change_reruns_only_what_follows(repo, reproduced):
     out = dvc(repo, "repro", "format")
     assert "Running stage" not in out
     # `dvc exp run -S` composes conf/ with Hydra into params.yaml, then runs what changed.
