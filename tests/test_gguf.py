@@ -468,6 +468,7 @@ def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported
                     raise AssertionError(f"server did not come up: {proc.stdout.read().decode()[-2000:]}")
                 time.sleep(0.5)
         assert models == ["qi-tiny:q8_0"]
+        assert [m.owned_by for m in client.models.list()] == ["qi-expert"]  # llama_cpp.server says "me"
 
         def ask(messages):
             raw = client.chat.completions.with_raw_response.create(model="anything", messages=messages,

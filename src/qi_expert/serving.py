@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 
 CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+OWNER = "qi-expert"
 # Response headers: whose system prompt the model saw ("trained" or "client"), and the request's
 # id (what `qi-expert feedback` refers to).
 SYSTEM_HEADER = b"x-qi-system-prompt"
@@ -56,7 +58,12 @@ class TrainedDefaults:
         self.model_id = model_id
         self.log_dir = log_dir  # monitor.py: one row per chat request, when set
 
+    async def _models(self, scope, receive, send):
+        await _models_listing(self.app, scope, receive, send, OWNER)
+
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == MODELS_PATH:
+            return await self._models(scope, receive, send)
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != CHAT_PATH:
             return await self.app(scope, receive, send)
         chunks = []
@@ -151,6 +158,30 @@ def apply_eval_stops(llm) -> None:
         return create_completion(*args, stopping_criteria=criteria, **kwargs)
 
     llm.create_completion = with_stops
+
+
+async def _models_listing(app, scope, receive, send, owner: str) -> None:
+    """GET /v1/models with `owned_by` saying who made the model (llama_cpp.server says "me")."""
+    start, chunks = {}, []
+
+    async def keep(message):
+        if message["type"] == "http.response.start":
+            start.update(message)
+        else:
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, keep)
+    body = b"".join(chunks)
+    try:
+        listing = json.loads(body)
+        for entry in listing.get("data", []):
+            entry["owned_by"] = owner
+        body = json.dumps(listing).encode("utf-8")
+    except (ValueError, AttributeError):
+        pass  # not the JSON listing (an error page): as it came
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def create_app(path: Path, manifest: dict, *, system_prompt: str | None, alias: str | None, n_ctx: int,
