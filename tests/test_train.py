@@ -416,91 +416,97 @@ def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monke
     assert run.info.status == "FAILED"
 
 
+# Interruptions (issue 19): a 16-step run on the tiny model, stopped once checkpoint-4 is saved.
+LONGER = ["max_steps=16", "eval_steps=16", "train.save_steps=4"]
+
+
+def _copy(project: Path, dst: Path) -> Path:
+    """The project without any run's outputs."""
+    shutil.copytree(project, dst, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
+    return dst
+
+
+def _started_until_checkpoint(proj: Path, step: int = 4) -> subprocess.Popen:
+    """The train stage started in `proj` (LONGER), returned once checkpoint-`step` is saved."""
+    import time
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{proj}/mlflow.db")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *LONGER], cwd=proj, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = proj / "models" / "train" / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not state.is_file():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.1)
+    return proc
+
+
+def _only_run(proj: Path):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    return client, run
+
+
+def _nothing_written(proj: Path) -> bool:
+    return not (proj / "models" / "adapter").exists() and not (proj / "metrics" / "train.json").exists()
+
+
+def _resumes_and_finishes(proj: Path) -> None:
+    rerun = run_stage(proj, *LONGER)
+    assert "resuming from checkpoint-" in rerun.stdout
+    m = json.loads((proj / "metrics" / "train.json").read_text())
+    assert m["steps"] == 16 and 0 < m["steps_this_run"] < 16
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_stage_stops_axolotl_writes_nothing_and_the_rerun_resumes(project, tmp_path):
+def test_sigterm_to_the_stage_stops_axolotl_writes_nothing_and_the_rerun_resumes(project, tmp_path, left_running):
     """A scheduler's SIGTERM to the stage while Axolotl trains: Axolotl is stopped with it, the stage
     exits 130 saying so, no adapter or metrics appear, its MLflow run ends KILLED, and the rerun
     resumes from the last checkpoint and finishes."""
     import signal
-    import time
 
-    import mlflow
-
-    other = tmp_path / "proj"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
-    longer = ["max_steps=60", "eval_steps=60", "train.save_steps=4"]
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *longer], cwd=other, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = other / "models" / "train" / "checkpoints"
-    deadline = time.time() + 300
-    while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.2)
+    other = _copy(project, tmp_path / "proj")
+    proc = _started_until_checkpoint(other)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "train: interrupted by SIGTERM" in err
-    assert not (other / "models" / "adapter").exists() and not (other / "metrics" / "train.json").exists()
-    still = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd(p) == other.resolve()]
-    assert still == [], "Axolotl outlived the stage"
-    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
-    assert run.info.status == "KILLED"
-
-    rerun = run_stage(other, *longer)
-    assert "resuming from checkpoint-" in rerun.stdout
-    m = json.loads((other / "metrics" / "train.json").read_text())
-    assert m["steps"] == 60 and 0 < m["steps_this_run"] < 60
+    assert _nothing_written(other)
+    assert left_running(other) == [], "Axolotl outlived the stage"
+    assert _only_run(other)[1].info.status == "KILLED"
+    _resumes_and_finishes(other)
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_uninterrupted_run(project, tmp_path):
+def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_uninterrupted_run(project, tmp_path,
+                                                                                                  left_running):
     """SIGKILL to the stage at a random moment after the first checkpoint: the stage runs no code,
     yet Axolotl dies with it (lifetime.tied: the kernel kills it), so no orphan goes on writing
     checkpoints. Nothing final was written; the run left RUNNING in MLflow is closed KILLED by the
     rerun, which resumes from the last whole checkpoint and ends with the adapter an
     uninterrupted run writes."""
     import random
-    import signal
     import time
 
-    import mlflow
+    whole = _copy(project, tmp_path / "whole")
+    run_stage(whole, *LONGER)
 
-    longer = ["max_steps=16", "eval_steps=16", "train.save_steps=4"]
-    whole = tmp_path / "whole"
-    shutil.copytree(project, whole, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
-    run_stage(whole, *longer)
-
-    other = tmp_path / "proj"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *longer], cwd=other, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = other / "models" / "train" / "checkpoints"
-    deadline = time.time() + 300
-    while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.1)
+    other = _copy(project, tmp_path / "proj")
+    proc = _started_until_checkpoint(other)
     after = random.uniform(0.0, 3.0)
     time.sleep(after)
     assert proc.poll() is None, f"the run ended before the kill ({after:.2f} s after checkpoint-4): kill earlier"
     proc.kill()
     proc.communicate(timeout=60)
-    time.sleep(0.3)
-    still = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd(p) == other.resolve()]
-    assert still == [], f"Axolotl outlived the stage killed {after:.2f} s after checkpoint-4"
-    assert not (other / "models" / "adapter").exists() and not (other / "metrics" / "train.json").exists()
-    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
-    experiment = client.get_experiment_by_name("qi-expert").experiment_id
-    (killed,) = client.search_runs([experiment])
+    assert left_running(other) == [], f"Axolotl outlived the stage killed {after:.2f} s after checkpoint-4"
+    assert _nothing_written(other)
+    client, killed = _only_run(other)
     assert killed.info.status == "RUNNING"  # SIGKILL: nothing could close it
 
-    rerun = run_stage(other, *longer)
-    assert "resuming from checkpoint-" in rerun.stdout
+    _resumes_and_finishes(other)
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
-    m = json.loads((other / "metrics" / "train.json").read_text())
-    assert m["steps"] == 16 and 0 < m["steps_this_run"] < 16
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (other / "models" / "adapter" / name).read_bytes() == (whole / "models" / "adapter" / name).read_bytes(), \
             f"{name} differs from the uninterrupted run's (killed {after:.2f} s after checkpoint-4)"
@@ -513,49 +519,24 @@ def test_sigint_to_axolotl_alone_fails_the_stage_and_the_rerun_finishes(project,
     for a finished run: exit 1 naming the step reached and how to resume, no adapter or metrics,
     MLflow FAILED; the rerun resumes and finishes."""
     import signal
-    import time
 
-    import mlflow
-
-    longer = ["max_steps=16", "eval_steps=16", "train.save_steps=4"]
-    other = tmp_path / "proj"
-    shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{other}/mlflow.db")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *longer], cwd=other, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = other / "models" / "train" / "checkpoints"
-    deadline = time.time() + 300
-    while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.1)
+    other = _copy(project, tmp_path / "proj")
+    proc = _started_until_checkpoint(other)
     (axolotl,) = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
                   and b"axolotl.cli.train" in (p / "cmdline").read_bytes()]
     os.kill(int(axolotl.name), signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-3000:]
     assert re.search(r"train: the run stopped at step \d+ of max_steps=16 \(interrupted\?\).*Rerun the stage", err), err[-2000:]
-    assert not (other / "models" / "adapter").exists() and not (other / "metrics" / "train.json").exists()
-    client = mlflow.MlflowClient(f"sqlite:///{other}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
-    assert run.info.status == "FAILED"
-
-    rerun = run_stage(other, *longer)
-    assert "resuming from checkpoint-" in rerun.stdout
-    m = json.loads((other / "metrics" / "train.json").read_text())
-    assert m["steps"] == 16 and 0 < m["steps_this_run"] < 16
+    assert _nothing_written(other)
+    assert _only_run(other)[1].info.status == "FAILED"
+    _resumes_and_finishes(other)
 
 
 def _parent(proc: Path) -> int | None:
     try:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cwd(proc: Path) -> Path | None:
-    try:
-        return Path(os.readlink(proc / "cwd"))
-    except OSError:
         return None
 
 

@@ -37,16 +37,20 @@ def _model(args) -> tuple[Path, dict]:
     return path, gguf.read_manifest(path)
 
 
+def _system_prompt(args, manifest: dict) -> str | None:
+    """--system, else the one the model was trained with (the manifest's, else params.yaml's); none with --no-system."""
+    if args.no_system:
+        return None
+    return args.system if args.system is not None else (manifest.get("system_prompt") or _params_system_prompt())
+
+
 def _setting(value, manifest: dict, key: str, default):
     return value if value is not None else manifest.get(key, default)
 
 
 def cmd_generate(args) -> int:
     path, manifest = _model(args)
-    if args.no_system:
-        system = None
-    else:
-        system = args.system if args.system is not None else (manifest.get("system_prompt") or _params_system_prompt())
+    system = _system_prompt(args, manifest)
     prompt = args.prompt
     if args.retrieve:
         prompt = _with_retrieved(prompt, Path(args.store))
@@ -93,10 +97,7 @@ def cmd_serve(args) -> int:
               f"dependencies: `.venv/bin/pip install -r requirements.txt -c requirements.lock`", file=sys.stderr)
         return 2
     path, manifest = _model(args)
-    if args.no_system:
-        system = None
-    else:
-        system = args.system if args.system is not None else (manifest.get("system_prompt") or _params_system_prompt())
+    system = _system_prompt(args, manifest)
     log_dir = Path(args.log_dir) if args.log_dir else None
     app, name = serving.create_app(path, manifest, system_prompt=system, alias=args.alias,
                                    n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048),

@@ -22,6 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from qi_expert import io
+
 VERDICTS = ("good", "bad", "corrected")
 FIELDS = ("id", "request_id", "time", "model", "verdict", "instruction", "code")
 
@@ -103,7 +105,5 @@ def record(path: Path, request: dict, verdict: str, code: str | None = None) -> 
     problem = _problem(row)
     if problem:
         raise FeedbackError(f"not recorded: {problem}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({k: row[k] for k in FIELDS}, sort_keys=True, ensure_ascii=False) + "\n")
+    io.append_jsonl(path, {k: row[k] for k in FIELDS})
     return row

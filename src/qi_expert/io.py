@@ -94,14 +94,24 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
+def read_jsonl(path: Path, skip_broken: bool = False) -> Iterator[dict]:
+    """Rows of a JSONL file; a line that is not JSON is an error naming it, or, with `skip_broken`
+    (a log appended to by a process that may have died mid-line), left out."""
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+                    if not skip_broken:
+                        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
+
+
+def append_jsonl(path: Path, row: Any) -> None:
+    """One row added to a log, in one write (O_APPEND): concurrent writers never interleave a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(dumps(row) + "\n")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -23,26 +23,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from qi_expert import io
+
 REQUESTS = "requests.jsonl"
 CHECKS = "checks.jsonl"
 
 
-def append(path: Path, row: Mapping) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-
-
 def read(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash mid-write: the rest is whole
-    return rows
+    """A log's rows ([] before the first); a line cut by a crash mid-write is left out."""
+    return list(io.read_jsonl(path, skip_broken=True)) if path.is_file() else []
 
 
 def completion_text(body: bytes, streamed: bool) -> tuple[str, dict | None]:
@@ -106,7 +95,7 @@ def check_pending(log_dir: Path, *, project: Path, tsconfig: str, forbidden: Ite
                      "forbidden_found": v["forbidden_found"], "qi_names_real": g["api"]["real"],
                      "qi_names_invented": g["api"]["invented"], "qi_names_not_imported": g["not_imported"]})
     for row in rows:
-        append(log_dir / CHECKS, row)
+        io.append_jsonl(log_dir / CHECKS, row)
     if tracking_uri:
         _log_to_mlflow(rows, len(done), tracking_uri, experiment)
     return len(rows)

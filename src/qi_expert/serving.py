@@ -111,9 +111,9 @@ class TrainedDefaults:
                  + [(b"content-length", str(len(raw)).encode())]}
         await self.app(scope, replay, tagged_send)
         if self.log_dir is not None and isinstance(body, dict):
-            from qi_expert import monitor
+            from qi_expert import io, monitor
 
-            monitor.append(self.log_dir / monitor.REQUESTS, monitor.request_row(
+            io.append_jsonl(self.log_dir / monitor.REQUESTS, monitor.request_row(
                 request_id, self.model_id, source.decode(), body, b"".join(response["body"]), response["streamed"],
                 time.perf_counter() - started, response["status"]))
 

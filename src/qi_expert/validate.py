@@ -193,29 +193,36 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg,
     return accepted, rejected, pairs, metrics
 
 
+def module_refusal(code: str, diagnostics: Sequence[dict], cfg) -> dict | None:
+    """Why a module that must stand alone is refused ({"reason", "detail"}), or None: it must compile
+    alone (`diagnostics`, from compile_modules) and break no anti-pattern rule of `cfg`."""
+    if diagnostics:
+        return {"reason": "compile_error", "detail": list(diagnostics[:5])}
+    rules = set(cfg.anti_patterns)
+    found = [f for f in patterns.analyze(code, cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
+    return {"reason": f"anti_pattern:{found[0]['rule']}", "detail": found} if found else None
+
+
 def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Path, tsconfig: str,
                    cfg, build: modules.AnswerBuilder | None = None) -> tuple[list[dict], list[dict]]:
     """(admitted, refused) of augment.variants' candidates: the checks a corpus record passes.
 
-    A variant's module must compile alone and break no anti-pattern rule; one whose code is an
-    exact copy (normal form) of an accepted record or an earlier variant is refused. Near-duplicate
-    detection does not apply: a variant is its parent rewritten, near it by design (its share is
-    capped instead).
+    A variant's module must compile alone and break no anti-pattern rule (module_refusal); one
+    whose code is an exact copy (normal form) of an accepted record or an earlier variant is
+    refused. Near-duplicate detection does not apply: a variant is its parent rewritten, near it by
+    design (its share is capped instead).
     """
     build = build or answer_builder(project, tsconfig)
     texts = {c["id"]: build(c) for c in candidates}
     alone = compile_modules(texts, project, tsconfig, cfg.ignore_missing_packages)
-    rules = set(cfg.anti_patterns)
     seen = {dedup.normal_form_hash(dedup.tokens(r["code"])) for r in accepted}
     admitted, refused = [], []
     for c in candidates:
         c = {**c, "module": texts[c["id"]], "compiles": not alone[c["id"]], "check_context": "module"}
         h = dedup.normal_form_hash(dedup.tokens(c["code"]))
-        found = [f for f in patterns.analyze(c["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
-        if alone[c["id"]]:
-            refused.append({**c, "reason": "compile_error", "detail": alone[c["id"]][:5]})
-        elif found:
-            refused.append({**c, "reason": f"anti_pattern:{found[0]['rule']}", "detail": found})
+        refusal = module_refusal(c["code"], alone[c["id"]], cfg)
+        if refusal:
+            refused.append({**c, **refusal})
         elif h in seen:
             refused.append({**c, "reason": "exact_duplicate", "detail": None})
         else:
@@ -225,19 +232,16 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
 
 
 def admit_feedback(rows: Sequence[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict]]:
-    """(accepted, rejected) of the feedback rows with code (feedback.py): the code must compile
-    alone at the corpus root and break no anti-pattern rule, as a corpus record's module must.
-    Accepted rows come out shaped like records for formatting.rows_from_feedback."""
+    """(accepted, rejected) of the feedback rows with code (feedback.py): checked as a corpus
+    record's module is (module_refusal). Accepted rows come out shaped like records for
+    formatting.rows_from_feedback."""
     coded = [r for r in rows if r["code"]]
     alone = compile_modules({r["id"]: r["code"] for r in coded}, project, tsconfig, cfg.ignore_missing_packages)
-    rules = set(cfg.anti_patterns)
     accepted, rejected = [], []
     for r in coded:
-        found = [f for f in patterns.analyze(r["code"], cfg.try_catch_allowed_in).anti_patterns if f["rule"] in rules]
-        if alone[r["id"]]:
-            rejected.append({**r, "reason": "compile_error", "detail": alone[r["id"]][:5]})
-        elif found:
-            rejected.append({**r, "reason": f"anti_pattern:{found[0]['rule']}", "detail": found})
+        refusal = module_refusal(r["code"], alone[r["id"]], cfg)
+        if refusal:
+            rejected.append({**r, **refusal})
         else:
             accepted.append({**r, "module": r["code"], "source_file": f"feedback/{r['request_id']}", "origin": "feedback"})
     return accepted, rejected
