@@ -92,8 +92,12 @@ TINY = ["model.name=tiny", "model.base_model=models/tiny", "model.source.kind=lo
         "lora_r=8", "lora_alpha=16", "lora_dropout=0.0"]
 
 
-def run_stage(project: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_stage(project: Path, *overrides: str, check: bool = True, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """The stage run as DVC runs it; `cache` is the QI_CACHE_DIR to use (default: the test's own,
+    which a module fixture, built before any test's environment is set, must not rely on)."""
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db")
+    if cache is not None:
+        env["QI_CACHE_DIR"] = str(cache)
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *overrides],
                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -270,12 +274,28 @@ def test_fingerprint_changes_with_the_plugin_code_and_library_versions(tmp_path,
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    """The tiny model, data and params, nothing trained: tests copy it and never change it."""
     return make_project(tmp_path_factory.mktemp("train") / "proj")
 
 
+@pytest.fixture(scope="module")
+def trained(project, tmp_path_factory) -> Path:
+    """A copy of the project after one uninterrupted run of the stage (8 steps): tests that change
+    it work on a copy of their own (`_copy_all`), so any of them can run alone or in any order."""
+    proj = tmp_path_factory.mktemp("trained") / "proj"
+    shutil.copytree(project, proj)
+    run_stage(proj, cache=proj.parent / "qi-cache")
+    return proj
+
+
+def _copy_all(proj: Path, dst: Path) -> Path:
+    shutil.copytree(proj, dst)
+    return dst
+
+
 @pytest.mark.slow
-def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(project):
-    run_stage(project)
+def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(trained):
+    project = trained
     adapter = project / "models" / "adapter"
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and cfg["peft_type"] == "LORA"
@@ -303,11 +323,11 @@ def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(project):
 
 
 @pytest.mark.slow
-def test_same_inputs_and_params_give_the_same_adapter_bit_for_bit(project, tmp_path):
+def test_same_inputs_and_params_give_the_same_adapter_bit_for_bit(project, trained, tmp_path):
     """A second fresh run, in another folder with the same model, data and params, writes the
     same adapter files byte for byte (Axolotl alone leaves the LoRA init unseeded: see the plugin;
     PEFT lists target_modules in set order: see AXOLOTL_ENV)."""
-    first = {f: (project / "models" / "adapter" / f).read_bytes() for f in training.ADAPTER_FILES}
+    first = {f: (trained / "models" / "adapter" / f).read_bytes() for f in training.ADAPTER_FILES}
     other = tmp_path / "proj"
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
     assert not (other / "models" / "adapter").exists()
@@ -317,12 +337,13 @@ def test_same_inputs_and_params_give_the_same_adapter_bit_for_bit(project, tmp_p
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_adapter(project):
+def test_interrupted_run_resumes_to_the_same_adapter(trained, tmp_path):
     """Lose the last checkpoint and the final adapter; the rerun resumes at step 4 and ends with
     the same weights as the uninterrupted run, exactly (seeded packed order, same optimizer state)."""
     import torch
     from safetensors.torch import load_file
 
+    project = _copy_all(trained, tmp_path / "proj")
     ckpt = project / "models" / "train" / "checkpoints"
     before = load_file(project / "models" / "adapter" / "adapter_model.safetensors")
     shutil.rmtree(ckpt / "checkpoint-8")
@@ -340,9 +361,10 @@ def test_interrupted_run_resumes_to_the_same_adapter(project):
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_run_trains_no_further_step(project):
+def test_rerun_of_a_finished_run_trains_no_further_step(trained, tmp_path):
     """Rerun with the same settings after the run reached max_steps (as `dvc repro -f` does):
     the last checkpoint's adapter is used as it is. Resuming it would train a 9th step."""
+    project = _copy_all(trained, tmp_path / "proj")
     adapter = project / "models" / "adapter"
     before = {f: (adapter / f).read_bytes() for f in training.ADAPTER_FILES}
     shutil.rmtree(adapter)
@@ -479,19 +501,49 @@ def test_sigterm_to_the_stage_stops_axolotl_writes_nothing_and_the_rerun_resumes
     _resumes_and_finishes(other)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(project, tmp_path_factory) -> Path:
+    """A copy of the project trained LONGER (16 steps, 8 per epoch) without interruption."""
+    whole = _copy(project, tmp_path_factory.mktemp("uninterrupted") / "proj")
+    run_stage(whole, *LONGER, cache=whole.parent / "qi-cache")
+    return whole
+
+
+def _same_adapter(proj: Path, whole: Path) -> bool:
+    return all((proj / "models" / "adapter" / name).read_bytes() == (whole / "models" / "adapter" / name).read_bytes()
+               for name in ("adapter_model.safetensors", "adapter_config.json"))
+
+
 @pytest.mark.slow
-def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_uninterrupted_run(project, tmp_path,
-                                                                                                  left_running):
+def test_a_run_resumed_in_its_second_epoch_ends_like_an_uninterrupted_run(uninterrupted, tmp_path):
+    """Resumed from step 12 (epoch 2 of 2), the run shuffles epoch 2 as the uninterrupted run did:
+    the same losses from step 13 on and the same adapter. (transformers' resumed loader never told
+    the packed sampler its epoch: see axolotl_plugin; the adapter differed.)"""
+    proj = tmp_path / "proj"
+    shutil.copytree(uninterrupted, proj)
+    ckpt = proj / "models" / "train" / "checkpoints"
+    shutil.rmtree(ckpt / "checkpoint-16")
+    shutil.rmtree(proj / "models" / "adapter")
+    for f in training.ADAPTER_FILES:
+        (ckpt / f).unlink()
+    rerun = run_stage(proj, *LONGER)
+    assert "resuming from checkpoint-12" in rerun.stdout
+    assert json.loads((proj / "metrics" / "train.json").read_text())["steps_this_run"] == 4
+    losses = training.loss_rows(training.trainer_state(ckpt))
+    assert losses == training.loss_rows(training.trainer_state(uninterrupted / "models" / "train" / "checkpoints"))
+    assert _same_adapter(proj, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_uninterrupted_run(
+        project, uninterrupted, tmp_path, left_running):
     """SIGKILL to the stage at a random moment after the first checkpoint: the stage runs no code,
     yet Axolotl dies with it (lifetime.tied: the kernel kills it), so no orphan goes on writing
     checkpoints. Nothing final was written; the run left RUNNING in MLflow is closed KILLED by the
-    rerun, which resumes from the last whole checkpoint and ends with the adapter an
-    uninterrupted run writes."""
+    rerun, which resumes from the last whole checkpoint (or, killed after the last one, uses it as
+    it is) and ends with the adapter an uninterrupted run writes."""
     import random
     import time
-
-    whole = _copy(project, tmp_path / "whole")
-    run_stage(whole, *LONGER)
 
     other = _copy(project, tmp_path / "proj")
     proc = _started_until_checkpoint(other)
@@ -505,11 +557,11 @@ def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_
     client, killed = _only_run(other)
     assert killed.info.status == "RUNNING"  # SIGKILL: nothing could close it
 
-    _resumes_and_finishes(other)
+    rerun = run_stage(other, *LONGER)
+    assert "resuming from checkpoint-" in rerun.stdout or "checkpoint-16 is the finished run" in rerun.stdout
+    assert json.loads((other / "metrics" / "train.json").read_text())["steps"] == 16
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        assert (other / "models" / "adapter" / name).read_bytes() == (whole / "models" / "adapter" / name).read_bytes(), \
-            f"{name} differs from the uninterrupted run's (killed {after:.2f} s after checkpoint-4)"
+    assert _same_adapter(other, uninterrupted), f"the adapter differs from the uninterrupted run's (killed {after:.2f} s after checkpoint-4)"
 
 
 @pytest.mark.slow
@@ -541,7 +593,8 @@ def _parent(proc: Path) -> int | None:
 
 
 @pytest.mark.slow
-def test_qlora_run_uses_linear4bit_and_learns(project):
+def test_qlora_run_uses_linear4bit_and_learns(project, tmp_path):
+    project = _copy(project, tmp_path / "proj")
     run_stage(project, "adapter=qlora")
     report = json.loads((project / "models" / "train" / "checkpoints" / training.MODEL_REPORT).read_text())
     # 7 projections x 2 layers are bitsandbytes 4-bit layers under the LoRA wrappers.

@@ -21,12 +21,18 @@ Packed order, for exact resumption: with sample packing, Axolotl 0.19 shuffles w
 RandomSampler that draws its seed from torch's global RNG when the batches are (re)built, so a run
 resumed from a checkpoint sees another order than the uninterrupted run did. The plugin gives
 the packed batch sampler an order that depends on the seed and epoch alone (the same shuffle,
-reproducible): an interrupted run resumed from step k ends with the same adapter.
+reproducible): an interrupted run resumed from step k ends with the same adapter. One more
+piece for a resume inside a later epoch: transformers 5.16 wraps the loader in accelerate's
+skip_first_batches there, and that loader's set_epoch never reaches the packed sampler, which
+then shuffles the resumed epoch as epoch 0 (measured: 16 steps of 8 per epoch, resumed from
+step 12, losses from step 13 on differ and so does the adapter). The plugin sets the sampler's
+epoch itself at the start of every epoch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -127,10 +133,26 @@ class _SeededOrder(Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class _EpochOfPackedOrder(TrainerCallback):
+    """Tells the packed training sampler which epoch begins, resumed epochs included."""
+
+    def __init__(self):
+        self.samplers: list = []
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is fractional mid-epoch (a resume at step 12 of 8 per epoch: 1.5) and whole at
+        # an epoch's start; the small margin keeps 0.9999999 from a float sum out of epoch 0.
+        epoch = math.floor((state.epoch or 0.0) + 1e-6)
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+
+
 def _seed_packed_order(trainer, seed: int) -> None:
     create = getattr(trainer, "_create_multipack_sampler", None)
     if create is None:  # another Axolotl version: leave its sampler alone
         return
+    epochs = _EpochOfPackedOrder()
+    trainer.add_callback(epochs)
 
     def seeded(base_sampler, dataset):
         if type(base_sampler) is RandomSampler:
@@ -138,6 +160,7 @@ def _seed_packed_order(trainer, seed: int) -> None:
         sampler = create(base_sampler=base_sampler, dataset=dataset)
         if isinstance(base_sampler, _SeededOrder):
             base_sampler.owner = sampler
+            epochs.samplers.append(sampler)
         return sampler
 
     trainer._create_multipack_sampler = seeded
