@@ -18,7 +18,7 @@ batch holding tokens of many sequences (each with its own positions and KV cells
 through llama-cpp-python's own bindings (llama_batch, llama_decode, llama_memory_seq_rm): up to
 `parallel` sequences decode together; a finished one leaves at once and the next prompt takes its
 slot (continuous batching, as generate.py does for transformers). Greedy: the arg-max of each
-row's logits; stopping is the caller's `stop_check` (generate.stop_checker) plus end-of-generation
+row's logits; stopping is the caller's `stop_check` (decoding.stop_checker) plus end-of-generation
 tokens, so every backend stops at the same place.
 
 No library does this for us: llama-cpp-python has no multi-sequence generate, and llama.cpp's
@@ -70,7 +70,7 @@ def complete_batched(path: str | Path, prompts_ids: Sequence[Sequence[int]], max
                      ) -> tuple[list[list[int]], list[str], float]:
     """Greedy completions of tokenized prompts: (tokens per prompt, stop reasons, seconds).
 
-    Same contract as gguf.complete_gguf (the one-sequence path), `parallel` sequences at a time.
+    Same contract as llamacpp.LlamaCpp.decode (the one-sequence path), `parallel` sequences at a time.
     """
     import llama_cpp
     import numpy as np
@@ -166,7 +166,7 @@ def main() -> None:
     import qi_expert  # noqa: F401  (the process's OpenMP and malloc settings)
     from transformers import AutoTokenizer
 
-    from qi_expert import bench, generate, gguf
+    from qi_expert import bench, decoding, generate, gguf, llamacpp
     from qi_expert.config import load_params, resolve_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,12 +179,14 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(resolve_path(cfg.train.adapter_dir))
     ids = [tok(generate.render_prompt(tok, t, cfg.format.system_prompt), add_special_tokens=False)["input_ids"]
            for t in tasks]
-    stop, eos = generate.stop_checker(tok), generate.stop_ids(None, tok)
+    stop, eos = decoding.stop_checker(tok), decoding.stop_ids(None, tok)
     path = gguf.default_model(resolve_path("models/gguf"), args.quantization)
     batched, _, s_b = complete_batched(path, ids, int(cfg.eval.max_new_tokens), stop_ids=eos, stop_check=stop,
-                                       parallel=args.parallel, n_threads=gguf.default_threads())
-    llm = gguf.load_llama(path)
-    single, _, s_1 = gguf.complete_gguf(llm, ids, int(cfg.eval.max_new_tokens), stop_ids=eos, stop_check=stop)
+                                       parallel=args.parallel, n_threads=llamacpp.default_threads())
+    llm = llamacpp.load_llama(path)
+    policy = decoding.StopPolicy(int(cfg.eval.max_new_tokens), frozenset(eos), stop)
+    one = llamacpp.LlamaCpp(llm).decode(ids, policy)
+    single, s_1 = one.tokens, one.seconds
     for name, toks, s in ((f"{args.parallel} at once", batched, s_b), ("one at a time", single, s_1)):
         print(f"{name:14s} {s:6.1f} s  {sum(map(len, toks)) / s:6.1f} tokens/s")
     print(f"identical completions: {sum(a == b for a, b in zip(batched, single))} / {len(single)}")

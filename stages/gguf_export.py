@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from qi_expert import bench, gguf, io, quantcost, tracking
+from qi_expert import bench, export, gguf, io, quantcost, tracking
 from qi_expert.config import resolve_path, stage_entry
 
 OUT = resolve_path("models/gguf")
@@ -64,7 +64,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
 
 def run(cfg):
     gc = OmegaConf.to_container(cfg.gguf, resolve=True)
-    settings = gguf.ExportSettings.from_config(gc, merge_dtype="float16" if cfg.model.bf16 else "float32")
+    settings = export.ExportSettings.from_config(gc, merge_dtype="float16" if cfg.model.bf16 else "float32")
     runnable = [settings.outtype, *settings.quantizations]
     unknown = [str(k) for k in cfg.gguf.quant_eval.files if str(k) not in runnable]
     if unknown:  # before the slow part
@@ -75,10 +75,10 @@ def run(cfg):
     # Everything is built in a staging folder and swapped in when complete: an interrupted run
     # leaves models/gguf as it was (or absent), never a folder of some files that looks whole.
     staging = io.staging_dir(OUT)
-    metrics = gguf.export(base, adapter, staging, name=f"qi-expert-{cfg.model.name}",
+    metrics = export.export(base, adapter, staging, name=f"qi-expert-{cfg.model.name}",
                           system_prompt=str(cfg.format.system_prompt), settings=settings)
     if cfg.gguf.quant_eval.files:
-        rows, metrics["quantization_cost"] = quantization_cost(cfg, staging, gguf.tokenizer_source(base, adapter))
+        rows, metrics["quantization_cost"] = quantization_cost(cfg, staging, export.tokenizer_source(base, adapter))
         io.write_jsonl(staging / "quant_eval.jsonl", rows)
         qc = metrics["quantization_cost"]
         for kind in [qc["reference"]] + [k for k in cfg.gguf.quant_eval.files if k != qc["reference"]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qi_expert import basemodel, bench, evaluate, generate, io, sandbox
+from qi_expert import basemodel, bench, decoding, evaluate, generate, io, sandbox
 from qi_expert.config import ROOT, load_params, resolve_path
 
 CORPUS = ROOT / "data/sample/typescript"
@@ -512,11 +512,11 @@ def test_benchmark_references_pass_and_wrong_solutions_fail():
 
 def test_repetition_detector():
     block = list(range(100, 116))  # a 16-token line
-    assert not generate.repeating(list(range(200)) + block * 2)
-    assert generate.repeating(list(range(200)) + block * 3)  # 3 copies, 48 tokens
-    assert not generate.repeating([7] * 47) and generate.repeating([5, 6] + [7] * 48)
-    assert not generate.repeating([1, 2] * 23)  # 46 tokens of a 2-token block: not yet
-    assert generate.repeating([1, 2] * 24)
+    assert not decoding.repeating(list(range(200)) + block * 2)
+    assert decoding.repeating(list(range(200)) + block * 3)  # 3 copies, 48 tokens
+    assert not decoding.repeating([7] * 47) and decoding.repeating([5, 6] + [7] * 48)
+    assert not decoding.repeating([1, 2] * 23)  # 46 tokens of a 2-token block: not yet
+    assert decoding.repeating([1, 2] * 24)
 
 
 @pytest.mark.slow
@@ -536,7 +536,7 @@ def test_generation_matches_transformers_generate(tiny_model):
     static = generate.generate(model, tokenizer, prompts, batch_size=3, continuous=False, **kw)
     assert cont.stats["mode"] == "continuous" and cont.stats["shared_prefix_tokens"] > 10
     assert cont.stats["prefill_tokens"] < static.stats["prefill_tokens"]
-    eos = generate.stop_ids(model, tokenizer)
+    eos = decoding.stop_ids(model, tokenizer)
     for i, p in enumerate(prompts):
         ids = tokenizer(p, add_special_tokens=False, return_tensors="pt")
         with torch.inference_mode():

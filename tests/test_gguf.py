@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert import basemodel, cli, gguf
+from qi_expert import basemodel, cli, decoding, export, gguf, llamacpp, modelfile
 from qi_expert.config import ROOT
 
 SYSTEM = "You are a test assistant for @qi."
@@ -108,9 +108,9 @@ def tiny(tmp_path_factory, tokenizer):
 def exported(tmp_path_factory, tiny):
     base, adapter = tiny
     out = tmp_path_factory.mktemp("gguf")
-    settings = gguf.ExportSettings(quantizations=["q8_0", "q4_k_m"], prompts=PROMPTS, n_ctx=256, n_threads=2,
+    settings = export.ExportSettings(quantizations=["q8_0", "q4_k_m"], prompts=PROMPTS, n_ctx=256, n_threads=2,
                                    compare_tokens=8, exact_tokens=8, bench_tokens=8)
-    metrics = gguf.export(base, adapter, out, name="qi-tiny", system_prompt=SYSTEM, settings=settings)
+    metrics = export.export(base, adapter, out, name="qi-tiny", system_prompt=SYSTEM, settings=settings)
     return out, metrics
 
 
@@ -144,9 +144,9 @@ def test_quantized_files_have_their_type_and_generate(exported):
         path = out / f"qi-tiny-{q}.gguf"
         assert gguf.gguf_metadata(path, ["general.file_type"])["general.file_type"] == ftype
         # Loading and running a q8_0 model is what crashes a non-portable llama.cpp build here.
-        llm = gguf.load_llama(path, n_ctx=256, n_threads=2)
+        llm = llamacpp.load_llama(path, n_ctx=256, n_threads=2)
         try:
-            tokens, _, _ = gguf.greedy_gguf(llm, llm.tokenize(PROMPTS[0].encode()), 4)
+            (tokens,) = llamacpp.LlamaCpp(llm).decode([llm.tokenize(PROMPTS[0].encode())], decoding.StopPolicy.fixed(4)).tokens
             vocab = llm.n_vocab()
         finally:
             llm.close()
@@ -165,12 +165,12 @@ def test_adapter_gguf_applies_as_lora(exported, tokenizer):
     import numpy as np
 
     out, m = exported
-    ids = tokenizer(gguf.hf_prompt(tokenizer, SYSTEM, PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(modelfile.hf_prompt(tokenizer, SYSTEM, PROMPTS[0]), add_special_tokens=False)["input_ids"]
     logits = {}
     for key, path, lora in (("base", "qi-tiny-base-f16.gguf", None),
                             ("base_lora", "qi-tiny-base-f16.gguf", "qi-tiny-lora-f16.gguf"),
                             ("merged", "qi-tiny-f16.gguf", None)):
-        llm = gguf.load_llama(out / path, n_ctx=256, n_threads=2, lora_path=out / lora if lora else None)
+        llm = llamacpp.load_llama(out / path, n_ctx=256, n_threads=2, lora_path=out / lora if lora else None)
         try:
             logits[key] = _last_logits(llm, ids)
         finally:
@@ -183,23 +183,51 @@ def test_adapter_gguf_applies_as_lora(exported, tokenizer):
     assert m["greedy_agreement"]["base_lora"]["min"] >= 6
 
 
-def test_complete_gguf_greedy_tokens_and_stopping(exported, tokenizer):
+def test_llama_cpp_backend_greedy_tokens_and_stopping(exported, tokenizer):
     """llama.cpp completions: the merged model's greedy tokens; a stop rule ends a row where it fires."""
     out, _ = exported
-    ids = [tokenizer(gguf.hf_prompt(tokenizer, SYSTEM, p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    llm = gguf.load_llama(out / "qi-tiny-f16.gguf", n_ctx=256, n_threads=2)
+    ids = [tokenizer(modelfile.hf_prompt(tokenizer, SYSTEM, p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    llm = llamacpp.load_llama(out / "qi-tiny-f16.gguf", n_ctx=256, n_threads=2)
     try:
-        full, reasons, _ = gguf.complete_gguf(llm, ids, 6)
-        expected = [gguf.greedy_gguf(llm, p, 6)[0] for p in ids]
-        cut, cut_reasons, _ = gguf.complete_gguf(llm, ids, 6, stop_check=lambda t: "rule" if len(t) == 3 else None)
-        none, none_reasons, _ = gguf.complete_gguf(llm, ids, 6, stop_ids=[expected[0][0]])
+        backend = llamacpp.LlamaCpp(llm)
+        first = backend.decode(ids, decoding.StopPolicy(6))
+        full, reasons = first.tokens, first.reasons
+        expected = llamacpp.LlamaCpp(llm, reuse_prefix=False).decode(ids, decoding.StopPolicy.fixed(6)).tokens
+        cut = backend.decode(ids, decoding.StopPolicy(6, check=lambda t: "rule" if len(t) == 3 else None))
+        cut, cut_reasons = cut.tokens, cut.reasons
+        none = backend.decode(ids, decoding.StopPolicy(6, eos=frozenset([expected[0][0]])))
+        none, none_reasons = none.tokens, none.reasons
+        with pytest.raises(ValueError, match="greedily"):
+            backend.decode(ids, decoding.StopPolicy(6), temperature=0.7)
     finally:
         llm.close()
-    # greedy_gguf does not stop at end-of-generation tokens, complete_gguf does: compare up to its end.
+    # The fixed probe does not stop at end-of-generation tokens, the policy does: compare up to its end.
+    assert len(first.stats["first_token_seconds"]) == len(ids)
     for got, want, why in zip(full, expected, reasons):
         assert got == want[:len(got)] and (len(got) == 6) == (why == "length")
     assert [len(t) for t in cut] == [min(3, len(t)) for t in full] and cut_reasons[0] in ("rule", "eos")
     assert none[0] == [] and none_reasons[0] == "eos"  # its first token is a stop id
+
+
+def test_one_generation_path_gives_the_same_completions_on_both_backends(tiny, exported, tokenizer):
+    """decoding.complete with the eval's stop policy: the merged transformers model and its f16 GGUF
+    answer the same prompts with the same text (the eval and the quantization cost score alike)."""
+    from qi_expert import generate
+
+    base, adapter = tiny
+    out, _ = exported
+    model, _ = generate.load_model(base, adapter, merge=True)
+    prompts = [modelfile.hf_prompt(tokenizer, SYSTEM, p) for p in PROMPTS]
+    policy = decoding.StopPolicy.eval(tokenizer, 12, model=model)
+    hf = decoding.complete(generate.Transformers(model, batch_size=2), tokenizer, prompts, policy)
+    llm = llamacpp.load_llama(out / "qi-tiny-f16.gguf", n_ctx=256, n_threads=2)
+    try:
+        cpp = decoding.complete(llamacpp.LlamaCpp(llm), tokenizer, prompts, policy)
+    finally:
+        llm.close()
+    assert hf.stats["backend"] == "transformers" and cpp.stats["backend"] == "llama.cpp"
+    assert hf.completions == cpp.completions and hf.new_tokens == cpp.new_tokens
+    assert sum(hf.stats["stop_reasons"].values()) == len(prompts) and hf.total_new_tokens > 0
 
 
 def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, tokenizer):
@@ -259,17 +287,17 @@ def test_modelfiles(exported):
 def test_go_template_renders_like_the_chat_template(tokenizer, template, family):
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = template
-    spec = gguf.template_spec(tok)
+    spec = modelfile.template_spec(tok)
     assert spec.family == family
-    assert gguf.template_matches(tok, spec, SYSTEM, "Create a price validation function"), (
-        gguf.hf_prompt(tok, SYSTEM, "x"), gguf.render_go_template(spec.template, SYSTEM, "x"))
+    assert modelfile.template_matches(tok, spec, SYSTEM, "Create a price validation function"), (
+        modelfile.hf_prompt(tok, SYSTEM, "x"), modelfile.render_go_template(spec.template, SYSTEM, "x"))
 
 
 def test_unknown_chat_template_is_refused():
     with pytest.raises(ValueError, match="no known prompt format"):
-        gguf.template_family("{{ messages[0]['content'] }}")
+        modelfile.template_family("{{ messages[0]['content'] }}")
     with pytest.raises(ValueError, match="empty"):
-        gguf.template_family(None)
+        modelfile.template_family(None)
 
 
 def test_unknown_quantization_is_refused():

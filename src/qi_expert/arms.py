@@ -2,9 +2,10 @@
 
 An arm is a name from `eval.arms`: `base` (the base model), `tuned` (base + the train stage's
 adapter), and either with `+retrieval` (the pattern store's nearest @qi API entries and training
-examples put before the task). Every arm answers the same tasks with the same decoding
-(generate.generate), so their differences are the model's and the context's alone; arms of one
-model share one loaded model (the adapter is merged once, after the base arms).
+examples put before the task). Every arm answers the same tasks through the one generation path
+(decoding.complete on the transformers backend, under the eval's StopPolicy), so their differences
+are the model's and the context's alone; arms of one model share one loaded model (the adapter is
+merged once, after the base arms).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import basemodel, gencache, generate, refloss, retrieval
+from qi_expert import basemodel, decoding, gencache, generate, refloss, retrieval
 
 MODELS = ("base", "tuned")
 RETRIEVAL = "retrieval"
@@ -68,7 +69,7 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     model, tokenizer = generate.load_model(base, requires_cuda=bool(cfg.model.requires_cuda), bf16=bool(cfg.model.bf16))
     timing["load_seconds"] = round(time.perf_counter() - t0, 2)
     blocks, hits = (contexts(store, tasks, ec.retrieval) if store is not None else ([""] * len(tasks), None))
-    decoding = {"max_new_tokens": int(ec.max_new_tokens), "batch_size": int(ec.batch_size),
+    settings = {"max_new_tokens": int(ec.max_new_tokens), "batch_size": int(ec.batch_size),
                 "n_samples": int(ec.n_samples), "temperature": float(ec.temperature), "seed": int(cfg.seed)}
     base_folder = Path(base) if isinstance(base, Path) else None
     # Decoding precision on CPU (eval.cpu_precision): bf16 where the CPU has it, on a copy of the
@@ -90,12 +91,12 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
         prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
         cache = bool(ec.cache) and base_folder is not None
         folders = [base_folder, *([adapter] if arm.model == "tuned" else [])]
-        gen = _generate_cached(decoder, tokenizer, prompts, decoding, cache=cache, folders=folders,
+        gen = _generate_cached(decoder, tokenizer, prompts, settings, cache=cache, folders=folders,
                                precision=precision)
         info = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
                 "tokens_per_second": round(gen.tokens_per_second, 2),
                 "precision": precision,
-                "hit_max_new_tokens": sum(n >= decoding["max_new_tokens"] for ns in gen.new_tokens for n in ns),
+                "hit_max_new_tokens": sum(n >= settings["max_new_tokens"] for ns in gen.new_tokens for n in ns),
                 "prompt_tokens_mean": round(sum(len(tokenizer(p, add_special_tokens=False)["input_ids"])
                                                 for p in prompts) / max(1, len(prompts)), 1),
                 **gen.stats}
@@ -121,13 +122,16 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     return out
 
 
-def _generate_cached(model, tokenizer, prompts: list[str], decoding: dict, *, cache: bool,
-                     folders: list, precision: str) -> generate.Generation:
-    key = gencache.key([Path(f) for f in folders], prompts, {**decoding, "precision": precision}) if cache else None
+def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, cache: bool,
+                     folders: list, precision: str) -> decoding.Generation:
+    key = gencache.key([Path(f) for f in folders], prompts, {**settings, "precision": precision}) if cache else None
     hit = gencache.load(key) if key else None
     if hit is not None:
-        return generate.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True})
-    gen = generate.generate(model, tokenizer, prompts, **decoding)
+        return decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True})
+    policy = decoding.StopPolicy.eval(tokenizer, settings["max_new_tokens"], model=model)
+    backend = generate.Transformers(model, batch_size=settings["batch_size"], pad_id=tokenizer.pad_token_id)
+    gen = decoding.complete(backend, tokenizer, prompts, policy, n_samples=settings["n_samples"],
+                            temperature=settings["temperature"], seed=settings["seed"])
     if key:
         gencache.store(key, {"completions": gen.completions, "new_tokens": gen.new_tokens,
                              "seconds": gen.seconds, "stats": gen.stats})

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qi_expert import gguf
+from qi_expert import gguf, llamacpp
 from qi_expert.config import PARAMS_FILE
 
 
@@ -54,12 +54,12 @@ def cmd_generate(args) -> int:
     prompt = args.prompt
     if args.retrieve:
         prompt = _with_retrieved(prompt, Path(args.store))
-    llm = gguf.load_llama(path, n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048), n_threads=args.threads,
-                          lora_path=args.lora)
+    llm = llamacpp.load_llama(path, n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048), n_threads=args.threads,
+                              lora_path=args.lora)
     try:
-        for piece in gguf.stream_chat(llm, prompt, system, args.max_tokens,
-                                      temperature=_setting(args.temperature, manifest, "temperature", 0.1),
-                                      top_p=_setting(args.top_p, manifest, "top_p", 0.9), seed=args.seed):
+        for piece in llamacpp.stream_chat(llm, prompt, system, args.max_tokens,
+                                          temperature=_setting(args.temperature, manifest, "temperature", 0.1),
+                                          top_p=_setting(args.top_p, manifest, "top_p", 0.9), seed=args.seed):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -101,7 +101,7 @@ def cmd_serve(args) -> int:
     log_dir = Path(args.log_dir) if args.log_dir else None
     app, name = serving.create_app(path, manifest, system_prompt=system, alias=args.alias,
                                    n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048),
-                                   n_threads=gguf.default_threads(args.threads), lora_path=args.lora,
+                                   n_threads=llamacpp.default_threads(args.threads), lora_path=args.lora,
                                    host=args.host, port=args.port, log_dir=log_dir,
                                    eval_stops=not args.no_eval_stops)
     how = ("requests without a system message get the trained one" if system

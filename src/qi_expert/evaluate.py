@@ -295,7 +295,7 @@ def items_from_predictions(rows: Iterable[Mapping], tasks: Sequence[Mapping], mo
 
 
 def items_from_generation(model_name: str, tasks: Sequence[Mapping], prompts: Sequence[str],
-                          gen: "generate.Generation") -> list[dict]:
+                          gen: "decoding.Generation") -> list[dict]:
     return [{"model": model_name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
              "new_tokens": gen.new_tokens[i][s]}
             for i, (t, p) in enumerate(zip(tasks, prompts)) for s, c in enumerate(gen.completions[i])]

@@ -1,4 +1,4 @@
-"""Model generation for the eval stage: chat prompts, batched decoding, code extraction.
+"""Chat prompts, code extraction, and the transformers backend of the one generation path (decoding.py).
 
 The prompt is built exactly as the chat training rows are (formatting.chat): the project's
 system prompt, then the task instruction and its signature as the user turn, rendered by the
@@ -10,8 +10,9 @@ together, a row that finishes leaves the batch at once and a waiting prompt take
 long completion does not keep a nearly empty batch running. The token prefix every prompt shares
 (system prompt + chat markup, ~90 tokens for SmolLM2) is run once and its KV cache copied into
 each new row. Greedy outputs are token-for-token those of `model.generate` (checked in the tests).
-A row stops at the end-of-turn token, at max_new_tokens, as soon as it has closed its code fence
-(what follows a finished code block is never scored), or when it loops on one block of tokens.
+Where a row stops is decoding.StopPolicy's to say (the same for the llama.cpp backend): the
+end-of-turn token, max_new_tokens, a closed code fence (what follows a finished code block is
+never scored), or a loop on one block of tokens.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import formatting, retrieval
+from qi_expert import decoding, formatting, retrieval
 
 # A fenced block: ```ts / ```typescript / ``` ... ```; the closing fence may be missing when the
 # model ran out of tokens.
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
-_CLOSED_BLOCK = re.compile(r"```[^\n]*\n.*?\n[ \t]*```", re.S)
 
 
 def user_message(task: dict, context: str = "") -> str:
@@ -66,39 +65,6 @@ def extract_code(response: str, entry: str | None = None) -> str:
         if defining:
             return defining[0].strip() + "\n"
     return max((b for _, b in blocks), key=len).strip() + "\n"
-
-
-def stop_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the generation config's (the GGUF tokenizer may name a wrong eos) + the tokenizer's.
-
-    `model` may be None (a llama.cpp decoder adds its own end-of-generation ids)."""
-    ids: list[int] = []
-    generation_config = getattr(model, "generation_config", None)
-    for value in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            if v is not None and v not in ids:
-                ids.append(int(v))
-    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|EOT|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
-        if tid is not None and tid not in ids and tid != tokenizer.unk_token_id:
-            ids.append(int(tid))
-    return ids
-
-
-@dataclass
-class Generation:
-    completions: list[list[str]]  # per prompt, n samples
-    new_tokens: list[list[int]]
-    seconds: float
-    stats: dict = field(default_factory=dict)
-
-    @property
-    def total_new_tokens(self) -> int:
-        return sum(sum(n) for n in self.new_tokens)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.total_new_tokens / self.seconds if self.seconds else 0.0
 
 
 def load_model(base_model: Path | str, adapter: Path | None = None, merge: bool = True, *,
@@ -153,50 +119,8 @@ def apply_adapter(model, adapter: Path, merge: bool = True):
     return model.merge_and_unload() if merge else model
 
 
-REPEAT_MIN_TOKENS = 48  # a block repeated back to back over at least this many tokens...
-REPEAT_MIN_COPIES = 3  # ...and at least this many times is a loop greedy decoding does not leave
-REPEAT_MAX_PERIOD = 64
-
-
-def repeating(tokens: Sequence[int]) -> bool:
-    """Does the sequence end with one block of tokens repeated back to back (a degenerate loop)?"""
-    n = len(tokens)
-    last = tokens[-1] if n else None
-    for period in range(1, min(REPEAT_MAX_PERIOD, n // REPEAT_MIN_COPIES) + 1):
-        if tokens[-1 - period] != last:
-            continue
-        copies = max(REPEAT_MIN_COPIES, -(-REPEAT_MIN_TOKENS // period))
-        span = copies * period
-        if span > n:
-            continue
-        block = tokens[n - period:]
-        if all(tokens[n - (c + 1) * period: n - c * period] == block for c in range(1, copies)):
-            return True
-    return False
-
-
-def _fence_token_ids(tokenizer) -> frozenset[int]:
-    """Ids of the tokens holding a backtick: only they can close a code fence."""
-    return frozenset(i for t, i in tokenizer.get_vocab().items() if "`" in t)
-
-
-def stop_checker(tokenizer, *, stop_at_fence: bool = True, stop_on_repetition: bool = True):
-    """f(tokens so far) -> why the row stops ("fence", "repetition") or None; any decoder uses it
-    (transformers here, llama.cpp in gguf.complete_gguf), so every backend stops at the same place."""
-    fence_ids = _fence_token_ids(tokenizer) if stop_at_fence else frozenset()
-
-    def stop_check(toks: list[int]) -> str | None:
-        if fence_ids and toks[-1] in fence_ids and _CLOSED_BLOCK.search(tokenizer.decode(toks, skip_special_tokens=True)):
-            return "fence"
-        if stop_on_repetition and repeating(toks):
-            return "repetition"
-        return None
-
-    return stop_check
-
-
 def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[int], sample: bool,
-            temperature: float, generator, stop_check) -> tuple[list[list[int]], list[str]]:
+            temperature: float, generator, stop_check, marks: list | None = None) -> tuple[list[list[int]], list[str]]:
     """Greedy/sampled decoding of one left-padded batch with a KV cache.
 
     Rows that finish (end of turn, closed code block, repetition) leave the batch at once: the
@@ -214,6 +138,8 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     logits = out.logits[:, -1, :]
+    if marks is not None:
+        marks.append(time.perf_counter())  # the first token is one arg-max away: its time is the prefill's
     for _ in range(max_new_tokens):
         if sample:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -525,67 +451,82 @@ def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: i
     return tokens, reasons, stats
 
 
+class Transformers:
+    """The transformers backend of decoding.complete(): rows sorted by length and decoded in
+    continuous batches (`continuous`, the default: `batch_size` rows decode at all times, the
+    shared system-prompt prefix is prefilled once) or fixed left-padded batches (rows still leave
+    when done); greedy, or sampled at a temperature with a seeded generator.
+
+    Hand-written rather than `model.generate`: the library's batched generation keeps every row
+    of a batch decoding until the longest is done and prefills the shared prefix once per row;
+    benchmarks/eval_batching.py and generation_batch_size.py measure this loop (greedy tokens
+    equal to model.generate's: test_eval).
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, *, batch_size: int, continuous: bool = True, pad_id: int | None = None):
+        self.model, self.batch_size, self.continuous, self.pad_id = model, int(batch_size), continuous, pad_id
+
+    def decode(self, rows: Sequence[Sequence[int]], policy: decoding.StopPolicy, *, temperature: float = 0.0,
+               seed: int = 0) -> decoding.Decoded:
+        import torch
+
+        model, batch_size = self.model, self.batch_size
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        eos = set(policy.eos) | (set(decoding.generation_config_eos(model)) if policy.backend_eos else set())
+        pad_id = self.pad_id
+        if pad_id is None:
+            pad_id = getattr(model.generation_config, "pad_token_id", None)
+            pad_id = pad_id if pad_id is not None else min(eos) if eos else 0
+        sample = temperature > 0
+        # Sorted by length so batches pad little; results go back to the caller's order.
+        order = sorted(range(len(rows)), key=lambda r: (len(rows[r]), r))
+        encoded = [list(rows[r]) for r in order]
+        stop_check = policy.check or (lambda toks: None)
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed) if sample else None
+        t0 = time.perf_counter()
+        with torch.inference_mode(), _fast_attention(model):
+            if self.continuous and _plain_dynamic_cache(model):
+                toks, reasons, stats = _decode_continuous(
+                    model, encoded, batch_size=batch_size, max_new_tokens=policy.max_new_tokens, eos=eos,
+                    pad_id=pad_id, sample=sample, temperature=temperature, generator=generator, stop_check=stop_check,
+                    device=device)
+                stats["mode"] = "continuous"
+            else:
+                toks, reasons, first_token_seconds = [], [], []
+                for b in range(0, len(encoded), batch_size):
+                    batch_start, marks = time.perf_counter(), []
+                    chunk = encoded[b:b + batch_size]
+                    width = max(len(e) for e in chunk)
+                    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                    for r, e in enumerate(chunk):  # LEFT padding: every row ends at the last column
+                        ids[r, width - len(e):] = torch.tensor(e)
+                        mask[r, width - len(e):] = 1
+                    t, why = _decode(model, ids.to(device), mask.to(device), max_new_tokens=policy.max_new_tokens,
+                                     eos=eos, sample=sample, temperature=temperature, generator=generator,
+                                     stop_check=stop_check, marks=marks)
+                    toks += t
+                    reasons += why
+                    first_token_seconds.append(round(marks[0] - batch_start, 4))
+                stats = {"mode": "static", "batches": -(-len(encoded) // batch_size),
+                         "prefill_tokens": sum(len(e) for e in encoded),
+                         "first_token_seconds": first_token_seconds}  # per batch
+        seconds = time.perf_counter() - t0
+        tokens: list[list[int]] = [[] for _ in rows]
+        why_stopped = [""] * len(rows)
+        for r, t, reason in zip(order, toks, reasons):
+            tokens[r], why_stopped[r] = t, reason
+        return decoding.Decoded(tokens, why_stopped, seconds, {**stats, "batch_size": batch_size})
+
+
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
              n_samples: int = 1, temperature: float = 0.0, seed: int = 0,
-             stop_at_fence: bool = True, stop_on_repetition: bool = True, continuous: bool = True) -> Generation:
-    """Completions for every prompt: greedy when n_samples == 1 or temperature == 0, else sampled.
-
-    A row ends at an end-of-turn token, at max_new_tokens, once its code block is closed
-    (stop_at_fence), or once it repeats one block of tokens back to back (stop_on_repetition:
-    >= 3 copies over >= 48 tokens; the code it would go on to write is truncated garbage anyway).
-    `continuous` (the default) keeps `batch_size` rows decoding at all times and prefills the
-    shared system-prompt prefix once; False decodes fixed batches (rows still leave when done).
-    """
-    import torch
-
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    eos = set(stop_ids(model, tokenizer))
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = getattr(model.generation_config, "pad_token_id", None)
-        pad_id = pad_id if pad_id is not None else min(eos)
-    sample = n_samples > 1 and temperature > 0
-    per_prompt = n_samples if sample else 1
-    # Every sample is one row: prompt i repeated n times, sorted by length so batches pad little.
-    encoded_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    rows = sorted(((i, s) for i in range(len(prompts)) for s in range(per_prompt)),
-                  key=lambda r: (len(encoded_prompts[r[0]]), r))
-    encoded = [encoded_prompts[i] for i, _ in rows]
-    stop_check = stop_checker(tokenizer, stop_at_fence=stop_at_fence, stop_on_repetition=stop_on_repetition)
-
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if sample else None
-    t0 = time.perf_counter()
-    with torch.inference_mode(), _fast_attention(model):
-        if continuous and _plain_dynamic_cache(model):
-            toks, reasons, stats = _decode_continuous(
-                model, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
-                sample=sample, temperature=temperature, generator=generator, stop_check=stop_check, device=device)
-            stats["mode"] = "continuous"
-        else:
-            toks, reasons = [], []
-            for b in range(0, len(rows), batch_size):
-                chunk = encoded[b:b + batch_size]
-                width = max(len(e) for e in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, e in enumerate(chunk):  # LEFT padding: every row ends at the last column
-                    ids[r, width - len(e):] = torch.tensor(e)
-                    mask[r, width - len(e):] = 1
-                t, why = _decode(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos=eos,
-                                 sample=sample, temperature=temperature, generator=generator, stop_check=stop_check)
-                toks += t
-                reasons += why
-            stats = {"mode": "static", "batches": -(-len(rows) // batch_size),
-                     "prefill_tokens": sum(len(e) for e in encoded)}
-    seconds = time.perf_counter() - t0
-    completions = [[""] * per_prompt for _ in prompts]
-    new_tokens = [[0] * per_prompt for _ in prompts]
-    stop_reasons: dict[str, int] = {}
-    for (i, s), t, reason in zip(rows, toks, reasons):
-        completions[i][s] = tokenizer.decode(t, skip_special_tokens=True)
-        new_tokens[i][s] = len(t)
-        stop_reasons[reason] = stop_reasons.get(reason, 0) + 1
-    stats.update({"rows": len(rows), "batch_size": batch_size, "sampled": sample,
-                  "stop_reasons": dict(sorted(stop_reasons.items()))})
-    return Generation(completions, new_tokens, seconds, stats)
+             stop_at_fence: bool = True, stop_on_repetition: bool = True, continuous: bool = True) -> decoding.Generation:
+    """decoding.complete() on the transformers backend with the eval's stop policy."""
+    policy = decoding.StopPolicy.eval(tokenizer, max_new_tokens, model=model, stop_at_fence=stop_at_fence,
+                                      stop_on_repetition=stop_on_repetition)
+    backend = Transformers(model, batch_size=batch_size, continuous=continuous, pad_id=tokenizer.pad_token_id)
+    return decoding.complete(backend, tokenizer, prompts, policy, n_samples=n_samples, temperature=temperature, seed=seed)

@@ -3,16 +3,15 @@ the eval's own scorer (evaluate.score) and compared with a reference (the eval s
 or the first file).
 
 The gguf stage's side of the boundary: it asks eval's scorer for its files; evaluate.py knows
-nothing of GGUF (imports run one way, quantcost -> evaluate, gguf).
+nothing of GGUF (imports run one way: quantcost -> evaluate, and -> decoding/llamacpp for the generation).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from qi_expert import evaluate, gencache, generate, gguf, patterns
+from qi_expert import decoding, evaluate, gencache, generate, llamacpp, patterns
 
 
 def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *, system_prompt: str,
@@ -37,41 +36,38 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
             raise ValueError(f"the eval results hold no {reference_name} completion for {missing[:5]}: rerun eval "
                              f"with the {reference_name} arm (eval.arms), or gguf.quant_eval.reference=generate")
     prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks]
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    stop_check = generate.stop_checker(tokenizer)
-    eos = generate.stop_ids(None, tokenizer)
+    prompt_ids = decoding.encode(tokenizer, prompts)
+    policy = decoding.StopPolicy.eval(tokenizer, int(max_new_tokens))  # + the GGUF's own end-of-generation id
     items: list[dict] = []
     generation: dict = {}
     import llama_cpp
 
-    decoding = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
-                "n_threads": gguf.default_threads(n_threads), "llama_cpp": llama_cpp.__version__}
+    settings = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
+                "n_threads": llamacpp.default_threads(n_threads), "llama_cpp": llama_cpp.__version__}
     for kind, path in files.items():
         # Cached by content, one file at a time: a rerun after an interruption redoes only the
         # files it had not finished. (Not task by task: llama.cpp reuses the previous prompt's KV
         # cache for the shared system prompt, so a completion depends on the one before it.)
-        key = gencache.key([path], [list(map(int, ids)) for ids in prompt_ids], decoding,
-                           code_files=("quantcost.py", "gguf.py", "generate.py", "gencache.py")) if cache else None
+        key = gencache.key([path], [list(map(int, ids)) for ids in prompt_ids], settings,
+                           code_files=("quantcost.py", "llamacpp.py", "decoding.py", "gencache.py")) if cache else None
         hit = gencache.load(key, kind="gguf_completions") if key else None
         if hit is None:
-            llm = gguf.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+            llm = llamacpp.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
             try:
-                tokens, reasons, seconds = gguf.complete_gguf(llm, prompt_ids, int(max_new_tokens), stop_ids=eos,
-                                                              stop_check=stop_check)
+                gen = decoding.complete(llamacpp.LlamaCpp(llm), tokenizer, prompts, policy)
             finally:
                 llm.close()
             if key:
-                gencache.store(key, {"tokens": tokens, "reasons": reasons, "seconds": seconds}, kind="gguf_completions")
+                gencache.store(key, {"completions": gen.completions, "new_tokens": gen.new_tokens,
+                                     "seconds": gen.seconds, "stats": gen.stats}, kind="gguf_completions")
         else:
-            tokens, reasons, seconds = hit["tokens"], hit["reasons"], hit["seconds"]
-        new_tokens = sum(len(t) for t in tokens)
-        generation[kind] = {"seconds": round(seconds, 2), "new_tokens": new_tokens,
-                            "tokens_per_second": round(new_tokens / seconds, 2) if seconds else 0.0,
-                            "stop_reasons": dict(sorted(Counter(reasons).items())), "cached": hit is not None}
-        log(f"gguf eval: {kind}: {len(tasks)} completions, {new_tokens} new tokens in {seconds:.1f}s "
+            gen = decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], hit["stats"])
+        seconds = gen.seconds
+        generation[kind] = {"seconds": round(seconds, 2), "new_tokens": gen.total_new_tokens,
+                            "tokens_per_second": round(gen.tokens_per_second, 2),
+                            "stop_reasons": gen.stats["stop_reasons"], "cached": hit is not None}
+        log(f"gguf eval: {kind}: {len(tasks)} completions, {gen.total_new_tokens} new tokens in {seconds:.1f}s "
             f"({generation[kind]['tokens_per_second']} tokens/s){' (cached)' if hit is not None else ''}")
-        gen = generate.Generation([[tokenizer.decode(t, skip_special_tokens=True)] for t in tokens],
-                                  [[len(t)] for t in tokens], seconds)
         items += evaluate.items_from_generation(kind, tasks, prompts, gen)
     rows, info = evaluate.score(items, by_id, project=project, tsconfig=tsconfig, timeout=timeout, memory_mb=memory_mb,
                        try_catch_allowed_in=try_catch_allowed_in, isolation=isolation)

@@ -119,7 +119,7 @@ class TrainedDefaults:
 
 
 class _LlamaVocab:
-    """What generate.stop_checker asks of a tokenizer, answered by llama.cpp's own vocabulary."""
+    """What decoding.stop_checker asks of a tokenizer, answered by llama.cpp's own vocabulary."""
 
     def __init__(self, llm):
         self.llm = llm
@@ -133,7 +133,7 @@ class _LlamaVocab:
 
 def apply_eval_stops(llm) -> None:
     """Stop every completion of `llm` where the eval stops one: at the code fence that closes the
-    answer, or in a degenerate loop (generate.stop_checker). Without the loop rule a small model
+    answer, or in a degenerate loop (decoding.stop_checker). Without the loop rule a small model
     that starts repeating itself runs to max_tokens (26 of the 54 tuned eval completions would).
 
     llama_cpp.server passes no stopping criteria of its own; its chat handlers call the model's
@@ -141,9 +141,9 @@ def apply_eval_stops(llm) -> None:
     """
     from llama_cpp import StoppingCriteriaList
 
-    from qi_expert import generate
+    from qi_expert import decoding
 
-    check = generate.stop_checker(_LlamaVocab(llm))
+    check = decoding.stop_checker(_LlamaVocab(llm))
     create_completion = llm.create_completion
 
     def with_stops(*args, stopping_criteria=None, **kwargs):

@@ -1,0 +1,177 @@
+"""One generation path: prompts in, completions out, through either backend, under one stop policy.
+
+A backend turns token ids into new token ids. Two exist: transformers (generate.Transformers:
+batched, continuous, our own loop over the model's forward pass) and llama.cpp
+(llamacpp.LlamaCpp: a GGUF file, one sequence at a time). Everything that decides what a
+completion is lives here, once, for both:
+
+- the stop policy: end-of-turn ids, max_new_tokens, a closed code fence, a degenerate loop
+  (StopPolicy.eval), or exactly n tokens for speed probes (StopPolicy.fixed);
+- `complete()`: encode the prompts with the tokenizer the model was trained with, let the
+  backend decode them, decode the tokens back to text (per prompt, per sample).
+
+The eval's arms (arms.py) and the gguf stage's quantization cost (quantcost.py) both score what
+`complete()` returns, so a GGUF is scored on exactly the terms the transformers model is. The
+server (serving.py) applies the same stop rules inside llama.cpp's own completion loop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+# A closed code block: what follows it is never scored.
+_CLOSED_BLOCK = re.compile(r"```[^\n]*\n.*?\n[ \t]*```", re.S)
+
+REPEAT_MIN_TOKENS = 48  # a block repeated back to back over at least this many tokens...
+REPEAT_MIN_COPIES = 3  # ...and at least this many times is a loop greedy decoding does not leave
+REPEAT_MAX_PERIOD = 64
+
+
+def repeating(tokens: Sequence[int]) -> bool:
+    """Does the sequence end with one block of tokens repeated back to back (a degenerate loop)?"""
+    n = len(tokens)
+    last = tokens[-1] if n else None
+    for period in range(1, min(REPEAT_MAX_PERIOD, n // REPEAT_MIN_COPIES) + 1):
+        if tokens[-1 - period] != last:
+            continue
+        copies = max(REPEAT_MIN_COPIES, -(-REPEAT_MIN_TOKENS // period))
+        span = copies * period
+        if span > n:
+            continue
+        block = tokens[n - period:]
+        if all(tokens[n - (c + 1) * period: n - c * period] == block for c in range(1, copies)):
+            return True
+    return False
+
+
+def _fence_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokens holding a backtick: only they can close a code fence."""
+    return frozenset(i for t, i in tokenizer.get_vocab().items() if "`" in t)
+
+
+def stop_checker(tokenizer, *, stop_at_fence: bool = True, stop_on_repetition: bool = True):
+    """f(tokens so far) -> why the row stops ("fence", "repetition") or None. `tokenizer` needs
+    get_vocab() and decode(ids, skip_special_tokens=True) (serving adapts llama.cpp's vocabulary)."""
+    fence_ids = _fence_token_ids(tokenizer) if stop_at_fence else frozenset()
+
+    def stop_check(toks: list[int]) -> str | None:
+        if fence_ids and toks[-1] in fence_ids and _CLOSED_BLOCK.search(tokenizer.decode(toks, skip_special_tokens=True)):
+            return "fence"
+        if stop_on_repetition and repeating(toks):
+            return "repetition"
+        return None
+
+    return stop_check
+
+
+def _ids(value) -> list[int]:
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+
+
+def generation_config_eos(model) -> list[int]:
+    """The end-of-generation ids a transformers model's generation config names (the GGUF's
+    tokenizer may name a wrong eos: this one is right)."""
+    return _ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids: the model's generation config's + the tokenizer's + the chat templates' usual ones.
+
+    `model` may be None (the llama.cpp backend adds the GGUF's own end-of-generation id)."""
+    ids: list[int] = []
+    for v in generation_config_eos(model) + _ids(tokenizer.eos_token_id):
+        if v not in ids:
+            ids.append(v)
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|EOT|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None and tid not in ids and tid != tokenizer.unk_token_id:
+            ids.append(int(tid))
+    return ids
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    """When a row stops. `backend_eos`: also at the backend's own end-of-generation id."""
+    max_new_tokens: int
+    eos: frozenset[int] = frozenset()
+    check: Callable[[list[int]], str | None] | None = None
+    backend_eos: bool = True
+
+    @classmethod
+    def eval(cls, tokenizer, max_new_tokens: int, *, model=None, stop_at_fence: bool = True,
+             stop_on_repetition: bool = True) -> "StopPolicy":
+        """The eval's rules: end of turn, max_new_tokens, a closed code fence, a degenerate loop."""
+        return cls(int(max_new_tokens), frozenset(stop_ids(model, tokenizer)),
+                   stop_checker(tokenizer, stop_at_fence=stop_at_fence, stop_on_repetition=stop_on_repetition))
+
+    @classmethod
+    def fixed(cls, n: int) -> "StopPolicy":
+        """Exactly n tokens, end-of-generation ids included: a speed probe decodes like for like."""
+        return cls(int(n), frozenset(), None, backend_eos=False)
+
+    def why(self, tokens: list[int]) -> str | None:
+        """After a token was appended: why the row stops now (None: it goes on)."""
+        reason = self.check(tokens) if self.check else None
+        if reason:
+            return reason
+        return "length" if len(tokens) >= self.max_new_tokens else None
+
+
+@dataclass
+class Decoded:
+    """What a backend returns: new tokens and the stop reason per row, wall seconds, its own stats."""
+    tokens: list[list[int]]
+    reasons: list[str]
+    seconds: float
+    stats: dict = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def decode(self, rows: Sequence[Sequence[int]], policy: StopPolicy, *, temperature: float = 0.0,
+               seed: int = 0) -> Decoded:
+        """New tokens for every row of prompt ids, in the given order (greedy at temperature 0)."""
+
+
+@dataclass
+class Generation:
+    completions: list[list[str]]  # per prompt, n samples
+    new_tokens: list[list[int]]
+    seconds: float
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def total_new_tokens(self) -> int:
+        return sum(sum(n) for n in self.new_tokens)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.total_new_tokens / self.seconds if self.seconds else 0.0
+
+
+def encode(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Rendered chat prompts to ids as the model saw them in training (no extra BOS)."""
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def complete(backend: Backend, tokenizer, prompts: Sequence[str], policy: StopPolicy, *, n_samples: int = 1,
+             temperature: float = 0.0, seed: int = 0) -> Generation:
+    """Completions for every prompt: greedy when n_samples == 1 or temperature == 0, else n samples each."""
+    sample = n_samples > 1 and temperature > 0
+    per_prompt = n_samples if sample else 1
+    encoded = encode(tokenizer, prompts)
+    rows = [(i, s) for i in range(len(prompts)) for s in range(per_prompt)]
+    out = backend.decode([encoded[i] for i, _ in rows], policy, temperature=temperature if sample else 0.0, seed=seed)
+    completions = [[""] * per_prompt for _ in prompts]
+    new_tokens = [[0] * per_prompt for _ in prompts]
+    stop_reasons: dict[str, int] = {}
+    for (i, s), t, reason in zip(rows, out.tokens, out.reasons):
+        completions[i][s] = tokenizer.decode(t, skip_special_tokens=True)
+        new_tokens[i][s] = len(t)
+        stop_reasons[reason] = stop_reasons.get(reason, 0) + 1
+    stats = {**out.stats, "backend": backend.name, "rows": len(rows), "sampled": sample,
+             "stop_reasons": dict(sorted(stop_reasons.items()))}
+    return Generation(completions, new_tokens, out.seconds, stats)

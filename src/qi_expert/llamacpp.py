@@ -1,0 +1,104 @@
+"""llama.cpp through llama-cpp-python: loading a GGUF, the llama.cpp backend of the one generation
+path (decoding.py), and the streamed chat `qi-expert generate` prints.
+
+The backend feeds the prompts' token ids as the Hugging Face tokenizer made them (the gguf
+stage's smoke check proves llama.cpp tokenizes them the same) and stops where decoding.StopPolicy
+says, so a GGUF is scored on exactly the terms the transformers model is. One sequence at a time:
+llama-cpp-python's high-level API decodes one; benchmarks/llama_batch.py measures its low-level
+batched API against this path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from qi_expert import decoding
+
+
+def default_threads(n_threads: int | None = None) -> int:
+    return int(n_threads) if n_threads else max(1, os.cpu_count() or 1)
+
+
+def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+               lora_path: str | Path | None = None, verbose: bool = False, seed: int = 0):
+    """A llama_cpp.Llama on CPU; the chat format comes from the GGUF's own chat template."""
+    from llama_cpp import Llama
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF model at {path}")
+    threads = default_threads(n_threads)
+    return Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=threads, n_threads_batch=threads,
+                 lora_path=str(lora_path) if lora_path else None, n_gpu_layers=0, seed=seed,
+                 verbose=verbose)
+
+
+class LlamaCpp:
+    """The llama.cpp backend: greedy, one row after another.
+
+    `reuse_prefix` (the default) lets llama.cpp keep the KV cache of the longest prefix shared with
+    the previous row (the system prompt), so consecutive prompts skip most of their prefill; a row's
+    tokens then depend on the row before it (the same floating-point sums in another order), which
+    is why quantcost caches a file's completions whole. Off, every row is prefilled from scratch
+    (the smoke check's speed probe: prefill included, rows independent).
+    """
+
+    name = "llama.cpp"
+
+    def __init__(self, llm, *, reuse_prefix: bool = True):
+        self.llm, self.reuse_prefix = llm, reuse_prefix
+
+    def decode(self, rows: Sequence[Sequence[int]], policy: decoding.StopPolicy, *, temperature: float = 0.0,
+               seed: int = 0) -> decoding.Decoded:
+        if temperature > 0:
+            raise ValueError("the llama.cpp backend decodes greedily: use temperature 0 (or the transformers "
+                             "backend to sample)")
+        llm = self.llm
+        eos = set(policy.eos) | ({int(llm.token_eos())} if policy.backend_eos else set())
+        tokens: list[list[int]] = []
+        reasons: list[str] = []
+        first_token_seconds: list[float] = []
+        start = time.perf_counter()
+        for ids in rows:
+            row_start = time.perf_counter()
+            out: list[int] = []
+            reason = "length"
+            if not self.reuse_prefix:
+                llm.reset()
+            if policy.max_new_tokens > 0:
+                for token in llm.generate(list(ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                          reset=True):
+                    if not out:
+                        first_token_seconds.append(time.perf_counter() - row_start)
+                    if int(token) in eos:
+                        reason = "eos"
+                        break
+                    out.append(int(token))
+                    why = policy.why(out)
+                    if why:
+                        reason = why
+                        break
+            tokens.append(out)
+            reasons.append(reason)
+        return decoding.Decoded(tokens, reasons, time.perf_counter() - start,
+                                {"first_token_seconds": [round(s, 4) for s in first_token_seconds]})
+
+
+def _messages(system_prompt: str | None, prompt: str) -> list[dict]:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+        [{"role": "user", "content": prompt}]
+
+
+def stream_chat(llm, prompt: str, system_prompt: str | None, max_tokens: int, *, temperature: float = 0.1,
+                top_p: float = 0.9, seed: int | None = None) -> Iterator[str]:
+    """Yield the completion's text pieces as llama.cpp produces them."""
+    kwargs = {"seed": seed} if seed is not None else {}
+    for chunk in llm.create_chat_completion(_messages(system_prompt, prompt), max_tokens=int(max_tokens),
+                                            temperature=float(temperature), top_p=float(top_p),
+                                            stream=True, **kwargs):
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            yield piece
