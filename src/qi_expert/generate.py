@@ -458,9 +458,10 @@ class Transformers:
     when done); greedy, or sampled at a temperature with a seeded generator.
 
     Hand-written rather than `model.generate`: the library's batched generation keeps every row
-    of a batch decoding until the longest is done and prefills the shared prefix once per row;
-    benchmarks/eval_batching.py and generation_batch_size.py measure this loop (greedy tokens
-    equal to model.generate's: test_eval).
+    of a batch decoding until the longest is done and prefills the shared prefix once per row.
+    benchmarks/eval_batching.py and generation_batch_size.py measure this loop (batched vs one at
+    a time, by batch size); a like-for-like figure against model.generate's own batching is still
+    to be taken. Its greedy tokens equal model.generate's (tests/test_eval.py).
     """
 
     name = "transformers"
