@@ -212,14 +212,14 @@ def test_llama_cpp_backend_greedy_tokens_and_stopping(exported, tokenizer):
 def test_one_generation_path_gives_the_same_completions_on_both_backends(tiny, exported, tokenizer):
     """decoding.complete with the eval's stop policy: the merged transformers model and its f16 GGUF
     answer the same prompts with the same text (the eval and the quantization cost score alike)."""
-    from qi_expert import generate
+    from qi_expert import generate, transformers_backend
 
     base, adapter = tiny
     out, _ = exported
     model, _ = generate.load_model(base, adapter, merge=True)
     prompts = [modelfile.hf_prompt(tokenizer, SYSTEM, p) for p in PROMPTS]
     policy = decoding.StopPolicy.eval(tokenizer, 12, model=model)
-    hf = decoding.complete(generate.Transformers(model, batch_size=2), tokenizer, prompts, policy)
+    hf = decoding.complete(transformers_backend.Transformers(model, batch_size=2), tokenizer, prompts, policy)
     llm = llamacpp.load_llama(out / "qi-tiny-f16.gguf", n_ctx=256, n_threads=2)
     try:
         cpp = decoding.complete(llamacpp.LlamaCpp(llm), tokenizer, prompts, policy)

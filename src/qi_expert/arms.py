@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import basemodel, decoding, gencache, generate, refloss, retrieval
+from qi_expert import basemodel, decoding, gencache, generate, refloss, retrieval, transformers_backend
 
 MODELS = ("base", "tuned")
 RETRIEVAL = "retrieval"
@@ -129,7 +129,7 @@ def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, ca
     if hit is not None:
         return decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True})
     policy = decoding.StopPolicy.eval(tokenizer, settings["max_new_tokens"], model=model)
-    backend = generate.Transformers(model, batch_size=settings["batch_size"], pad_id=tokenizer.pad_token_id)
+    backend = transformers_backend.Transformers(model, batch_size=settings["batch_size"], pad_id=tokenizer.pad_token_id)
     gen = decoding.complete(backend, tokenizer, prompts, policy, n_samples=settings["n_samples"],
                             temperature=settings["temperature"], seed=settings["seed"])
     if key:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from qi_expert import decoding, generate, gguf, llamacpp, modelfile
+from qi_expert import decoding, gguf, llamacpp, modelfile, transformers_backend
 
 
 def _decode_rate(tokens: int, prompts: int, seconds: float, first_token_seconds: float) -> float:
@@ -279,9 +279,9 @@ def smoke(merged, tokenizer, files: Mapping[str, Path], system_prompt: str, sett
     load_at_start = round(os.getloadavg()[0], 2)
     probe = decoding.StopPolicy.fixed(n_bench)  # n tokens each, end-of-generation ids included: like for like
     hf_tokens, hf_time, hf_first = [], 0.0, 0.0
-    transformers_backend = generate.Transformers(merged, batch_size=1, continuous=False)
+    hf_backend = transformers_backend.Transformers(merged, batch_size=1, continuous=False)
     for p_ids in ids:  # one at a time, prefill included: what llama.cpp does below
-        out = transformers_backend.decode([p_ids], probe)
+        out = hf_backend.decode([p_ids], probe)
         hf_tokens += out.tokens
         hf_time += out.seconds
         hf_first += sum(out.stats["first_token_seconds"])

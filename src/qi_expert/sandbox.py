@@ -34,6 +34,9 @@ permission model only; the eval prints it and records it in its metrics and MLfl
 
 Limits are applied with the `prlimit` command (util-linux) rather than a preexec_fn, which is not
 safe in a multi-threaded parent (tests run from a thread pool).
+
+One module of ~560 lines on purpose: it is the project's one security boundary, and a reviewer
+should read all of it (the bwrap command, the limits, the runner and its verdict) in one place.
 """
 
 from __future__ import annotations
