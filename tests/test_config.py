@@ -17,13 +17,30 @@ def test_params_yaml_equals_composed_defaults():
     assert committed == composed, "params.yaml is stale: run `python -m qi_expert.config > params.yaml`"
 
 
-def test_model_group_switches_training_defaults_and_cli_override_wins():
+def test_a_model_keeps_the_sweep_keys_a_recipe_replaces_them_and_the_command_line_wins():
     cpu = compose_conf()
     assert cpu.model.name == "smollm2-135m" and not cpu.model.requires_cuda
-    gpu = compose_conf(["model=qwen2.5-coder-7b", "lora_r=32"])
-    assert gpu.model.hub_id == "Qwen/Qwen2.5-Coder-7B-Instruct"
-    assert gpu.adapter == "qlora" and gpu.model.bf16 and gpu.max_steps == 1000
-    assert gpu.lora_r == 32  # the command line beats the model entry
+    sweep_keys = ("lora_r", "lora_alpha", "lora_dropout", "learning_rate", "max_steps", "micro_batch_size",
+                  "gradient_accumulation_steps", "sequence_len", "warmup_steps", "eval_steps", "sample_packing")
+    gpu = compose_conf(["model=qwen2.5-coder-7b"])
+    assert gpu.model.hub_id == "Qwen/Qwen2.5-Coder-7B-Instruct" and gpu.adapter == "qlora" and gpu.model.bf16
+    assert {k: gpu[k] for k in sweep_keys} == {k: cpu[k] for k in sweep_keys}  # choosing a model alone
+    recipe = yaml.safe_load((ROOT / "conf/recipe/gpu_7b.yaml").read_text())
+    asked = compose_conf(["model=qwen2.5-coder-7b", "recipe=gpu_7b"])
+    assert {k: asked[k] for k in sweep_keys} == recipe and asked.max_steps == 1000
+    assert compose_conf(["model=qwen2.5-coder-7b", "recipe=gpu_7b", "lora_r=32"]).lora_r == 32
+
+
+def test_gpu_entries_inherit_one_shared_entry():
+    """The three GPU entries differ in name, Hub id (and base_model) and chat template alone."""
+    names = ["qwen2.5-coder-7b", "deepseek-coder-6.7b", "codellama-7b"]
+    models = [OmegaConf.to_container(compose_conf([f"model={n}"]).model) for n in names]
+    own = ("name", "hub_id", "base_model", "chat_template")
+    shared = [{k: v for k, v in m.items() if k not in own} for m in models]
+    assert shared[0] == shared[1] == shared[2] and shared[0]["requires_cuda"] is True
+    for n in names:
+        text = (ROOT / "conf/model" / f"{n}.yaml").read_text()
+        assert "_gpu_qlora" in text and "requires_cuda" not in text and "lora_r" not in text
 
 
 @pytest.mark.parametrize("name", ["deepseek-coder-6.7b", "codellama-7b", "qwen2.5-coder-7b", "smollm2-135m"])

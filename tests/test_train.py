@@ -109,7 +109,7 @@ def run_stage(project: Path, *overrides: str, check: bool = True, cache: Path | 
 
 @pytest.mark.parametrize("name", GPU_MODELS)
 def test_gpu_entries_generate_qlora_bf16_flash_yaml(name):
-    cfg = compose_conf([f"model={name}"])
+    cfg = compose_conf([f"model={name}", "recipe=gpu_7b"])
     y = axolotl_config.build(cfg, cuda=True)
     assert y["adapter"] == "qlora" and y["load_in_4bit"] is True and y["load_in_8bit"] is False
     assert y["bnb_config_kwargs"] == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
