@@ -71,6 +71,69 @@ def test_every_dvc_param_exists_in_params_yaml():
                 node = node[part]
 
 
+def _code_closure(script: Path) -> str:
+    """The source of a stage script and of every qi_expert module it imports, transitively."""
+    import ast
+
+    package = ROOT / "src" / "qi_expert"
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module == "qi_expert":
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qi_expert."):
+                names = [node.module.split(".")[1]]
+            todo += [package / f"{n}.py" for n in names]
+    return "\n".join(p.read_text() for p in sorted(seen))
+
+
+def test_every_listed_param_is_read_by_its_stage():
+    """The other direction (a stage reading an unlisted param fails at run time: config.stage_params):
+    each param dvc.yaml lists for a stage is named in the code that stage runs."""
+    import re
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    unread = []
+    for name, stage in stages.items():
+        code = _code_closure(ROOT / stage["cmd"].split()[-1])
+        for key in stage.get("params", []):
+            leaf = str(key).split(".")[-1]
+            if not re.search(rf"(\.{leaf}\b|[\"']{leaf}[\"'])", code):
+                unread.append(f"{name}: {key}")
+    assert not unread, f"listed in dvc.yaml, read by no code of the stage: {unread}"
+
+
+def test_a_stage_sees_only_its_listed_params_and_reading_another_names_it(make_checkout):
+    """A stage script that reads a parameter its dvc.yaml entry does not list exits with one line
+    naming the parameter and dvc.yaml; the listed ones it reads as usual."""
+    root = make_checkout("undeclared")
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvc["stages"]["probe"] = {"cmd": "python stages/probe.py", "params": ["corpus", "extract.min_lines"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    (root / "stages" / "probe.py").write_text(
+        "import sys\nfrom qi_expert.config import stage_entry\n\n\n"
+        "def run(cfg):\n"
+        "    print(cfg.corpus.name, cfg.extract.min_lines, sorted(cfg))\n"
+        "    if len(sys.argv) > 1 and sys.argv[-1] == 'extract.max_lines=9':\n"
+        "        print(cfg.extract.max_lines)\n\n\n"
+        "if __name__ == '__main__':\n    stage_entry(run)()\n")
+    ok = subprocess.run([sys.executable, "stages/probe.py"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.split()[:2] == ["sample", "3"] and "['corpus', 'extract']" in ok.stdout
+    bad = subprocess.run([sys.executable, "stages/probe.py", "extract.max_lines=9"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "probe: reads the parameter `extract.max_lines`, which dvc.yaml does not list among the stage's params: "
+        "add it there, so that DVC reruns the stage when it changes")
+
+
 def test_installed_packages_are_consistent():
     """Catches a drifting resolution of the pinned set (pip check), bar the model wheel's own deps."""
     out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +67,49 @@ def resolve_path(path: str | Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+# ---------------------------------------------------------------------------------------------
+# A stage sees the params dvc.yaml lists for it, and nothing else
+# ---------------------------------------------------------------------------------------------
+
+_WHOLE: DictConfig | None = None  # the whole parameters of this process's stage run (stage_entry)
+
+
+def dvc_stage_of(script: Path, dvc_file: Path | None = None) -> tuple[str, list[str]] | None:
+    """(stage name, params) of the dvc.yaml stage whose cmd runs `script`; None when none does."""
+    dvc_file = dvc_file or ROOT / "dvc.yaml"
+    if not dvc_file.is_file():
+        return None
+    stages = yaml.safe_load(dvc_file.read_text(encoding="utf-8")).get("stages", {})
+    for name, stage in stages.items():
+        if str(stage.get("cmd", "")).split()[-1:] == [f"stages/{script.name}"]:
+            return name, [str(p) for p in stage.get("params", [])]
+    return None
+
+
+def stage_params(whole: DictConfig, keys: list[str]) -> DictConfig:
+    """The stage's view of the parameters: the keys dvc.yaml lists for it and nothing else, so a
+    stage cannot read a parameter DVC does not know it depends on (reading one raises, naming it)."""
+    view = OmegaConf.create({})
+    for key in keys:
+        value = OmegaConf.select(whole, key, throw_on_missing=True)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        OmegaConf.update(view, key, value, force_add=True)
+    OmegaConf.set_struct(view, True)
+    return view
+
+
+def whole_params() -> DictConfig:
+    """All parameters, for what no stage output depends on (where MLflow runs go, their tags)."""
+    return _WHOLE if _WHOLE is not None else load_params([])
+
+
+def setting(cfg: DictConfig, key: str):
+    """`key` from the stage's own parameters when they hold it, else from the whole parameters."""
+    value = OmegaConf.select(cfg, key, default=None)
+    return value if value is not None else OmegaConf.select(whole_params(), key)
+
+
 class StageError(RuntimeError):
     """A failure the stage explains in one message (printed without a traceback, exit status 1)."""
 
@@ -101,6 +146,11 @@ def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
             sys.exit(130)
         except StageError as e:
             sys.exit(f"{stage}: {e}")
+        except (ConfigAttributeError, ConfigKeyError) as e:
+            if _WHOLE is None or OmegaConf.select(_WHOLE, str(e.full_key)) is None:
+                raise
+            sys.exit(f"{stage}: reads the parameter `{e.full_key}`, which dvc.yaml does not list among the "
+                     f"stage's params: add it there, so that DVC reruns the stage when it changes")
         except OSError as e:
             if e.errno not in DISK_ERRORS:
                 raise
@@ -115,7 +165,10 @@ def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
             # params.yaml is already composed: a group switch must recompose conf/.
             sys.exit(f"{groups[0]} is a config group: switch it with `dvc exp run -S {groups[0]}=...`, "
                      f"or recompose params.yaml with `python -m qi_expert.config {' '.join(overrides)} > params.yaml`")
-        run(load_params(overrides))
+        global _WHOLE
+        _WHOLE = load_params(overrides)
+        declared = dvc_stage_of(Path(sys.argv[0]))
+        run(stage_params(_WHOLE, declared[1]) if declared else _WHOLE)
 
     return main
 

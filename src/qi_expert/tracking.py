@@ -2,6 +2,8 @@
 
 Runs are tagged with the stage, the DVC experiment (DVC sets DVC_EXP_NAME inside
 `dvc exp run`), the corpus and the base model, so the MLflow UI can group and compare them.
+Where runs go (`mlflow`) and those tags come from the whole parameters when the stage's own do
+not hold them (config.setting): no stage output depends on them, so dvc.yaml does not list them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Iterator, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from qi_expert import lifetime
-from qi_expert.config import ROOT, StageError
+from qi_expert.config import ROOT, StageError, setting
 
 # The process that opened a run (lifetime.identity): a run whose process died RUNNING is closed
 # as KILLED by the next run of its stage.
@@ -22,7 +24,7 @@ PROCESS_TAG = "process"
 
 def tracking_uri(cfg: DictConfig) -> str:
     """MLFLOW_TRACKING_URI wins; a relative sqlite path is taken from the repository root."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.mlflow.tracking_uri)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or str(setting(cfg, "mlflow.tracking_uri"))
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         uri = prefix + str(ROOT / uri[len(prefix):])
@@ -33,8 +35,8 @@ def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
     return {
         "stage": stage,
         "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
-        "corpus": str(cfg.corpus.name),
-        "base_model": str(cfg.model.name),
+        "corpus": str(setting(cfg, "corpus.name")),
+        "base_model": str(setting(cfg, "model.name")),
         PROCESS_TAG: lifetime.identity(),
     }
 
@@ -77,7 +79,7 @@ def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Ite
     mlflow.set_tracking_uri(uri)
     tags = run_tags(cfg, stage)
     try:
-        experiment = mlflow.set_experiment(str(cfg.mlflow.experiment))
+        experiment = mlflow.set_experiment(str(setting(cfg, "mlflow.experiment")))
         close_dead_runs(mlflow.MlflowClient(uri), experiment.experiment_id, stage)
         active = mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}", tags=tags)
     except Exception as e:  # MLflow raises many kinds (sqlalchemy, OSError, MlflowException)
