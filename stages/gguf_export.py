@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from qi_expert import bench, export, gguf, io, quantcost, tracking
+from qi_expert import basemodel, bench, export, gguf, io, quantcost, tracking
 from qi_expert.config import resolve_path, stage_entry
 
 OUT = resolve_path("models/gguf")
@@ -23,7 +23,7 @@ EVAL_RESULTS = resolve_path("data/eval/results.jsonl")
 
 def base_model_dir(model) -> Path:
     """The Hugging Face directory of the base model: the prepare out, or the Hub cache (GPU models)."""
-    local = resolve_path(f"models/base/{model.name}")
+    local = basemodel.base_dir(model)
     for candidate in (resolve_path(str(model.base_model)), local):
         if (candidate / "config.json").is_file():
             return candidate
@@ -64,7 +64,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
 
 def run(cfg):
     gc = OmegaConf.to_container(cfg.gguf, resolve=True)
-    settings = export.ExportSettings.from_config(gc, merge_dtype="float16" if cfg.model.bf16 else "float32")
+    settings = export.ExportSettings.from_config(gc, model_bf16=bool(cfg.model.bf16))
     runnable = [settings.outtype, *settings.quantizations]
     unknown = [str(k) for k in cfg.gguf.quant_eval.files if str(k) not in runnable]
     if unknown:  # before the slow part

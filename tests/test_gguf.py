@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from qi_expert import basemodel, cli, decoding, export, gguf, llamacpp, modelfile
-from qi_expert.config import ROOT
+from qi_expert.config import ROOT, compose_conf
 
 SYSTEM = "You are a test assistant for @qi."
 PROMPTS = ["Create a price validation function", "Compose two Results with flatMap"]
@@ -108,8 +108,10 @@ def tiny(tmp_path_factory, tokenizer):
 def exported(tmp_path_factory, tiny):
     base, adapter = tiny
     out = tmp_path_factory.mktemp("gguf")
-    settings = export.ExportSettings(quantizations=["q8_0", "q4_k_m"], prompts=PROMPTS, n_ctx=256, n_threads=2,
-                                   compare_tokens=8, exact_tokens=8, bench_tokens=8)
+    gc = compose_conf(["gguf.n_ctx=256", "gguf.n_threads=2", f"gguf.smoke.prompts={json.dumps(PROMPTS)}",
+                       "gguf.smoke.compare_tokens=8", "gguf.smoke.exact_tokens=8", "gguf.smoke.bench_tokens=8"]).gguf
+    settings = export.ExportSettings.from_config(gc, model_bf16=False)
+    assert settings.quantizations == ["q8_0", "q4_k_m"] and settings.prompts == PROMPTS
     metrics = export.export(base, adapter, out, name="qi-tiny", system_prompt=SYSTEM, settings=settings)
     return out, metrics
 

@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -89,38 +89,38 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str =
     return merged, tokenizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportSettings:
-    """The `gguf:` config section, as export() uses it."""
-    quantizations: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
-    default_quantization: str = "q4_k_m"
-    outtype: str = "f16"
-    merge_dtype: str = "float32"
-    adapter_gguf: bool = True
-    n_ctx: int = 2048
-    n_threads: int = 0
-    temperature: float = 0.1
-    top_p: float = 0.9
-    prompts: list[str] = field(default_factory=list)
-    compare_tokens: int = 16
-    exact_tokens: int = 8
-    bench_tokens: int = 64
-    keep_merged: bool = False
+    """The `gguf:` config section as export() uses it. No defaults here: they live in conf/ alone
+    (from_config reads every key; a missing one is a KeyError naming it)."""
+    quantizations: list[str]
+    default_quantization: str
+    outtype: str
+    merge_dtype: str
+    adapter_gguf: bool
+    keep_merged: bool
+    n_ctx: int
+    n_threads: int
+    temperature: float
+    top_p: float
+    prompts: list[str]
+    compare_tokens: int
+    exact_tokens: int
+    bench_tokens: int
 
     @classmethod
-    def from_config(cls, gc: Mapping, merge_dtype: str | None = None) -> "ExportSettings":
-        smoke = gc.get("smoke", {}) or {}
-        dtype = str(gc.get("merge_dtype", "float32"))
+    def from_config(cls, gc: Mapping, *, model_bf16: bool) -> "ExportSettings":
+        smoke = gc["smoke"]
+        dtype = str(gc["merge_dtype"])
         if dtype == "auto":
-            dtype = merge_dtype or "float32"
-        return cls(quantizations=[str(q).lower() for q in gc.get("quantizations", ["q8_0", "q4_k_m"])],
-                   default_quantization=str(gc.get("default_quantization", "q4_k_m")).lower(),
-                   outtype=str(gc.get("outtype", "f16")), merge_dtype=dtype,
-                   adapter_gguf=bool(gc.get("adapter_gguf", True)), n_ctx=int(gc.get("n_ctx", 2048)),
-                   n_threads=int(gc.get("n_threads", 0) or 0), temperature=float(gc.get("temperature", 0.1)),
-                   top_p=float(gc.get("top_p", 0.9)), prompts=[str(p) for p in smoke.get("prompts", [])],
-                   compare_tokens=int(smoke.get("compare_tokens", 16)), exact_tokens=int(smoke.get("exact_tokens", 8)),
-                   bench_tokens=int(smoke.get("bench_tokens", 64)), keep_merged=bool(gc.get("keep_merged", False)))
+            dtype = "float16" if model_bf16 else "float32"
+        return cls(quantizations=[str(q).lower() for q in gc["quantizations"]],
+                   default_quantization=str(gc["default_quantization"]).lower(), outtype=str(gc["outtype"]),
+                   merge_dtype=dtype, adapter_gguf=bool(gc["adapter_gguf"]), keep_merged=bool(gc["keep_merged"]),
+                   n_ctx=int(gc["n_ctx"]), n_threads=int(gc["n_threads"] or 0), temperature=float(gc["temperature"]),
+                   top_p=float(gc["top_p"]), prompts=[str(p) for p in smoke["prompts"]],
+                   compare_tokens=int(smoke["compare_tokens"]), exact_tokens=int(smoke["exact_tokens"]),
+                   bench_tokens=int(smoke["bench_tokens"]))
 
 
 class SmokeError(RuntimeError):
