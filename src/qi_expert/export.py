@@ -197,7 +197,7 @@ def export(base_dir: Path, adapter_dir: Path, out_dir: Path, *, name: str, syste
         fallback = {}
         for q in settings.quantizations:
             files[q] = out_dir / f"{name}-{q}.gguf"
-            with _captured_stderr(logs / f"gguf.quantize-{q}.log") as captured:
+            with _captured_stderr(logs / f"quantize-{q}.log") as captured:
                 seconds[f"quantize_{q}"] = gguf.quantize(files[settings.outtype], files[q], q, threads)
             fallback[q] = _fallback_count(captured.read_text(encoding="utf-8", errors="replace"))
             log(f"gguf: {q} {_mb(files[q])} MiB in {seconds[f'quantize_{q}']:.1f}s"
