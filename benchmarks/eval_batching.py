@@ -9,7 +9,9 @@
    (typecheck.check_one_process_each). Both must give the same verdicts.
 2. Generation: the first M task prompts, greedy, max_new_tokens T, decoded in batches of B (left
    padding) vs one prompt at a time, with the end-of-code-block stop off in both so that each run
-   decodes the same number of steps per row (tokens/s compares like with like).
+   decodes the same number of steps per row (tokens/s compares like with like); and the project's
+   loop against transformers' own batched `model.generate` (batches of B, end of turn and
+   max_new_tokens the only stops in both): time, and how many completions have the same text.
 
 Prints one JSON object (and writes it to --out when given). On a shared machine the figures move
 with the load: the script reports the 1-minute load average next to them.
@@ -59,7 +61,40 @@ def generation_part(model_dir: Path, tasks: list[dict], system_prompt: str, n: i
                      "tokens_per_second": round(g.tokens_per_second, 2)}
     out["speedup"] = round(out["unbatched"]["seconds"] / out["batched"]["seconds"], 2)
     out["tokens_per_second_ratio"] = round(out["batched"]["tokens_per_second"] / out["unbatched"]["tokens_per_second"], 2)
+    out["library"] = library_part(model, tokenizer, prompts, batch_size, max_new_tokens)
     return out
+
+
+def library_part(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> dict:
+    """transformers' own batched generation (model.generate, left-padded batches of batch_size,
+    greedy) against the project's loop (generate.Transformers, continuous batching), both stopping
+    at end of turn or max_new_tokens alone: the same greedy tokens, and the time each takes."""
+    import torch
+
+    from qi_expert import decoding
+
+    ours = generate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             stop_at_fence=False, stop_on_repetition=False)
+    eos = decoding.stop_ids(model, tokenizer)
+    tokenizer.padding_side = "left"
+    texts: list[str] = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[b:b + batch_size], add_special_tokens=False, return_tensors="pt", padding=True)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0])
+            for row in out[:, batch["input_ids"].shape[1]:].tolist():
+                kept = []
+                for tok in row:
+                    if tok in eos:
+                        break
+                    kept.append(tok)
+                texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    seconds = time.perf_counter() - t0
+    return {"model_generate_seconds": round(seconds, 2), "ours_seconds": round(ours.seconds, 2),
+            "ours_speedup": round(seconds / ours.seconds, 2),
+            "same_text": sum(a == [b] for a, b in zip(ours.completions, texts)), "of": len(prompts)}
 
 
 def main(argv: list[str] | None = None) -> dict:
