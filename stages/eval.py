@@ -11,8 +11,13 @@ binary rates, the graded metrics, generation; `paired`: every comparison with in
 metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with the results as an artifact.
 """
 
-from qi_expert import evaluate, io, tracking
-from qi_expert.config import resolve_path, stage_entry
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+
+from qi_expert import evaluate, io, tracking  # noqa: E402
+from qi_expert.config import resolve_path, stage_entry  # noqa: E402
 
 OUT = resolve_path("data/eval")
 METRICS = resolve_path("metrics/eval.json")

@@ -9,12 +9,15 @@ metrics/gguf.json (sizes, conversion/quantization seconds, tokens/s against tran
 `quantization_cost`: the eval benchmark scored on the f16, q8_0 and q4_k_m files through llama.cpp).
 """
 
+import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
 
-from qi_expert import basemodel, bench, export, gguf, io, quantcost, tracking
-from qi_expert.config import resolve_path, stage_entry
+from omegaconf import OmegaConf  # noqa: E402
+
+from qi_expert import basemodel, bench, export, gguf, io, quantcost, tracking  # noqa: E402
+from qi_expert.config import resolve_path, stage_entry  # noqa: E402
 
 OUT = resolve_path("models/gguf")
 METRICS = resolve_path("metrics/gguf.json")

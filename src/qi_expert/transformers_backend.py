@@ -361,9 +361,10 @@ class Transformers:
 
     Hand-written rather than `model.generate`: the library's batched generation keeps every row
     of a batch decoding until the longest is done and prefills the shared prefix once per row.
-    benchmarks/eval_batching.py and generation_batch_size.py measure this loop (batched vs one at
-    a time, by batch size); a like-for-like figure against model.generate's own batching is still
-    to be taken. Its greedy tokens equal model.generate's (tests/test_eval.py).
+    Measured (benchmarks/eval_batching.py --n-gen 16 --batch-size 16 --max-new-tokens 384, the
+    SmolLM2 base in fp32, 2 cores, both stopping at end of turn or 384 tokens alone): this loop
+    48.7 s, model.generate in batches of 16 82.3 s (1.69x), the same text on 16 of 16 prompts.
+    Its greedy tokens equal model.generate's (tests/test_eval.py).
     """
 
     name = "transformers"
