@@ -27,10 +27,11 @@ EVAL_RESULTS = resolve_path("data/eval/results.jsonl")
 def base_model_dir(model) -> Path:
     """The Hugging Face directory of the base model: the prepare out, or the Hub cache (GPU models)."""
     local = basemodel.base_dir(model)
-    for candidate in (resolve_path(str(model.base_model)), local):
-        if (candidate / "config.json").is_file():
-            return candidate
-    if str(model.source.kind) == "hub":
+    if not basemodel.is_hub_id(model):
+        for candidate in (resolve_path(str(model.base_model)), local):
+            if (candidate / "config.json").is_file():
+                return candidate
+    else:
         # prepare does not download Hub models; on the GPU machine Axolotl has cached it by now.
         from huggingface_hub import snapshot_download
 

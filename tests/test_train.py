@@ -115,6 +115,16 @@ def test_gpu_entries_generate_qlora_bf16_flash_yaml(name):
     assert yaml.safe_load(text) == y  # what is written is what was built
 
 
+def test_one_answer_to_is_the_base_model_a_hub_id(tmp_path):
+    """basemodel.is_hub_id decides for train (Axolotl's base_model), eval and gguf alike."""
+    cpu, gpu = compose_conf(), compose_conf(["model=qwen2.5-coder-7b"])
+    local = compose_conf(["model=qwen2.5-coder-7b", f"model.base_model={tmp_path}"])
+    assert [basemodel.is_hub_id(c.model) for c in (cpu, gpu, local)] == [False, True, False]
+    assert axolotl_config.build(gpu, cuda=True)["base_model"] == "Qwen/Qwen2.5-Coder-7B-Instruct"
+    assert axolotl_config.build(local, cuda=True)["base_model"] == str(tmp_path)
+    assert axolotl_config.build(cpu, cuda=False)["base_model"] == "models/base/smollm2-135m"
+
+
 def test_codellama_template_is_given_as_jinja():
     """Axolotl 0.19 has no built-in `llama2` template: the entry's name becomes its Jinja text."""
     y = axolotl_config.build(compose_conf(["model=codellama-7b"]), cuda=True)

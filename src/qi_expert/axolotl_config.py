@@ -77,14 +77,6 @@ def _rel(path: str | Path) -> str:
         return str(p)
 
 
-def is_local_model(model: DictConfig) -> bool:
-    """True when base_model names a directory (prepare's output or a local path), not a Hub id."""
-    if str(model.source.kind) != "hub":
-        return True
-    base = str(model.base_model)
-    return base.startswith((".", "/", "~", "models/")) or resolve_path(base).exists()
-
-
 def chat_template_keys(name: str) -> dict[str, Any]:
     if name in EXTRA_TEMPLATES:
         return {"chat_template": "jinja", "chat_template_jinja": EXTRA_TEMPLATES[name]}
@@ -111,7 +103,7 @@ def build(cfg: DictConfig, cuda: bool, mlflow: bool = False,
     adapter = str(cfg.adapter)
     if adapter not in ("lora", "qlora"):
         raise ValueError(f"adapter must be lora or qlora, not {adapter!r}")
-    base = _rel(m.base_model) if is_local_model(m) else str(m.base_model)
+    base = str(m.base_model) if basemodel.is_hub_id(m) else _rel(m.base_model)
     y: dict[str, Any] = {
         "base_model": base,
         "tokenizer_config": base,

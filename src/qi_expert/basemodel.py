@@ -80,6 +80,14 @@ def base_dir(model: DictConfig) -> Path:
     return resolve_path(f"models/base/{model.name}")
 
 
+def is_hub_id(model: DictConfig) -> bool:
+    """The one answer to "is model.base_model a Hub id (fetched on the GPU machine) or a folder?":
+    a Hub id when the entry's source is the Hub and base_model neither looks like a path nor exists."""
+    base = str(model.base_model)
+    return (str(model.source.kind) == "hub" and not base.startswith((".", "/", "~", "models/"))
+            and not resolve_path(base).exists())
+
+
 def find_gguf(package: str, filename: str) -> Path:
     """The GGUF file inside an installed wheel, found without importing the package."""
     spec = importlib.util.find_spec(package)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from qi_expert import compliance as compliance_rules
-from qi_expert import generate, graded, patterns, sandbox, stats, typecheck
+from qi_expert import basemodel, generate, graded, patterns, sandbox, stats, typecheck
 
 MAX_DIAGNOSTICS = 20
 METRIC_KEYS = ("compile_rate", "compliance_rate", "compliance_score", "forbidden_rate", "test_pass_rate")
@@ -327,9 +327,8 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
     else:
         metrics["mode"] = "model"
         arms = arms_mod.parse_arms(ec.arms, adapter=ec.adapter)  # bad arms fail before the model loads
-        base = resolve_path(cfg.model.base_model)
-        if not base.is_dir() and cfg.model.source.kind == "hub":
-            base = str(cfg.model.base_model)  # a Hub id (GPU entries): transformers fetches it
+        # A Hub id (GPU entries): transformers fetches it; else the prepared (or a local) folder.
+        base = str(cfg.model.base_model) if basemodel.is_hub_id(cfg.model) else resolve_path(cfg.model.base_model)
         store = None
         if any(a.retrieval for a in arms):
             store = retrieval.Store(resolve_path(ec.retrieval.store), corpus=cfg.corpus)

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from qi_expert import axolotl_config, io, lifetime
+from qi_expert import axolotl_config, basemodel, io, lifetime
 from qi_expert.config import ROOT, resolve_path
 
 FINGERPRINT = "RUN_FINGERPRINT.json"
@@ -45,7 +45,7 @@ class TrainInputError(RuntimeError):
 def check_inputs(cfg: DictConfig) -> None:
     """Clear errors before anything is launched: missing base model, no chat template, no data."""
     m, tc = cfg.model, cfg.train
-    if axolotl_config.is_local_model(m):
+    if not basemodel.is_hub_id(m):
         base = resolve_path(m.base_model)
         if not (base / "config.json").is_file():
             hint = ("run the prepare stage first (`python stages/prepare.py` or `dvc repro prepare`)"
