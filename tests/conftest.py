@@ -23,7 +23,7 @@ def _mlflow_in_tmp(tmp_path, monkeypatch):
 def make_checkout(tmp_path_factory):
     """A factory of checkouts to run stages in as DVC does (`python stages/<stage>.py`, cwd = the
     checkout): this project's code, config, sample corpus and benchmark, and its node_modules
-    (the pinned TypeScript) linked, not copied."""
+    (the pinned TypeScript) and tools/ (llama.cpp's converters) linked, not copied."""
     import shutil
 
     root_of_project = Path(__file__).resolve().parents[1]
@@ -36,6 +36,9 @@ def make_checkout(tmp_path_factory):
         for rel in ("dvc.yaml", "params.yaml", "package.json"):
             shutil.copy(root_of_project / rel, root / rel)
         (root / "node_modules").symlink_to(root_of_project / "node_modules")
+        # llama.cpp's converters (scripts/setup.sh), git-ignored like node_modules: a checkout in a
+        # temporary folder has no enclosing one to find them in.
+        (root / "tools").symlink_to(root_of_project / "tools")
         return root
 
     return make

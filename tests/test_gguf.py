@@ -71,7 +71,7 @@ def tiny(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("tiny")
     base = build_llama(root / "base", tokenizer, hidden=256, intermediate=512, max_positions=1024, initializer_range=0.2)
     model = LlamaForCausalLM.from_pretrained(base).eval()
-    torch.manual_seed(1)  # the adapter's lora_A
+    # lora_A draws from the RNG where build_llama left it (seeded): the same adapter every run
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     with torch.no_grad():

@@ -30,9 +30,11 @@ from typing import Mapping, Sequence
 from qi_expert import lifetime
 from qi_expert.config import PACKAGE_ROOT, ROOT, resolve_path
 
-# tools/ is git-ignored: a queued DVC experiment runs in a temporary copy without it, so the
-# checkout the package is installed from is looked in too. QI_LLAMA_CPP_DIR overrides both.
-LLAMA_CPP_DIRS = (ROOT / "tools" / "llama.cpp", PACKAGE_ROOT / "tools" / "llama.cpp")
+# tools/ is git-ignored: a queued DVC experiment runs in a temporary copy under .dvc/tmp/exps
+# without it (and runs that copy's code: the stage scripts put its src/ first), so the enclosing
+# checkouts are looked in too, then the one the package is installed from, as node.modules does
+# for node_modules. QI_LLAMA_CPP_DIR overrides them all.
+LLAMA_CPP_DIRS = tuple(folder / "tools" / "llama.cpp" for folder in (ROOT, *ROOT.parents, PACKAGE_ROOT))
 MANIFEST = "manifest.json"
 ADAPTER_SUFFIX = "-lora-f16.gguf"
 BASE_SUFFIX = "-base-f16.gguf"
