@@ -21,6 +21,31 @@ from typing import Sequence
 from qi_expert import decoding
 
 
+def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list[str], *, eos: set[int],
+                 stop_check, max_new_tokens: int, sample: bool, temperature: float, generator):
+    """One decoding step's token per running row (arg-max, or sampled at `temperature`), appended to
+    its row; a row that stops gets its reason. Returns (the tokens, positions of the rows going on)."""
+    import torch
+
+    if sample:
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    else:
+        nxt = logits.argmax(dim=-1)
+    keep = []
+    for j, (row, tok) in enumerate(zip(rows, nxt.tolist())):
+        if tok in eos:
+            reasons[row] = "eos"
+            continue
+        tokens[row].append(tok)
+        reason = stop_check(tokens[row])
+        if reason:
+            reasons[row] = reason
+        elif len(tokens[row]) < max_new_tokens:
+            keep.append(j)
+    return nxt, keep
+
+
 def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[int], sample: bool,
             temperature: float, generator, stop_check, marks: list | None = None) -> tuple[list[list[int]], list[str]]:
     """Greedy/sampled decoding of one left-padded batch with a KV cache.
@@ -43,22 +68,9 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
     if marks is not None:
         marks.append(time.perf_counter())  # the first token is one arg-max away: its time is the prefill's
     for _ in range(max_new_tokens):
-        if sample:
-            probs = torch.softmax(logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            nxt = logits.argmax(dim=-1)
-        keep = []
-        for j, (row, tok) in enumerate(zip(rows, nxt.tolist())):
-            if tok in eos:
-                reasons[row] = "eos"
-                continue
-            tokens[row].append(tok)
-            reason = stop_check(tokens[row])
-            if reason:
-                reasons[row] = reason
-            elif len(tokens[row]) < max_new_tokens:
-                keep.append(j)
+        nxt, keep = _next_tokens(logits, rows, tokens, reasons, eos=eos, stop_check=stop_check,
+                                 max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
+                                 generator=generator)
         if not keep:
             break
         if len(keep) < len(rows):
@@ -325,22 +337,9 @@ def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: i
             running.add(new, mask, cache, out.logits[:, -1, :])
             stats["refills"] += 1
             stats["prefill_tokens"] += sum(len(encoded[r]) - prefix for r in new)
-        if sample:
-            probs = torch.softmax(running.logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            nxt = running.logits.argmax(dim=-1)
-        keep = []
-        for j, (row, tok) in enumerate(zip(running.ids, nxt.tolist())):
-            if tok in eos:
-                reasons[row] = "eos"
-                continue
-            tokens[row].append(tok)
-            reason = stop_check(tokens[row])
-            if reason:
-                reasons[row] = reason
-            elif len(tokens[row]) < max_new_tokens:
-                keep.append(j)
+        nxt, keep = _next_tokens(running.logits, running.ids, tokens, reasons, eos=eos, stop_check=stop_check,
+                                 max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
+                                 generator=generator)
         nxt = nxt[keep] if len(keep) < len(nxt) else nxt
         running.keep(keep)
         if not running:
