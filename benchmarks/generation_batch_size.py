@@ -1,9 +1,10 @@
 """Eval generation throughput by batch size (continuous batching), on the real benchmark prompts.
 
-    python benchmarks/generation_batch_size.py [--sizes 16 32 54] [--max-new-tokens 128]
+    python benchmarks/generation_batch_size.py [--sizes 16 32 54] [--max-new-tokens 128] [--precision bf16]
 
-The base model (models/base) completes the 54 benchmark prompts greedily at each batch size;
-prints tokens/s and whether the completions are the same text as at the first size.
+The base model (models/base) completes the 54 benchmark prompts greedily at each batch size, in
+the eval's decoding precision (eval.cpu_precision, or --precision); prints tokens/s and whether the
+completions are the same text as at the first size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from qi_expert import bench, generate  # noqa: E402
+from qi_expert import basemodel, bench, generate  # noqa: E402
 from qi_expert.config import load_params, resolve_path  # noqa: E402
 
 
@@ -23,11 +24,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 54])
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                    help="decoding precision (default: eval.cpu_precision as the eval resolves it)")
     args = ap.parse_args()
     cfg = load_params()
     tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))
     model, tok = generate.load_model(resolve_path(cfg.model.base_model))
     prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt) for t in tasks]
+    precision = args.precision or basemodel.cpu_precision(str(cfg.eval.get("cpu_precision", "fp32")), "eval.cpu_precision")
+    model = generate.generation_model(model, precision)
+    print(f"decoding precision: {precision}")
     first = None
     print("| batch size | new tokens | seconds | tokens/s | same completions as the first |")
     print("|---|---|---|---|---|")

@@ -82,7 +82,7 @@ def plain_run(cfg, steps: int) -> dict:
            for m in rows]
     random.Random(int(cfg.seed)).shuffle(seq)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                 attn_implementation=str(cfg.train.cpu_attention))
+                                                 attn_implementation=axolotl_config.cpu_attention(str(cfg.train.cpu_attention)))
     if str(cfg.adapter) == "qlora":
         raise SystemExit("the plain loop compares the LoRA path; run it with adapter=lora")
     model = get_peft_model(model, LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha),

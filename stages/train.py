@@ -79,6 +79,10 @@ def summarise(state: dict, rows: list[dict], y: dict, wall: float, train_seconds
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "trainable_parameters": model_report.get("trainable_parameters"),
         "linear4bit_layers": model_report.get("linear4bit_layers"),
+        # How the model attended (train.cpu_attention): qi_sdpa_packed attends each packed row on
+        # its own; forward passes (training and validation) that did so vs that fell back.
+        "attention": model_report.get("attention"),
+        "attention_forwards": token_report.get("attention_forwards"),
     }
 
 

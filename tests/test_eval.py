@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qi_expert import basemodel, bench, decoding, evaluate, generate, io, sandbox, transformers_backend
+from qi_expert import attention, basemodel, bench, decoding, evaluate, generate, io, sandbox, transformers_backend
 from qi_expert.config import ROOT, load_params, resolve_path
 
 CORPUS = ROOT / "data/sample/typescript"
@@ -566,7 +566,7 @@ def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
     decoder = generate.generation_model(model, "bf16")
     assert next(decoder.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
     assert generate.generation_model(model, "fp32") is model
-    with transformers_backend._fast_attention(decoder):
+    with attention.gqa_attention(decoder):
         cache = transformers_backend._new_cache(decoder)
         decoder(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
                 past_key_values=cache, use_cache=True)

@@ -308,6 +308,9 @@ def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(trained):
     assert m["train_loss_final_mean5"] < m["train_loss_first"] * 0.8
     assert m["val_loss_final"] < m["val_loss_first"]
     assert 0 <= m["padding_share"] <= 0.2 and m["tokens_per_second"] > 0
+    # train.cpu_attention=sdpa_packed: every forward pass attended its packed rows one by one.
+    assert m["attention"] == "qi_sdpa_packed" and m["attention_forwards"]["packed"] > 0
+    assert m["attention_forwards"]["stock"] == 0
     lines = (project / "metrics" / "train_loss.csv").read_text().splitlines()
     assert lines[0] == "step,train_loss,val_loss" and len(lines) == 1 + 9  # steps 0 (eval) .. 8
     written = yaml.safe_load((project / "models" / "train" / "axolotl.yaml").read_text())

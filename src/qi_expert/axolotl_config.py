@@ -10,9 +10,10 @@ Two device profiles:
 * CUDA (the 7B entries): 4-bit QLoRA (bitsandbytes nf4, double quantisation), bf16, gradient
   checkpointing, flash attention 2, sample packing, paged 8-bit AdamW.
 * CPU (the embedded SmolLM2 default; also what a test runs): fp32, no bf16/fp16/tf32,
-  `train.cpu_attention` (sdpa by default, or eager: with sample packing Axolotl drops the
-  attention mask and transformers builds a block-diagonal mask from position_ids, so packed
-  samples do not see each other; no flash attention/xformers), Axolotl's CUDA-only LoRA kernels
+  `train.cpu_attention` (sdpa_packed by default, sdpa or eager: with sample packing Axolotl
+  drops the attention mask and transformers builds a block-diagonal mask from position_ids, so
+  packed samples do not see each other; sdpa_packed attends each of them on its own instead; no
+  flash attention/xformers), Axolotl's CUDA-only LoRA kernels
   off, adamw_torch, no pinned memory. `adapter: qlora` still gives real bitsandbytes Linear4bit
   layers on CPU.
 """
@@ -66,6 +67,16 @@ AXOLOTL_ENV = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
 }
+
+
+CPU_ATTENTION = {"sdpa_packed": "sdpa", "sdpa": "sdpa", "eager": "eager"}  # train.cpu_attention -> transformers'
+
+
+def cpu_attention(name: str) -> str:
+    """The attn_implementation transformers loads the model with for train.cpu_attention."""
+    if name not in CPU_ATTENTION:
+        raise ValueError(f"train.cpu_attention: {name!r} is not one of {sorted(CPU_ATTENTION)}")
+    return CPU_ATTENTION[name]
 
 
 def _rel(path: str | Path) -> str:
@@ -180,8 +191,11 @@ def build(cfg: DictConfig, cuda: bool, mlflow: bool = False,
             "fp16": False,
             "tf32": False,
             "gradient_checkpointing": bool(m.gradient_checkpointing),
-            # sdpa or eager (not flash/xformers): both run on CPU and keep packed samples apart.
-            "attn_implementation": str(tc.cpu_attention),
+            # sdpa or eager (not flash/xformers): both run on CPU and keep packed samples apart;
+            # sdpa_packed is sdpa with each packed row attended on its own (the plugin switches
+            # the loaded model to qi_expert.attention's function: same result, less work).
+            "attn_implementation": cpu_attention(str(tc.cpu_attention)),
+            "qi_packed_attention": str(tc.cpu_attention) == "sdpa_packed",
             "optimizer": "adamw_torch",
             "dataloader_pin_memory": False,
             # Axolotl switches these CUDA/Triton kernels on by itself: "Torch not compiled with CUDA".

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-CODE_FILES = ("generate.py", "decoding.py", "transformers_backend.py", "gencache.py")
+CODE_FILES = ("generate.py", "decoding.py", "transformers_backend.py", "attention.py", "gencache.py")
 
 
 def cache_dir(kind: str = "generations") -> Path:

@@ -45,6 +45,12 @@ def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
     """Mean NLL (nats/token) of each answer after its prompt; None where there is no answer.
 
     `dtype`: autocast the forward to it (autocast_dtype(model) picks bf16 where the CPU has it).
+    Rows are RIGHT-padded and run without an attention mask: a causal model never attends to
+    what comes after a token, so the padding cannot change the answer's logits, and attention
+    takes torch's unmasked causal kernel with the grouped key/value heads shared. Measured
+    (benchmarks/reference_loss_speed.py, base model, 54 tasks, bf16 autocast): 42.2 vs 52.1 s
+    for the plain prompts and 65.8 vs 86.3 s for the +retrieval ones against left padding with a
+    mask; per-task losses within 0.016 of it (bf16 sums in another order).
     """
     import contextlib
 
@@ -61,21 +67,16 @@ def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
         for b in range(0, len(jobs), batch_size):
             chunk = jobs[b:b + batch_size]
             width = max(len(p) + len(a) for _, p, a in chunk)
-            keep = max(len(a) for _, _, a in chunk) + 1  # the logits that predict every answer token
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (_, p, a) in enumerate(chunk):  # LEFT padding: every answer ends at the last column
-                seq = p + a
-                ids[r, width - len(seq):] = torch.tensor(seq)
-                mask[r, width - len(seq):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device), logits_to_keep=keep).logits.float()
-            logp = torch.log_softmax(logits[:, :-1, :], dim=-1)  # position t predicts token t+1
-            targets = ids[:, width - keep + 1:].to(device)
-            token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
-            for r, (i, _, a) in enumerate(chunk):
-                n = len(a)
-                nll = -float(token_logp[r, -n:].sum()) / n
+            for r, (_, p, a) in enumerate(chunk):
+                ids[r, :len(p) + len(a)] = torch.tensor(p + a)
+            # Position t predicts token t + 1: the logits from the shortest prompt's last token on.
+            first = min(len(p) for _, p, _ in chunk) - 1
+            logits = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=width - first).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)  # column j: position first + j
+            for r, (i, p, a) in enumerate(chunk):
+                start = len(p) - 1 - first
+                targets = torch.tensor(a, device=device)[:, None]
+                nll = -float(logp[r, start:start + len(a)].gather(-1, targets).sum()) / len(a)
                 out[i] = nll if math.isfinite(nll) else None
     return out

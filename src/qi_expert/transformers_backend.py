@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from typing import Sequence
 
-from qi_expert import decoding
+from qi_expert import attention, decoding
 
 
 def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list[str], *, eos: set[int],
@@ -196,17 +195,17 @@ def _plain_layers(cache) -> bool:
 
 
 def _kv_dtype(model):
-    """float32 for a bf16 model on CPU decoding through _sdpa_gqa, else None (the model's dtype).
+    """float32 for a bf16 model on CPU decoding through attention._sdpa_gqa, else None (the model's dtype).
 
     torch's CPU flash-attention kernel is ~3x slower in bf16 than in fp32 for one query token
     (profile of 33 decode steps x 16 rows: 2.29 vs 0.75 s), while the bf16 matmuls take half the
     time of fp32 ones (weights read from memory: 217 vs 418 us for a 576x1536 linear at 16 rows).
-    So a bf16 model keeps its KV cache in fp32 and attends in fp32 (_sdpa_gqa casts the query).
+    So a bf16 model keeps its KV cache in fp32 and attends in fp32 (attention._sdpa_gqa casts the query).
     """
     import torch
 
     param = next(model.parameters())
-    fast = getattr(model.config, "_attn_implementation", None) == FAST_ATTENTION
+    fast = getattr(model.config, "_attn_implementation", None) == attention.GQA
     return torch.float32 if (fast and param.device.type == "cpu" and param.dtype == torch.bfloat16) else None
 
 
@@ -217,54 +216,6 @@ def _new_cache(model):
         layer_class = _growing_layer(_kv_dtype(model))
         cache.layers = [layer_class() for _ in cache.layers]
     return cache
-
-
-FAST_ATTENTION = "qi_sdpa_gqa"
-
-
-def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers' sdpa attention without copying the grouped key/value heads.
-
-    With an attention mask (always, with padded batches) transformers repeats each key/value head
-    for its query heads (repeat_kv: SmolLM2 has 3 kv heads for 9 query heads) before calling
-    scaled_dot_product_attention; `enable_gqa=True` lets torch share them instead (~3x less work
-    in the attention here). Anything unusual goes to the stock function.
-    """
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    out_dtype = query.dtype
-    if key.dtype != query.dtype:  # a bf16 model with its fp32 KV cache (_kv_dtype): attend in fp32
-        query = query.to(key.dtype)
-        if attention_mask is not None and attention_mask.is_floating_point():
-            attention_mask = attention_mask.to(key.dtype)
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups <= 1 or attention_mask is None or kwargs.get("position_bias") is not None or dropout:
-        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                              scaling=scaling, is_causal=is_causal, **kwargs)
-        return out.to(out_dtype), weights
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                                           is_causal=False, enable_gqa=True)
-    return out.transpose(1, 2).contiguous().to(out_dtype), None
-
-
-@contextmanager
-def _fast_attention(model):
-    """Use _sdpa_gqa while we decode (only for a model on plain sdpa), then put the original back."""
-    before = getattr(model.config, "_attn_implementation", None)
-    if before != "sdpa":
-        yield
-        return
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    AttentionInterface.register(FAST_ATTENTION, _sdpa_gqa)
-    AttentionMaskInterface.register(FAST_ATTENTION, sdpa_mask)
-    model.set_attn_implementation(FAST_ATTENTION)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 def _plain_dynamic_cache(model) -> bool:
@@ -390,7 +341,7 @@ class Transformers:
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed) if sample else None
         t0 = time.perf_counter()
-        with torch.inference_mode(), _fast_attention(model):
+        with torch.inference_mode(), attention.gqa_attention(model):
             if self.continuous and _plain_dynamic_cache(model):
                 toks, reasons, stats = _decode_continuous(
                     model, encoded, batch_size=batch_size, max_new_tokens=policy.max_new_tokens, eos=eos,
