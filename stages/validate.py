@@ -5,7 +5,8 @@ anti-patterns and duplicates, pair counter-examples with their corrections.
 
 Writes data/validated/{accepted,rejected,pairs,augmented}.jsonl and metrics/validate.json.
 With augment.enabled, rewritten variants of accepted records (qi_expert.augment) are checked like
-corpus records and the admitted ones, at most augment.max_share of all rows, go to augmented.jsonl.
+corpus records, and run the corpus's test cases of their parents in the sandbox (augment.run_tests);
+the admitted ones, at most augment.max_share of all rows, go to augmented.jsonl.
 Feedback on served answers (feedback.file, qi_expert.feedback) is checked the same way: the
 accepted rows go to feedback.jsonl, the others to feedback_rejected.jsonl (neither is written
 while there is no feedback).
@@ -21,6 +22,7 @@ from collections import Counter
 
 from qi_expert import augment, feedback, io, tracking, validate
 from qi_expert.config import resolve_path, stage_entry
+from qi_expert.sandbox import SandboxError
 from qi_expert.typecheck import TypeCheckError
 
 RECORDS = resolve_path("data/extracted/records.jsonl")
@@ -35,15 +37,20 @@ def run(cfg):
     try:
         build = validate.answer_builder(project, cfg.corpus.tsconfig)
         accepted, rejected, pairs, metrics = validate.validate(records, project, cfg.corpus.tsconfig, cfg.validate, build)
-        candidates, admitted, refused = [], [], []
+        candidates, admitted, refused, tests = [], [], [], {}
         if cfg.augment.enabled:
             candidates = augment.variants(accepted, list(cfg.augment.kinds))
             passed, refused = validate.admit_variants(candidates, accepted, project, cfg.corpus.tsconfig,
                                                       cfg.validate, build)
+            if cfg.augment.run_tests:
+                passed, failed, tests = validate.test_variants(
+                    passed, accepted, project, cfg.corpus.tsconfig, cfg.validate,
+                    isolation=str(cfg.augment.sandbox), timeout=float(cfg.augment.test_timeout_seconds))
+                refused += failed
             admitted = augment.capped(passed, len(accepted) + len(pairs), cfg.augment.max_share)
         feedback_rows = feedback.read_rows(resolve_path(cfg.feedback.file))
         feedback_ok, feedback_refused = validate.admit_feedback(feedback_rows, project, cfg.corpus.tsconfig, cfg.validate)
-    except (TypeCheckError, ValueError) as e:
+    except (TypeCheckError, ValueError, SandboxError) as e:
         sys.exit(f"validate: {e}")
     metrics["augmented"] = {
         "enabled": bool(cfg.augment.enabled),
@@ -52,6 +59,10 @@ def run(cfg):
         "left_out_by_cap": len(candidates) - len(refused) - len(admitted),
         "refused_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in refused).items())),
         "admitted_by_origin": dict(sorted(Counter(r["origin"] for r in admitted).items())),
+        # Variants a corpus test case can check (augment.run_tests), the test runs in the sandbox,
+        # and tests that fail with the parent too (they check nothing).
+        "tests": tests,
+        "admitted_tested": sum(1 for r in admitted if r.get("tests_passed")),
     }
     metrics["feedback"] = {
         "rows": len(feedback_rows),

@@ -195,3 +195,29 @@ def test_variants_are_verified_before_admission(corpus):
                                                                       sorted(x["id"] for x in admitted)[:3]]
     with pytest.raises(ValueError, match="augment.kinds"):
         augment.variants(accepted, ["paraphrase"])
+
+
+def test_variants_run_their_parents_test_cases_before_admission(corpus):
+    """checkQuote's corpus test case ("a crossed quote fails") carries checkQuote: its variant runs
+    that test in the sandbox; one that compiles but behaves otherwise fails it and is refused."""
+    root, cfg, accepted, *_ = corpus
+    admitted, _ = validate.admit_variants(augment.variants(accepted, list(cfg.augment.kinds)), accepted, root,
+                                          "tsconfig.json", cfg.validate)
+    variant = next(a for a in admitted if a["name"] == "checkQuote" and a["origin"] == "explicit_error_type")
+    assert "Result<Quote, QiError>" in variant["code"]
+    # Compiles alone and breaks no rule, but never fails: the test case catches it.
+    lenient = {**variant, "id": "lenient",
+               "code": variant["code"].replace("q.bid > q.ask ?", "q.bid > q.ask && false ?")}
+    lenient["module"] = variant["module"].replace(variant["code"].strip(), lenient["code"].strip())
+    kept, refused, counts = validate.test_variants([variant, lenient], accepted, root, "tsconfig.json",
+                                                   cfg.validate, isolation="bwrap")
+    test_case = next(r["id"] for r in accepted if r["name"] == "a crossed quote fails")
+    assert [k["id"] for k in kept] == [variant["id"]] and kept[0]["tests_passed"] == [test_case]
+    assert [(r["id"], r["reason"]) for r in refused] == [("lenient", "test_failed")]
+    assert counts == {"variants_with_tests": 2, "test_runs": 3, "unusable_tests": 0}
+    # The test module the variant ran: the variant in place of checkQuote, QiError imported once.
+    module = modules.swap_unit(next(r for r in accepted if r["id"] == test_case)["module"],
+                               next(r for r in accepted if r["id"] == variant["parent_id"])["code"],
+                               variant["code"], variant["module"])
+    assert "checkQuote(q: Quote): Result<Quote, QiError>" in module and module.count("QiError }") + \
+        module.count("QiError,") == 1

@@ -298,6 +298,34 @@ def standalone(rec: Mapping, files: CorpusFiles | None = None,
     return ("\n".join(lines) + "\n\n" + module) if lines else module
 
 
+def swap_unit(module: str, old: str, new: str, new_module: str) -> str | None:
+    """`module` with the unit `old` written as `new` (a variant of it), plus the imports of
+    `new_module` (the variant's own module) that `module` does not bind yet; None when `old` is not
+    in `module` word for word. Used to run a corpus test case against a variant of what it tests."""
+    statements, rest = _split_imports(module)
+    if not old.strip() or old.strip() not in rest:
+        return None
+    rest = rest.replace(old.strip(), new.strip(), 1)
+    bound: set[str] = set()
+    for st in statements:
+        _, specs, others, _ = _specifiers(st)
+        bound |= {local for _, local, _ in specs} | set(others)
+    added = []
+    for st in _split_imports(new_module)[0]:
+        source, specs, others, type_only = _specifiers(st)
+        if others:  # a default or namespace import: the whole statement, unless its names are bound
+            if not set(others) <= bound:
+                added.append(st)
+                bound |= set(others) | {local for _, local, _ in specs}
+            continue
+        missing = [s for s in specs if s[1] not in bound]
+        if missing:
+            names = ", ".join(_specifier_text(*s) for s in missing)
+            added.append(f'import {"type " if type_only else ""}{{ {names} }} from "{source}";')
+            bound |= {local for _, local, _ in missing}
+    return "\n".join(statements + added) + "\n\n" + rest.lstrip("\n")
+
+
 def local_imports(module: str) -> list[str]:
     """Relative import sources left in a module: files a user asking for it does not have."""
     root = tsast.parse(module).root_node

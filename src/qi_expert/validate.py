@@ -231,6 +231,61 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
     return admitted, refused
 
 
+def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: Path, tsconfig: str, cfg, *,
+                  isolation: str = "bwrap", timeout: float = 10) -> tuple[list[dict], list[dict], dict]:
+    """(kept, refused, counts): the corpus's own test cases run against the variants they can check.
+
+    A test case's module carries what it tests word for word (modules.standalone inlines it), so a
+    variant of that unit is checked by the same module with the variant in its place
+    (modules.swap_unit): compiled, then run in the eval's sandbox next to the unchanged module. A
+    variant whose test does not compile, or fails where the parent's passes, is refused
+    (test_compile_error, test_failed); a test that fails with the parent too checks nothing and is
+    counted as unusable. Each kept variant records the test cases it passed (`tests_passed`).
+    """
+    from qi_expert import sandbox
+
+    by_id = {r["id"]: r for r in accepted}
+    tests = [r for r in accepted if r["unit"] == "test_case" and r.get("module")]
+    plan: dict[str, list[tuple[str, str]]] = {}  # variant id -> [(test id, swapped module)]
+    for v in variants:
+        parent = by_id.get(v.get("parent_id", ""))
+        for t in tests if parent is not None else ():
+            swapped = modules.swap_unit(t["module"], parent["code"], v["code"], v["module"])
+            if swapped is not None:
+                plan.setdefault(v["id"], []).append((t["id"], swapped))
+    counts = {"variants_with_tests": len(plan), "test_runs": 0, "unusable_tests": 0}
+    if not plan:
+        return list(variants), [], counts
+    swapped = {f"{vid}_{tid}": src for vid, checks in plan.items() for tid, src in checks}
+    diagnostics = compile_modules(swapped, project, tsconfig, cfg.ignore_missing_packages)
+    parents = sorted({tid for checks in plan.values() for tid, _ in checks})
+    jobs = [(f"p_{tid}", "export {};\n", by_id[tid]["module"]) for tid in parents]
+    jobs += [(f"v_{name}", "export {};\n", src) for name, src in swapped.items() if not diagnostics[name]]
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=sandbox.isolation_mode(isolation)) as sb:
+        status = {name: r.status for (name, _, _), r in zip(jobs, sb.run_tests(jobs))}
+    counts["test_runs"] = len(jobs)
+    kept, refused = [], []
+    for v in variants:
+        passed, refusal = [], None
+        for tid, _ in plan.get(v["id"], []):
+            name = f"{v['id']}_{tid}"
+            if status[f"p_{tid}"] != "pass":
+                counts["unusable_tests"] += 1
+            elif diagnostics[name]:
+                refusal = {"reason": "test_compile_error", "detail": {"test": tid, "diagnostics": diagnostics[name][:5]}}
+            elif status[f"v_{name}"] != "pass":
+                refusal = {"reason": "test_failed", "detail": {"test": tid, "status": status[f"v_{name}"]}}
+            else:
+                passed.append(tid)
+            if refusal:
+                break
+        if refusal:
+            refused.append({**v, **refusal})
+        else:
+            kept.append({**v, "tests_passed": passed} if v["id"] in plan else dict(v))
+    return kept, refused, counts
+
+
 def admit_feedback(rows: Sequence[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict]]:
     """(accepted, rejected) of the feedback rows with code (feedback.py): checked as a corpus
     record's module is (module_refusal). Accepted rows come out shaped like records for
