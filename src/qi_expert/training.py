@@ -140,8 +140,8 @@ BASE_VAL_SETTINGS = ("base_model", "tokenizer_config", "trust_remote_code", "cha
                      "chat_template_jinja", "test_datasets", "sequence_len", "excess_length_strategy",
                      "sample_packing", "eval_sample_packing", "pad_to_sequence_len", "micro_batch_size",
                      "eval_batch_size", "adapter", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs",
-                     "lora_target_modules", "bf16", "fp16", "tf32", "attn_implementation", "seed",
-                     "data_seed")
+                     "lora_target_modules", "bf16", "fp16", "tf32", "attn_implementation",
+                     "qi_packed_attention", "seed", "data_seed")
 
 
 def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
