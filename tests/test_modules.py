@@ -221,3 +221,14 @@ def test_variants_run_their_parents_test_cases_before_admission(corpus):
                                variant["code"], variant["module"])
     assert "checkQuote(q: Quote): Result<Quote, QiError>" in module and module.count("QiError }") + \
         module.count("QiError,") == 1
+
+
+def test_variant_tests_without_bubblewrap_stop_naming_the_settings(corpus, monkeypatch):
+    from qi_expert import sandbox
+
+    root, cfg, accepted, *_ = corpus
+    admitted, _ = validate.admit_variants(augment.variants(accepted, list(cfg.augment.kinds)), accepted, root,
+                                          "tsconfig.json", cfg.validate)
+    monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
+    with pytest.raises(sandbox.SandboxError, match=r"augment.sandbox=unsafe .*augment.run_tests=false"):
+        validate.test_variants(admitted, accepted, root, "tsconfig.json", cfg.validate, isolation="bwrap")

@@ -280,20 +280,23 @@ def bwrap_works() -> bool:
     return proc.returncode == 0
 
 
-def isolation_mode(preference: str = "bwrap") -> str:
-    """"bwrap" (fails closed where bubblewrap cannot run), or, opted into by name, "unsafe (unshare|preload)"."""
+def isolation_mode(preference: str = "bwrap", param: str = "eval.sandbox") -> str:
+    """"bwrap" (fails closed where bubblewrap cannot run), or, opted into by name, "unsafe (unshare|preload)".
+
+    `param`: the setting the preference came from, named in the errors (eval.sandbox, augment.sandbox).
+    """
     if preference in ("bwrap", "auto"):
         if not bwrap_works():
             raise SandboxError("the eval runs model-written code only inside bubblewrap, which "
                                + ("is not installed" if shutil.which("bwrap") is None else "cannot run here (user namespaces disabled?)")
                                + f": {INSTALL_HINT}. To run it without OS-level isolation anyway, opt in with "
-                               "eval.sandbox=unsafe (recorded in the metrics)")
+                               f"{param}=unsafe (recorded in the metrics)")
         return "bwrap"
     if preference == "unsafe":
         return "unsafe (unshare)" if unshare_works() else "unsafe (preload)"
     if preference in ("unsafe (unshare)", "unsafe (preload)"):  # already resolved
         return preference
-    raise SandboxError(f"eval.sandbox is {preference!r}: bwrap (OS-level isolation) or unsafe (explicit opt-out)")
+    raise SandboxError(f"{param} is {preference!r}: bwrap (OS-level isolation) or unsafe (explicit opt-out)")
 
 
 def _node_json(script: Path, payload: Mapping, timeout: float = 600, writable: Sequence[Path] = ()) -> dict:

@@ -256,12 +256,17 @@ def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: P
     counts = {"variants_with_tests": len(plan), "test_runs": 0, "unusable_tests": 0}
     if not plan:
         return list(variants), [], counts
+    try:
+        mode = sandbox.isolation_mode(isolation, "augment.sandbox")
+    except sandbox.SandboxError as e:
+        raise sandbox.SandboxError(f"augment.run_tests runs the corpus's test cases against {len(plan)} variants: {e}; "
+                                   "or admit variants without running them: augment.run_tests=false") from None
     swapped = {f"{vid}_{tid}": src for vid, checks in plan.items() for tid, src in checks}
     diagnostics = compile_modules(swapped, project, tsconfig, cfg.ignore_missing_packages)
     parents = sorted({tid for checks in plan.values() for tid, _ in checks})
     jobs = [(f"p_{tid}", "export {};\n", by_id[tid]["module"]) for tid in parents]
     jobs += [(f"v_{name}", "export {};\n", src) for name, src in swapped.items() if not diagnostics[name]]
-    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=sandbox.isolation_mode(isolation)) as sb:
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=mode) as sb:
         status = {name: r.status for (name, _, _), r in zip(jobs, sb.run_tests(jobs))}
     counts["test_runs"] = len(jobs)
     kept, refused = [], []
