@@ -33,9 +33,7 @@ def left_padded_nll(model, tokenizer, prompts, answers, *, batch_size: int = 8, 
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    jobs = [(i, tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"])
-            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
-    jobs.sort(key=lambda j: len(j[1]) + len(j[2]))
+    jobs = refloss.encode_jobs(tokenizer, prompts, answers)
     out: list[float | None] = [None] * len(prompts)
     cast = torch.autocast(device_type="cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), cast:

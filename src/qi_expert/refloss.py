@@ -40,6 +40,14 @@ def autocast_dtype(model) -> "torch.dtype | None":
     return torch.bfloat16 if cpu_bf16_supported() else None
 
 
+def encode_jobs(tokenizer, prompts: Sequence[str], answers: Sequence[str | None]) -> list[tuple[int, list, list]]:
+    """[(index, prompt ids, answer ids)] of the prompts that have an answer, shortest first (batches
+    of similar lengths pad little)."""
+    jobs = [(i, tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"])
+            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
+    return sorted(jobs, key=lambda j: len(j[1]) + len(j[2]))
+
+
 def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str | None], *,
                   batch_size: int = 8, dtype: "torch.dtype | None" = None) -> list[float | None]:
     """Mean NLL (nats/token) of each answer after its prompt; None where there is no answer.
@@ -58,9 +66,7 @@ def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[st
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    jobs = [(i, tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"])
-            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
-    jobs.sort(key=lambda j: len(j[1]) + len(j[2]))  # similar lengths together: little padding
+    jobs = encode_jobs(tokenizer, prompts, answers)
     out: list[float | None] = [None] * len(prompts)
     cast = torch.autocast(device_type="cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with torch.inference_mode(), cast:
