@@ -24,7 +24,7 @@ def run(cfg):
     root = resolve_path(cfg.corpus.root)
     started = time.perf_counter()
     try:
-        records, report = extract.extract_corpus(root, cfg.extract)
+        records, report = extract.extract_corpus(root, cfg.extract, str(cfg.corpus.tsconfig))
     except CorpusError as e:
         sys.exit(f"extract: {e}")
     seconds = time.perf_counter() - started
@@ -33,8 +33,13 @@ def run(cfg):
     io.write_json(METRICS, metrics)
     for problem in report.parse_errors + report.blocks_parse_error:
         print(f"extract: skipped, tree-sitter cannot parse cleanly: {problem}", file=sys.stderr)
+    for path, why in report.unclassified.items():
+        print(f"extract: no kind for {path}: {why}", file=sys.stderr)
     for path in report.not_utf8:
         print(f"extract: skipped, not UTF-8: {path}", file=sys.stderr)
+    print(f"extract: @qi packages from {report.layout.found_by}: "
+          + ", ".join(f"{k} ({v})" for k, v in report.layout.packages.items()) if report.layout.packages else
+          f"extract: @qi packages: {report.layout.found_by}: {', '.join(report.layout.package_dirs)}")
     print(f"extract: {len(records)} records from {sum(report.files_by_kind.values())} files "
           f"under {root} in {seconds:.2f}s")
     with tracking.stage_run(cfg, "extract", {"corpus": cfg.corpus, "extract": cfg.extract}) as mlflow:

@@ -202,3 +202,61 @@ def test_sample_corpus_covers_every_kind_type_and_category():
     assert all(summary["records_by_category"][c] > 0 for c in patterns.CATEGORIES)
     assert summary["counter_examples_paired"] > 0 and summary["files_with_parse_errors"] == 0
     json.dumps(records)  # serialisable as is
+
+
+# A real @qi checkout laid out unlike qi-v2-qicore (issue 16): packages under lib/src/<package>,
+# tests in lib/tests, apps in examples/, docs in docs/; nothing in the config changed but the root.
+OTHER_LAYOUT = {
+    "tsconfig.json": """{
+  // comments and trailing commas, as tsconfig allows
+  "compilerOptions": {
+    "strict": true, /* the globs below are strings, not comments */
+    "baseUrl": ".",
+    "paths": {"@qi/base": ["./lib/src/base/index.ts"], "@qi/base/*": ["./lib/src/base/*"],},
+  },
+  "include": ["lib/**/*", "examples/**/*"],
+}""",
+    "lib/src/base/index.ts": "export * from './result';\n",
+    "lib/src/base/result.ts": PATTERN_SNIPPETS["result_creation"],
+    "lib/tests/result.test.ts": "import { describe, it, expect } from 'vitest';\nimport { half } from '@qi/base';\n"
+                                "describe('half', () => {\n  it('halves', () => {\n    expect(half(4).tag).toBe('success');\n  });\n});\n",
+    "examples/pricing/README.md": "# Pricing\n\nPrices an order with Results.\n",
+    "examples/pricing/src/main.ts": PATTERN_SNIPPETS["factory_functions"],
+    "docs/guide.md": "# Guide\n\n```ts\n" + PATTERN_SNIPPETS["error_handling"].strip() + "\n```\n",
+    "vite.config.ts": "export default {};\n",
+    "seed.ts": "export function seed(): number {\n  return 1;\n}\n",
+}
+
+
+def test_another_layout_is_classified_by_what_its_files_are(tmp_path):
+    records, report = extract.extract_corpus(corpus(tmp_path, OTHER_LAYOUT), CFG)
+    by_kind = {r["source_kind"]: r for r in records}
+    assert set(by_kind) == {"implementation", "test", "app", "tutorial"}
+    assert by_kind["implementation"]["source_file"] == "lib/src/base/result.ts"
+    assert by_kind["app"]["context"]["readme"] == "Prices an order with Results."
+    assert report.layout.found_by == "tsconfig paths" and report.layout.packages == {"@qi/base": "lib/src/base"}
+    assert report.unclassified == {"vite.config.ts": "tool configuration",
+                                   "seed.ts": "TypeScript at the corpus root, outside any package or app folder"}
+    assert extract.summarize(records, report)["unclassified_files"] == report.unclassified
+    # The globs still override: the root file becomes an app when the user says so.
+    cfg = compose_conf(["+extract.kinds.app=[seed.ts]"]).extract
+    records, report = extract.extract_corpus(tmp_path, cfg)
+    assert "seed.ts" not in report.unclassified and any(r["source_file"] == "seed.ts" for r in records)
+
+
+def test_packages_declared_by_package_json_when_tsconfig_has_no_paths(tmp_path):
+    files = {k: v for k, v in OTHER_LAYOUT.items() if k != "tsconfig.json"}
+    files["lib/src/base/package.json"] = '{"name": "@qi/base", "main": "index.ts"}'
+    records, report = extract.extract_corpus(corpus(tmp_path, files), CFG)
+    assert report.layout.found_by == "package.json" and report.layout.packages == {"@qi/base": "lib/src/base"}
+    assert {r["source_kind"] for r in records} == {"implementation", "test", "app", "tutorial"}
+    # Declaring no package at all falls back to qi-v2-qicore's layout, and says so.
+    (tmp_path / "lib/src/base/package.json").unlink()
+    _, report = extract.extract_corpus(tmp_path, CFG)
+    assert report.layout.found_by.startswith("conventional layout")
+
+
+def test_a_broken_tsconfig_is_a_clear_error(tmp_path):
+    root = corpus(tmp_path, {**OTHER_LAYOUT, "tsconfig.json": '{"compilerOptions": {'})
+    with pytest.raises(CorpusError, match="tsconfig.json is not valid JSON"):
+        extract.extract_corpus(root, CFG)

@@ -1,16 +1,31 @@
-"""Finding the corpus's source files and reading them safely.
+"""Finding the corpus's source files, telling their kinds apart, and reading them safely.
 
-A corpus is a folder laid out like qi-v2-qicore's typescript/: lib/*/src (implementation),
-lib/tests (tests), app/<demo> (apps with a README), docs/**/*.md (tutorials). Which glob is
-which kind lives in the config (`extract.kinds`), first match wins.
+A corpus is a TypeScript checkout holding @qi packages. Which file is which kind comes from what
+the file is, not from where a particular checkout keeps it:
+
+- the @qi packages are the ones the corpus itself declares: its tsconfig's `paths` (`@qi/base`
+  -> `./lib/base/src/index.ts`), else its package.json files named `@qi/...`; their source
+  folders hold the implementation. A checkout that declares neither is read in qi-v2-qicore's
+  conventional layout (`lib/<package>/src`), and the report says so.
+- tests: `*.test.ts` / `*.spec.ts`, or files in a `test`, `tests` or `__tests__` folder;
+- apps: the other TypeScript files, outside the packages, in a folder below the root (an app is
+  the nearest folder with its own package.json or README.md; its README summary is context);
+- tutorials: Markdown outside the apps (an app's Markdown belongs to the app).
+
+Not classified, each with its reason: tool configuration (`vite.config.ts`, ...), TypeScript at the
+corpus root. `extract.kinds` globs (fnmatch on paths relative to the root, `*` crosses folders)
+override all this, first match wins; `extract.exclude` globs are skipped silently.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
+import re
 import textwrap
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
 from tree_sitter import Tree
@@ -27,36 +42,195 @@ class SourceFile:
     path: Path  # absolute
     rel: str  # posix path relative to the corpus root: what records cite
     kind: str  # tutorial | app | implementation | test
+    app_dir: str = ""  # for apps: the app's folder (relative), whose README.md describes it
 
 
-def kind_of(rel: str, kinds: Mapping[str, Sequence[str]]) -> str | None:
-    for kind, globs in kinds.items():
+TEST_DIRS = frozenset({"test", "tests", "__tests__"})
+TEST_FILE = re.compile(r"\.(test|spec)\.[cm]?tsx?$")
+TOOL_CONFIG = re.compile(r"\.config\.[cm]?ts$")
+# The layout read when the corpus declares no @qi package (qi-v2-qicore's own).
+CONVENTIONAL_PACKAGE_GLOB = "lib/*/src"
+
+
+@dataclass
+class Layout:
+    """Where the corpus's @qi packages keep their sources, and how that was found."""
+
+    package_dirs: list[str]  # relative posix folders
+    packages: dict[str, str] = field(default_factory=dict)  # @qi module name -> its source folder
+    found_by: str = ""  # tsconfig paths | package.json | conventional layout
+
+    def in_package(self, rel: str) -> bool:
+        return any(rel.startswith(d + "/") for d in self.package_dirs)
+
+
+def read_jsonc(path: Path) -> dict:
+    """A tsconfig-style JSON file: // and /* */ comments and trailing commas allowed.
+
+    Written here rather than asking the TypeScript compiler (ts.readConfigFile) so that extraction
+    starts no Node.js process: strings are skipped whole, so a glob like "lib/**/*" is not a comment.
+    """
+    text = path.read_text(encoding="utf-8")
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            i = text.find("*/", i + 2)
+            i = n if i < 0 else i + 2
+        else:
+            out.append(c)
+            i += 1
+    try:
+        return json.loads(re.sub(r",(\s*[}\]])", r"\1", "".join(out)))
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{path} is not valid JSON: {e}") from None
+
+
+def _tsconfig_paths(root: Path, tsconfig: str) -> dict[str, list[str]]:
+    """compilerOptions.paths of the corpus's tsconfig (following `extends` to files in the
+    checkout), with targets made relative to the corpus root."""
+    path, seen = root / tsconfig, set()
+    while path.is_file() and path not in seen:
+        seen.add(path)
+        conf = read_jsonc(path)
+        options = conf.get("compilerOptions") or {}
+        if "paths" in options:
+            base = path.parent / options.get("baseUrl", ".")
+            return {k: [(base / t).resolve().relative_to(root.resolve()).as_posix()
+                        for t in v if (base / t).resolve().is_relative_to(root.resolve())]
+                    for k, v in options["paths"].items()}
+        extends = conf.get("extends")
+        if not isinstance(extends, str) or not extends.startswith("."):
+            break  # an npm package's tsconfig declares no paths into this checkout
+        path = (path.parent / extends).resolve()
+        path = path if path.suffix == ".json" else path.with_suffix(".json")
+    return {}
+
+
+def _source_folder(target: str) -> str:
+    """`lib/base/src/index.ts` or `lib/base/src/*` -> `lib/base/src`."""
+    p = PurePosixPath(target.replace("*", "x"))
+    return p.parent.as_posix() if p.suffix or "*" in target else p.as_posix()
+
+
+def _package_jsons(root: Path, exclude: Sequence[str]) -> Iterable[tuple[str, dict]]:
+    for path in sorted(root.rglob("package.json")):
+        rel = path.relative_to(root).as_posix()
+        if "node_modules" in path.parts or any(fnmatch.fnmatchcase(rel, g) for g in exclude):
+            continue
+        try:
+            yield rel, json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+
+
+def layout_of(root: Path, tsconfig: str = "tsconfig.json", exclude: Sequence[str] = ()) -> Layout:
+    """The corpus's @qi packages: its tsconfig paths, else its @qi package.json files."""
+    packages: dict[str, str] = {}
+    for key, targets in _tsconfig_paths(root, tsconfig).items():
+        if key.startswith("@qi/") and targets:
+            name = key.removesuffix("/*")
+            packages.setdefault(name, _source_folder(targets[0]))
+    if packages:
+        return Layout(sorted(set(packages.values())), packages, "tsconfig paths")
+    for rel, pkg in _package_jsons(root, exclude):
+        name = pkg.get("name")
+        if isinstance(name, str) and name.startswith("@qi/") and "/" in rel:
+            folder = PurePosixPath(rel).parent
+            src = folder / "src"
+            packages[name] = (src if (root / src).is_dir() else folder).as_posix()
+    if packages:
+        return Layout(sorted(set(packages.values())), packages, "package.json")
+    folders = sorted(p.relative_to(root).as_posix() for p in root.glob(CONVENTIONAL_PACKAGE_GLOB) if p.is_dir())
+    return Layout(folders, {}, "conventional layout (the corpus declares no @qi package)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _app_dir(root: Path, folder: str) -> str:
+    """The nearest folder from `folder` up (below the root) with a package.json or README.md,
+    else the top folder."""
+    parts = PurePosixPath(folder).parts
+    for i in range(len(parts), 0, -1):
+        here = root.joinpath(*parts[:i])
+        if (here / "package.json").is_file() or (here / "README.md").is_file():
+            return "/".join(parts[:i])
+    return parts[0] if parts else ""
+
+
+def classify(root: Path, rel: str, layout: Layout, overrides: Mapping[str, Sequence[str]],
+             app_folders: set[str] = frozenset()) -> tuple[str | None, str]:
+    """(kind, app folder) of a .ts or .md file, or (None, the reason it has no kind).
+
+    `app_folders`: the folders holding TypeScript outside the packages (Markdown there is the app's).
+    """
+    folder = PurePosixPath(rel).parent.as_posix()
+    folder = "" if folder == "." else folder
+    for kind, globs in overrides.items():
         if any(fnmatch.fnmatchcase(rel, g) for g in globs):
-            return kind
-    return None
+            return kind, (_app_dir(root, folder) if kind == "app" else "")
+    parts = PurePosixPath(rel).parts
+    if rel.endswith(".md"):
+        app = _app_dir(root, folder) if folder and not layout.in_package(rel) else ""
+        return ("app", app) if app in app_folders else ("tutorial", "")
+    if TEST_FILE.search(rel) or TEST_DIRS.intersection(parts[:-1]):
+        return "test", ""
+    if layout.in_package(rel):
+        return "implementation", ""
+    if TOOL_CONFIG.search(rel):
+        return None, "tool configuration"
+    if not folder:
+        return None, "TypeScript at the corpus root, outside any package or app folder"
+    return "app", _app_dir(root, folder)
 
 
-def find_sources(root: Path, kinds: Mapping[str, Sequence[str]], exclude: Sequence[str]) -> tuple[list[SourceFile], int]:
-    """Sorted source files under root, and how many .ts/.md files matched no kind."""
+def _ancestors(rel: str) -> list[str]:
+    parts = PurePosixPath(rel).parts[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+@dataclass
+class Sources:
+    files: list[SourceFile]
+    layout: Layout
+    unclassified: dict[str, str]  # rel -> why it has no kind
+
+
+def find_sources(root: Path, overrides: Mapping[str, Sequence[str]], exclude: Sequence[str],
+                 tsconfig: str = "tsconfig.json") -> Sources:
+    """Sorted source files under root with their kinds, and the .ts/.md files left without one."""
     if not root.exists():
         raise CorpusError(f"corpus root {root} does not exist (set corpus.root)")
     if not root.is_dir():
         raise CorpusError(f"corpus root {root} is not a directory (set corpus.root)")
-    found, unclassified = [], 0
+    layout = layout_of(root, tsconfig, exclude)
+    candidates = []
     for path in sorted(root.rglob("*")):
         if path.suffix not in (".ts", ".md") or not path.is_file():
             continue
         rel = path.relative_to(root).as_posix()
-        if any(fnmatch.fnmatchcase(rel, g) for g in exclude):
-            continue
-        kind = kind_of(rel, kinds)
+        if not any(fnmatch.fnmatchcase(rel, g) for g in exclude):
+            candidates.append((path, rel))
+    app_folders = {a for _, rel in candidates if rel.endswith(".ts")
+                   and classify(root, rel, layout, overrides)[0] == "app" for a in _ancestors(rel)}
+    found, unclassified = [], {}
+    for path, rel in candidates:
+        kind, where = classify(root, rel, layout, overrides, app_folders)
         if kind is None:
-            unclassified += 1
-            continue
-        found.append(SourceFile(path, rel, kind))
+            unclassified[rel] = where
+        else:
+            found.append(SourceFile(path, rel, kind, where if kind == "app" else ""))
     if not found:
         raise CorpusError(f"corpus root {root} holds no TypeScript or Markdown source (corpus.root)")
-    return found, unclassified
+    return Sources(found, layout, unclassified)
 
 
 def read_text(path: Path) -> str:
@@ -137,22 +311,15 @@ def readme_summary(text: str) -> str:
     return ""
 
 
-def demo_of(rel: str) -> str | None:
-    """`app/<demo>/...` -> `<demo>`."""
-    parts = rel.split("/")
-    return parts[1] if len(parts) > 2 and parts[0] == "app" else None
-
-
 def iter_readmes(root: Path, files: Iterable[SourceFile]) -> dict[str, str]:
-    """Demo name -> README summary, for every app demo that has a README.md."""
+    """App folder -> README summary, for every app that has a README.md."""
     out = {}
     for f in files:
-        demo = demo_of(f.rel)
-        if demo and demo not in out:
-            readme = root / "app" / demo / "README.md"
+        if f.app_dir and f.app_dir not in out:
+            readme = root / f.app_dir / "README.md"
             if readme.is_file():
                 try:
-                    out[demo] = readme_summary(read_text(readme))
+                    out[f.app_dir] = readme_summary(read_text(readme))
                 except UnicodeDecodeError:
-                    out[demo] = ""
+                    out[f.app_dir] = ""
     return out

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tree_sitter import Node
 
 from qi_expert import patterns, tsast
-from qi_expert.corpus import TS_FENCES, CodeBlock, SourceFile, demo_of, find_sources, iter_readmes, markdown_blocks, read_text
+from qi_expert.corpus import TS_FENCES, CodeBlock, Layout, SourceFile, find_sources, iter_readmes, markdown_blocks, read_text
 
 _TEST_CALLS = frozenset({"test", "it", "describe"})
 _TEST_REFS = "[(identifier) (property_identifier) (type_identifier)] @name"
@@ -47,7 +47,8 @@ class ExtractReport:
     files_by_kind: Counter = field(default_factory=Counter)
     parse_errors: list[str] = field(default_factory=list)  # "path:line"
     not_utf8: list[str] = field(default_factory=list)
-    unclassified_files: int = 0
+    unclassified: dict[str, str] = field(default_factory=dict)  # rel -> why it has no kind
+    layout: Layout | None = None
     blocks_total: int = 0
     blocks_fragment: int = 0  # fenced blocks that are not self-contained examples
     blocks_parse_error: list[str] = field(default_factory=list)
@@ -258,12 +259,13 @@ def _test_references(files: Iterable[tuple[SourceFile, Node]]) -> set[str]:
     return names
 
 
-def extract_corpus(root: Path, cfg) -> tuple[list[dict], ExtractReport]:
+def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[list[dict], ExtractReport]:
     """All records of the corpus at `root`, in a deterministic order, and the report."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     cfg = SimpleNamespace(**cfg)
     report = ExtractReport()
-    files, report.unclassified_files = find_sources(root, cfg.kinds, cfg.exclude)
+    sources = find_sources(root, cfg.kinds or {}, cfg.exclude, tsconfig)
+    files, report.unclassified, report.layout = sources.files, sources.unclassified, sources.layout
     readmes = iter_readmes(root, files)
     parsed: list[tuple[SourceFile, Node]] = []
     md_units: list[tuple[SourceFile, CodeBlock, Unit]] = []
@@ -348,12 +350,12 @@ def extract_corpus(root: Path, cfg) -> tuple[list[dict], ExtractReport]:
     for f, tree_root in parsed:
         for u in units_of_file(tree_root):
             add(f, u, {"jsdoc": u.jsdoc, "signature": u.signature, "class_name": u.class_name,
-                       "readme": readmes.get(demo_of(f.rel) or "", "")})
+                       "readme": readmes.get(f.app_dir, "")})
     pending_counter: dict | None = None
     pending_file = ""
     for f, block, u in md_units:
         rec = add(f, u, {"headings": block.headings, "prose": block.prose,
-                         "readme": readmes.get(demo_of(f.rel) or "", "")})
+                         "readme": readmes.get(f.app_dir, "")})
         if rec is None:
             continue
         if f.rel != pending_file:
@@ -374,7 +376,10 @@ def summarize(records: list[dict], report: ExtractReport) -> dict:
         "files_with_parse_errors": len(report.parse_errors),
         "parse_error_files": report.parse_errors,
         "files_not_utf8": report.not_utf8,
-        "files_unclassified": report.unclassified_files,
+        "files_unclassified": len(report.unclassified),
+        "unclassified_files": report.unclassified,
+        "packages": report.layout.packages if report.layout else {},
+        "packages_found_by": report.layout.found_by if report.layout else "",
         "markdown_blocks": {"total": report.blocks_total, "fragments": report.blocks_fragment,
                             "parse_errors": len(report.blocks_parse_error)},
         "skipped_units": {"too_short": report.too_short, "too_long": report.too_long},
