@@ -260,3 +260,58 @@ def test_a_broken_tsconfig_is_a_clear_error(tmp_path):
     root = corpus(tmp_path, {**OTHER_LAYOUT, "tsconfig.json": '{"compilerOptions": {'})
     with pytest.raises(CorpusError, match="tsconfig.json is not valid JSON"):
         extract.extract_corpus(root, CFG)
+
+
+def test_each_test_case_is_a_record_with_its_describe_titles_and_the_setup_it_uses(tmp_path):
+    filler = "".join(f"  it('filler {i}', () => {{\n    expect(half({2 * i}).tag).toBe('success');\n  }});\n"
+                     for i in range(60))  # makes the describe block far longer than extract.max_lines
+    test = f"""import {{ describe, it, expect, beforeEach }} from 'vitest';
+import {{ half }} from '@qi/base';
+
+const even = (n: number) => n * 2;
+
+describe('half', () => {{
+  let calls = 0;
+  const unused = 'not needed by any case';
+  beforeEach(() => {{
+    calls = 0;
+  }});
+
+  describe.skipIf(false)('on even numbers', () => {{
+    const input = even(21);
+    it('halves', () => {{
+      calls++;
+      expect(half(input).tag).toBe('success');
+    }});
+  }});
+
+  for (const n of [1, 3]) {{
+    it(`refuses ${{n}}`, () => {{
+      expect(half(n).tag).toBe('failure');
+    }});
+  }}
+{filler}}});
+"""
+    root = corpus(tmp_path, {**OTHER_LAYOUT, "lib/tests/result.test.ts": test})
+    records, report = extract.extract_corpus(root, CFG)
+    cases = {r["name"]: r for r in records if r["unit"] == "test_case"}
+    assert len(cases) == 62 and report.test_cases == report.test_cases_in_records == 62
+    halves = cases["halves"]
+    assert halves["context"]["describe"] == ["half", "on even numbers"]
+    assert halves["code"] == """describe('half', () => {
+  let calls = 0;
+  beforeEach(() => {
+    calls = 0;
+  });
+  describe.skipIf(false)('on even numbers', () => {
+    const input = even(21);
+    it('halves', () => {
+      calls++;
+      expect(half(input).tag).toBe('success');
+    });
+  });
+});"""
+    assert halves["support"] == ["const even = (n: number) => n * 2;"]  # the file's own declaration it uses
+    assert (halves["start_line"], halves["end_line"]) == (15, 18)  # the case's own lines in the file
+    assert "for (const n of [1, 3])" in cases["refuses ${n}"]["code"]
+    assert "unused" not in cases["filler 0"]["code"] and "beforeEach" in cases["filler 0"]["code"]

@@ -22,7 +22,8 @@ from tree_sitter import Node
 from qi_expert import patterns, tsast
 from qi_expert.corpus import TS_FENCES, CodeBlock, Layout, SourceFile, find_sources, iter_readmes, markdown_blocks, read_text
 
-_TEST_CALLS = frozenset({"test", "it", "describe"})
+_TEST_CASES = frozenset({"test", "it"})
+_HOOKS = frozenset({"beforeEach", "afterEach", "beforeAll", "afterAll"})
 _TEST_REFS = "[(identifier) (property_identifier) (type_identifier)] @name"
 
 
@@ -40,6 +41,11 @@ class Unit:
     role: str = ""  # "" | counter_example | corrected
     nodes: list[Node] = field(default_factory=list)  # import statements + the unit's own nodes
     imports: list[str] = field(default_factory=list)  # import statements it compiles with
+    describe: list[str] = field(default_factory=list)  # a test case's describe titles, outermost first
+
+    @property
+    def lines(self) -> int:
+        return len(self.code.splitlines()) if self.kind == "test_case" else self.end_line - self.start_line + 1
 
 
 @dataclass
@@ -54,6 +60,8 @@ class ExtractReport:
     blocks_parse_error: list[str] = field(default_factory=list)
     too_short: int = 0
     too_long: int = 0
+    test_cases: int = 0  # it/test calls in the test files
+    test_cases_in_records: int = 0
 
 
 # ---------------------------------------------------------------- helpers on one parsed file
@@ -129,18 +137,126 @@ def units_of_file(root: Node) -> list[Unit]:
                                       # A method compiles inside its class: the class is its context.
                                       support=[tsast.text(child)] + class_support, nodes=imports + [member]))
         elif decl.type == "expression_statement":
-            call = decl.named_children[0] if decl.named_children else None
-            if call is not None and call.type == "call_expression" and tsast.callee_name(call) == ("", tsast.callee_name(call)[1]) \
-                    and tsast.callee_name(call)[1] in _TEST_CALLS:
-                args = call.child_by_field_name("arguments")
-                title = tsast.text(args.named_children[0]).strip("'\"`") if args is not None and args.named_children else ""
-                units.append(Unit("test_case", title, tsast.text(child), start, end, jsdoc,
-                                  support=_support(child, declarations)))
+            for path, case in _test_cases(child, []):
+                units.append(_test_case_unit(path, case, declarations, imports))
     for u in units:
         if not u.nodes:
             u.nodes = imports + [next(c for c in root.children if c.start_point[0] + 1 == u.start_line)]
         u.imports = [tsast.text(i) for i in imports]
     return units
+
+
+# ---------------------------------------------------------------- test cases
+
+_MODIFIERS = frozenset({"skip", "only", "skipIf", "runIf", "each", "concurrent", "sequential", "todo", "fails"})
+
+
+def _test_call(stmt: Node) -> tuple[str, Node] | None:
+    """(callee, call) for a statement `name(...)`: describe, it, test, a hook, anything called.
+
+    Vitest/Jest modifiers count as their test function: `it.skip(...)`, `describe.skipIf(c)(...)`,
+    `it.each(table)(...)` are `it`/`describe` calls whose title and callback are the last call's.
+    """
+    call = stmt.named_children[0] if stmt.type == "expression_statement" and stmt.named_children else None
+    if call is None or call.type != "call_expression":
+        return None
+    fn = call.child_by_field_name("function")
+    while fn is not None and fn.type != "identifier":
+        if fn.type == "call_expression":
+            fn = fn.child_by_field_name("function")
+        elif fn.type == "member_expression" and tsast.text(fn.child_by_field_name("property")) in _MODIFIERS:
+            fn = fn.child_by_field_name("object")
+        else:
+            return None
+    return (tsast.text(fn), call) if fn is not None else None
+
+
+def _title(call: Node) -> str:
+    args = call.child_by_field_name("arguments")
+    return tsast.text(args.named_children[0]).strip("'\"`") if args is not None and args.named_children else ""
+
+
+def _callback_body(call: Node) -> Node | None:
+    args = call.child_by_field_name("arguments")
+    for a in reversed(args.named_children if args is not None else []):
+        if a.type in ("arrow_function", "function_expression"):
+            body = a.child_by_field_name("body")
+            return body if body is not None and body.type == "statement_block" else None
+    return None
+
+
+def _test_cases(stmt: Node, path: list[tuple[Node, Node]]) -> Iterable[tuple[list[tuple[Node, Node]], Node]]:
+    """Each it/test statement under `stmt` with its describe path [(describe statement, body)].
+
+    A loop that declares test cases (`for (const c of cases) it(...)`) is one test case: the loop
+    is what makes its cases.
+    """
+    called = _test_call(stmt)
+    if called is None:
+        if stmt.type in ("for_statement", "for_in_statement") and _count_test_cases(stmt):
+            yield path, stmt
+        return
+    name, call = called
+    if name in _TEST_CASES:
+        yield path, stmt
+    elif name == "describe" and (body := _callback_body(call)) is not None:
+        for s in body.named_children:
+            yield from _test_cases(s, path + [(stmt, body)])
+
+
+def _indent(node: Node) -> str:
+    return " " * node.start_point[1]  # the statement's column (indentation is re-made with spaces)
+
+
+def _test_case_unit(path: list[tuple[Node, Node]], case: Node, declarations: dict[str, Node],
+                    imports: list[Node]) -> Unit:
+    """One test case as a module of its own: its describe blocks (titles kept), the setup it uses
+    from each of them (hooks, and the declarations the case or that setup refers to), and the case.
+
+    A long describe block is no longer one unit too long to keep: each case is cut out with what
+    it needs, and still compiles and runs alone.
+    """
+    setup: list[Node] = []  # candidates, outermost first
+    for _, body in path:
+        for s in body.named_children:
+            called = _test_call(s)
+            if s.type == "comment" or (called is not None and called[0] in _TEST_CASES | {"describe"}):
+                continue
+            setup.append(s)
+    picked = {id(s) for s in setup if s.type == "expression_statement"}  # hooks and other calls: setup
+    used = tsast.referenced_names(case)
+    for s in setup:
+        if id(s) in picked:
+            used |= tsast.referenced_names(s)
+    changed = True
+    while changed:
+        changed = False
+        for s in setup:
+            if id(s) not in picked and used.intersection(tsast.declared_names(s)):
+                picked.add(id(s))
+                used |= tsast.referenced_names(s)
+                changed = True
+    lines: list[str] = []
+    for depth, (describe, body) in enumerate(path):
+        lines.append(_indent(describe) + describe.text[: body.start_byte - describe.start_byte + 1].decode("utf-8"))
+        lines += [_indent(s) + tsast.text(s) for s in body.named_children if id(s) in picked]
+    lines.append(_indent(case) + tsast.text(case))
+    for describe, body in reversed(path):
+        lines.append(_indent(describe) + describe.text[body.end_byte - 1 - describe.start_byte:].decode("utf-8"))
+    kept = [s for s in setup if id(s) in picked]
+    support = [tsast.text(n) for n in sorted({id(d): d for n in kept + [case]
+                                              for d in tsast.dependencies(n, declarations)}.values(),
+                                             key=lambda d: d.start_byte)]
+    called = _test_call(case) or next((c for n in tsast.walk(case) if n.type == "expression_statement"
+                                       and (c := _test_call(n)) and c[0] in _TEST_CASES), None)
+    return Unit("test_case", _title(called[1]), "\n".join(lines), case.start_point[0] + 1, case.end_point[0] + 1,
+                support=support, nodes=imports + kept + [case],
+                describe=[_title(_test_call(d)[1]) for d, _ in path])
+
+
+def _count_test_cases(root: Node) -> int:
+    return sum(1 for n in tsast.walk(root) if n.type == "expression_statement"
+               and (_test_call(n) or ("",))[0] in _TEST_CASES)
 
 
 # ---------------------------------------------------------------- tutorial blocks
@@ -315,7 +431,7 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
     seen: set[str] = set()
 
     def add(f: SourceFile, u: Unit, context: dict) -> dict | None:
-        lines = u.end_line - u.start_line + 1
+        lines = u.lines
         if lines < cfg.min_lines:
             report.too_short += 1
             return None
@@ -348,9 +464,12 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
         return rec
 
     for f, tree_root in parsed:
+        if f.kind == "test":
+            report.test_cases += _count_test_cases(tree_root)
         for u in units_of_file(tree_root):
-            add(f, u, {"jsdoc": u.jsdoc, "signature": u.signature, "class_name": u.class_name,
-                       "readme": readmes.get(f.app_dir, "")})
+            rec = add(f, u, {"jsdoc": u.jsdoc, "signature": u.signature, "class_name": u.class_name,
+                             "describe": u.describe, "readme": readmes.get(f.app_dir, "")})
+            report.test_cases_in_records += rec is not None and u.kind == "test_case" and f.kind == "test"
     pending_counter: dict | None = None
     pending_file = ""
     for f, block, u in md_units:
@@ -391,4 +510,5 @@ def summarize(records: list[dict], report: ExtractReport) -> dict:
         "counter_examples": sum(1 for r in records if r["counter_example"]),
         "counter_examples_paired": sum(1 for r in records if r["corrected_id"]),
         "records_tested": sum(1 for r in records if r["tested"]),
+        "test_cases": {"total": report.test_cases, "in_records": report.test_cases_in_records},
     }

@@ -75,7 +75,9 @@ def instruction_for(rec: dict) -> tuple[str, str]:
         inputs.append(f"Project context: {ctx['readme']}")
 
     if unit == "test_case":
-        instruction = f"Write a test case \"{name}\" with node:assert for code built on {_qi_modules(rec)}."
+        within = " > ".join(ctx.get("describe", []))
+        instruction = (f"Write a test case \"{name}\"" + (f" (in describe \"{within}\")" if within else "")
+                       + f" with node:assert for code built on {_qi_modules(rec)}.")
     elif unit == "block":
         heading = " > ".join(ctx.get("headings", [])[-2:])
         prose = ctx.get("prose", "")
