@@ -315,3 +315,53 @@ describe('half', () => {{
     assert (halves["start_line"], halves["end_line"]) == (15, 18)  # the case's own lines in the file
     assert "for (const n of [1, 3])" in cases["refuses ${n}"]["code"]
     assert "unused" not in cases["filler 0"]["code"] and "beforeEach" in cases["filler 0"]["code"]
+
+
+def test_tutorial_blocks_read_like_a_notebook_and_every_block_without_a_record_says_why(tmp_path):
+    page = """# Errors
+
+```ts
+import { validationError } from '@qi/base'
+```
+
+One line shows a call:
+
+```ts
+const error = validationError('bad email', { field: 'email' })
+```
+
+The page's own declaration is reused below, and `half` comes from the package though the page never imports it:
+
+```ts
+console.log(error.message, half(4))
+```
+
+```ts
+console.log(somethingNobodyDeclares)
+```
+
+```ts
+has(key: string): boolean
+```
+
+```ts
+return <Spinner />
+```
+"""
+    root = corpus(tmp_path, {**OTHER_LAYOUT, "docs/guide.md": page})
+    records, report = extract.extract_corpus(root, CFG)
+    blocks = {r["start_line"]: r for r in records if r["source_file"] == "docs/guide.md"}
+    assert blocks[4]["code"] == "import { validationError } from '@qi/base'"  # imports alone: a record
+    assert blocks[10]["code"].startswith("const error") and blocks[10]["imports"] == ["import { validationError } from '@qi/base';"]
+    reuse = blocks[16]
+    assert reuse["support"] == ["const error = validationError('bad email', { field: 'email' })"]
+    assert 'import { half } from "@qi/base";' in reuse["imports"]
+    assert set(blocks) == {4, 10, 16}
+    assert report.blocks_without_record == {
+        "docs/guide.md:20": "a fragment: statements that declare nothing and use nothing the page declares or imports, "
+                            "nor anything the @qi packages export",
+        "docs/guide.md:24": "member signatures without bodies (an API listing)",
+        "docs/guide.md:28": "JSX (a TSX example; records are .ts modules)",
+    }
+    summary = extract.summarize(records, report)["markdown_blocks"]
+    assert summary["total"] == 6 and summary["with_record"] == 3

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Mapping, Sequence
 
 from types import SimpleNamespace
 
@@ -58,6 +58,7 @@ class ExtractReport:
     blocks_total: int = 0
     blocks_fragment: int = 0  # fenced blocks that are not self-contained examples
     blocks_parse_error: list[str] = field(default_factory=list)
+    blocks_without_record: dict[str, str] = field(default_factory=dict)  # "file:line" -> why
     too_short: int = 0
     too_long: int = 0
     test_cases: int = 0  # it/test calls in the test files
@@ -267,8 +268,19 @@ def _marker(comment: str, markers: Sequence[str]) -> bool:
 
 
 def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlier_imports: list[str],
-                   counter_markers: Sequence[str], corrected_markers: Sequence[str]) -> list[Unit]:
-    """A self-contained block as one unit, or its marked counter-example/corrected parts."""
+                   counter_markers: Sequence[str], corrected_markers: Sequence[str],
+                   earlier_imported: set[str] = frozenset(), api: Mapping[str, str] | None = None) -> list[Unit]:
+    """A self-contained block as one unit, or its marked counter-example/corrected parts.
+
+    A tutorial reads like a notebook: a block may use what earlier blocks on the same page
+    declared or imported (`earlier`, `earlier_imported`); it carries those as support and
+    imports. A name the corpus's own @qi packages export (`api`: name -> module) that the page
+    never imports is imported from its package, as the block's reader would. Statements that
+    declare nothing, import nothing and use nothing from the page or the packages are a
+    fragment: completing them would mean inventing code, so they yield no unit. A block of
+    imports alone is a unit: it shows which names come from which @qi module.
+    """
+    api = api or {}
     children = root.children
     imports = [c for c in children if c.type == "import_statement"]
     roles: list[tuple[str, list[Node]]] = []  # (role, statements), in order
@@ -305,23 +317,54 @@ def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlie
         stmts = [s for s in stmts if s.type != "empty_statement"]
         if not stmts:
             continue
-        if not any(s.type in tsast.DECLARATIONS or s.type == "export_statement" for s in stmts) and not imports:
-            continue  # a fragment: statements only, nothing declared, nothing imported
+        used = set()
+        for s in stmts:
+            used |= tsast.referenced_names(s)
+        if not any(s.type in tsast.DECLARATIONS or s.type == "export_statement" for s in stmts) and not imports \
+                and not used & (set(earlier) | set(earlier_imported) | set(api)):
+            continue  # a fragment: statements only, nothing declared or imported, nothing from the page
         body = block.code.encode("utf-8")[stmts[0].start_byte: stmts[-1].end_byte].decode("utf-8")
         code = (import_text + "\n\n" + body) if import_text and role != "counter_example" else body
         # The imports it compiles with: its own block's when the code leaves them out, else
         # (for a block without imports) those of the blocks above it in the same tutorial.
         unit_imports = ([tsast.text(i) for i in imports] if code == body else []) if imports else list(earlier_imports)
-        used = set()
-        for s in stmts:
-            used |= tsast.referenced_names(s)
         bound_here = {n for s in stmts for n in tsast.declared_names(s)} | _import_names(imports)
         support = preamble + [src for name, src in earlier.items() if name in used and name not in bound_here]
+        provided = bound_here | set(earlier) | (set() if imports else set(earlier_imported))
+        unit_imports += _api_imports(sorted(used - provided), api)
         names = [n for s in stmts for n in tsast.declared_names(s)]
         units.append(Unit("block", names[0] if names else "", code, block.first_line + stmts[0].start_point[0],
                           block.first_line + stmts[-1].end_point[0], role=role, support=list(dict.fromkeys(support)),
                           nodes=imports + stmts, imports=unit_imports))
+    if not roles and imports:
+        units.append(Unit("block", "", import_text, block.first_line + imports[0].start_point[0],
+                          block.first_line + imports[-1].end_point[0], nodes=list(imports)))
     return units
+
+
+def _api_imports(names: Sequence[str], api: Mapping[str, str]) -> list[str]:
+    """`import { a, b } from "@qi/x";` for the names the packages export, one statement per module."""
+    by_module: dict[str, list[str]] = {}
+    for name in names:
+        if name in api:
+            by_module.setdefault(api[name], []).append(name)
+    return [f"import {{ {', '.join(ns)} }} from \"{m}\";" for m, ns in sorted(by_module.items())]
+
+
+def package_exports(files: Iterable[tuple[SourceFile, Node]], layout: Layout) -> dict[str, str]:
+    """Names the @qi packages' sources export at top level -> the package's module name."""
+    module_of = {folder: name for name, folder in layout.packages.items()}
+    api: dict[str, str] = {}
+    for f, root in files:
+        folder = next((d for d in layout.package_dirs if f.rel.startswith(d + "/")), None)
+        if f.kind != "implementation" or folder is None:
+            continue
+        module = module_of.get(folder) or "@qi/" + PurePosixPath(folder.removesuffix("/src")).name
+        for child in root.children:
+            if child.type == "export_statement":
+                for name in tsast.declared_names(child):
+                    api.setdefault(name, module)
+    return api
 
 
 def _import_names(imports: Sequence[Node]) -> set[str]:
@@ -405,24 +448,37 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
                 report.parse_errors.append(f"{f.rel}:{err.start_point[0] + 1 if err else 1}")
                 continue
             parsed.append((f, tree_root))
-        else:
+    api = package_exports(parsed, report.layout)
+    for (f, text), tree in zip(texts, trees):
+        if f.path.suffix != ".ts":
             earlier: dict[str, str] = {}  # declarations of earlier blocks in the same file
             earlier_imports: list[str] = []
+            earlier_imported: set[str] = set()
             for block in markdown_blocks(tree):
                 report.blocks_total += 1
+                where = f"{f.rel}:{block.first_line}"
                 broot = tsast.parse(block.code).root_node
                 if broot.has_error:
                     err = tsast.first_error(broot)
-                    report.blocks_parse_error.append(f"{f.rel}:{block.first_line + (err.start_point[0] if err else 0)}")
+                    line = err.start_point[0] if err else 0
+                    report.blocks_parse_error.append(f"{f.rel}:{block.first_line + line}")
+                    report.blocks_without_record[where] = _unparsable(block.code, line)
                     continue
                 units = units_of_block(block, broot, earlier, earlier_imports, cfg.counter_markers,
-                                       cfg.corrected_markers)
+                                       cfg.corrected_markers, earlier_imported, api)
                 if not units:
                     report.blocks_fragment += 1
+                    code = [c for c in broot.children if c.type != "comment"]
+                    report.blocks_without_record[where] = (
+                        "comments only" if not code else "imports only" if all(c.type == "import_statement" for c in code)
+                        else "a fragment: statements that declare nothing and use nothing the page declares or imports, nor anything the @qi packages export")
                 md_units += [(f, block, u) for u in units]
                 for c in broot.children:
                     if c.type == "import_statement":
                         _merge_import(earlier_imports, c)
+                        earlier_imported |= _import_names([c]) | {tsast.text(n) for n in tsast.walk(c)
+                                                                  if n.type == "identifier" and n.parent.type in
+                                                                  ("import_clause", "namespace_import")}
                     for name in tsast.declared_names(c):
                         earlier.setdefault(name, tsast.text(c))
     tested = _test_references(parsed)
@@ -432,7 +488,7 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
 
     def add(f: SourceFile, u: Unit, context: dict) -> dict | None:
         lines = u.lines
-        if lines < cfg.min_lines:
+        if lines < (cfg.min_block_lines if u.kind == "block" else cfg.min_lines):
             report.too_short += 1
             return None
         if lines > cfg.max_lines:
@@ -472,11 +528,17 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
             report.test_cases_in_records += rec is not None and u.kind == "test_case" and f.kind == "test"
     pending_counter: dict | None = None
     pending_file = ""
+    dropped: dict[str, list[str]] = {}
     for f, block, u in md_units:
         rec = add(f, u, {"headings": block.headings, "prose": block.prose,
                          "readme": readmes.get(f.app_dir, "")})
+        where = f"{f.rel}:{block.first_line}"
         if rec is None:
+            dropped.setdefault(where, []).append(
+                f"shorter than extract.min_block_lines ({cfg.min_block_lines})" if u.lines < cfg.min_block_lines
+                else f"longer than extract.max_lines ({cfg.max_lines})")
             continue
+        dropped[where] = []
         if f.rel != pending_file:
             pending_counter, pending_file = None, f.rel
         # Pair a counter-example with the corrected version that follows it in the same file.
@@ -485,7 +547,20 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
         elif u.role == "corrected" and pending_counter is not None:
             pending_counter["corrected_id"] = rec["id"]
             pending_counter = None
+    report.blocks_without_record.update({where: why[0] for where, why in dropped.items() if why})
     return records, report
+
+
+def _unparsable(code: str, line: int) -> str:
+    """Why tree-sitter could not read a block: JSX (TSX), or the line where TypeScript stops."""
+    if not tsast.parse(code, tsx=True).root_node.has_error:
+        return "JSX (a TSX example; records are .ts modules)"
+    if not tsast.parse(f"interface Listing {{\n{code}\n}}").root_node.has_error:
+        return "member signatures without bodies (an API listing)"
+    if not tsast.parse(f"class Listing {{\n{code}\n}}").root_node.has_error:
+        return "class members written without their class"
+    text = code.splitlines()[line].strip() if line < len(code.splitlines()) else ""
+    return f"not TypeScript tree-sitter can parse, at its line {line + 1}: {text[:80]}"
 
 
 def summarize(records: list[dict], report: ExtractReport) -> dict:
@@ -500,7 +575,9 @@ def summarize(records: list[dict], report: ExtractReport) -> dict:
         "packages": report.layout.packages if report.layout else {},
         "packages_found_by": report.layout.found_by if report.layout else "",
         "markdown_blocks": {"total": report.blocks_total, "fragments": report.blocks_fragment,
-                            "parse_errors": len(report.blocks_parse_error)},
+                            "parse_errors": len(report.blocks_parse_error),
+                            "with_record": report.blocks_total - len(report.blocks_without_record),
+                            "without_record": dict(sorted(report.blocks_without_record.items()))},
         "skipped_units": {"too_short": report.too_short, "too_long": report.too_long},
         "records": len(records),
         "records_by_kind": dict(sorted(Counter(r["source_kind"] for r in records).items())),

@@ -13,16 +13,17 @@ from tree_sitter import Language, Node, Parser, Query, QueryCursor, Tree
 
 TYPESCRIPT = Language(tree_sitter_typescript.language_typescript())
 MARKDOWN = Language(tree_sitter_markdown.language())
+TSX = Language(tree_sitter_typescript.language_tsx())
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def _parser(language: Language) -> Parser:
     return Parser(language)
 
 
-def parse(source: str | bytes) -> Tree:
+def parse(source: str | bytes, tsx: bool = False) -> Tree:
     data = source.encode("utf-8") if isinstance(source, str) else source
-    return _parser(TYPESCRIPT).parse(data)
+    return _parser(TSX if tsx else TYPESCRIPT).parse(data)
 
 
 def parse_markdown(source: str | bytes) -> Tree:
