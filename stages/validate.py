@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import time
 from collections import Counter
 
-from qi_expert import augment, feedback, io, tracking, validate
+from qi_expert import augment, feedback, io, npmdeps, tracking, validate
 from qi_expert.config import resolve_path, stage_entry
 from qi_expert.sandbox import SandboxError
 from qi_expert.typecheck import TypeCheckError
@@ -35,22 +35,27 @@ def run(cfg):
     started = time.perf_counter()
     project = resolve_path(cfg.corpus.root)
     try:
+        # The corpus's npm packages, when asked for (corpus.install_dependencies): installed outside it.
+        deps = npmdeps.install(project) if cfg.corpus.install_dependencies else None
         build = validate.answer_builder(project, cfg.corpus.tsconfig)
-        accepted, rejected, pairs, metrics = validate.validate(records, project, cfg.corpus.tsconfig, cfg.validate, build)
+        accepted, rejected, pairs, metrics = validate.validate(records, project, cfg.corpus.tsconfig, cfg.validate, build,
+                                                               dependencies=deps)
         candidates, admitted, refused, tests = [], [], [], {}
         if cfg.augment.enabled:
             candidates = augment.variants(accepted, list(cfg.augment.kinds))
             passed, refused = validate.admit_variants(candidates, accepted, project, cfg.corpus.tsconfig,
-                                                      cfg.validate, build)
+                                                      cfg.validate, build, dependencies=deps)
             if cfg.augment.run_tests:
                 passed, failed, tests = validate.test_variants(
                     passed, accepted, project, cfg.corpus.tsconfig, cfg.validate,
-                    isolation=str(cfg.augment.sandbox), timeout=float(cfg.augment.test_timeout_seconds))
+                    isolation=str(cfg.augment.sandbox), timeout=float(cfg.augment.test_timeout_seconds),
+                    dependencies=deps)
                 refused += failed
             admitted = augment.capped(passed, len(accepted) + len(pairs), cfg.augment.max_share)
         feedback_rows = feedback.read_rows(resolve_path(cfg.feedback.file))
-        feedback_ok, feedback_refused = validate.admit_feedback(feedback_rows, project, cfg.corpus.tsconfig, cfg.validate)
-    except (TypeCheckError, ValueError, SandboxError) as e:
+        feedback_ok, feedback_refused = validate.admit_feedback(feedback_rows, project, cfg.corpus.tsconfig, cfg.validate,
+                                                                dependencies=deps)
+    except (TypeCheckError, ValueError, SandboxError, npmdeps.DependencyError) as e:
         sys.exit(f"validate: {e}")
     metrics["augmented"] = {
         "enabled": bool(cfg.augment.enabled),
@@ -70,6 +75,8 @@ def run(cfg):
         "accepted": len(feedback_ok),
         "rejected_by_reason": dict(sorted(Counter(r["reason"].split(":")[0] for r in feedback_refused).items())),
     }
+    metrics["dependencies"] = {"installed": deps is not None,
+                               "packages": len(npmdeps.declared(project)) if deps is not None else 0}
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     io.write_jsonl(OUT / "accepted.jsonl", accepted)
     io.write_jsonl(OUT / "rejected.jsonl", rejected)

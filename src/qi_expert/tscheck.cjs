@@ -3,6 +3,7 @@
 // stdin:  {"project": "<dir holding tsconfig>", "tsconfig": "tsconfig.json",
 //          "options": {<compilerOptions overrides>}, "files": {"<name>": "<source>", ...}}
 //          "exports": ["@qi/base", ...] (optional)
+//          "node_modules": "<dir>" (optional: the corpus's npm packages, installed outside it)
 // stdout: {"<name>": [{"code": 2304, "line": 3, "message": "..."}], ...,
 //          "__exports__": {"@qi/base": [{"name": "success", "file": "lib/base/src/result.ts"}, ...]}}
 //          (when "exports" was asked; null for a module the compiler cannot resolve)
@@ -31,6 +32,16 @@ function main(input) {
     // Units are cut out of files: unused imports or locals are not errors of the unit.
     noUnusedLocals: false, noUnusedParameters: false,
   });
+
+  // The corpus's npm dependencies live outside the checkout (nothing is written into it): every
+  // bare import the checkout's own `paths` do not map resolves there, and its @types are global types.
+  if (input.node_modules) {
+    const deps = path.resolve(input.node_modules);
+    options.paths = Object.assign({}, options.paths || {});
+    if (!options.paths["*"]) options.paths["*"] = [path.join(deps, "*"), path.join(deps, "@types", "*")];
+    if (!options.pathsBasePath) options.pathsBasePath = project;
+    options.typeRoots = [...(options.typeRoots || []), path.join(deps, "@types")];
+  }
 
   // A name may carry a folder ("app/demo/src/<id>"): the snippet then sits beside that
   // folder's files, so its relative imports resolve as they did in its own file.

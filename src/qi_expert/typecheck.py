@@ -37,7 +37,8 @@ QI_MODULES = ("@qi/base", "@qi/core")
 
 def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.json",
           options: Mapping | None = None, timeout: float = 900,
-          exports: Sequence[str] = (), isolated: bool = False) -> dict[str, list[dict]]:
+          exports: Sequence[str] = (), isolated: bool = False,
+          dependencies: Path | None = None) -> dict[str, list[dict]]:
     """Diagnostics per snippet name ([] = compiles), all snippets in one compiler program.
 
     Snippets are placed inside `project` (virtually; nothing is written there), so its
@@ -45,12 +46,14 @@ def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.j
     (module names), the result also holds "__exports__": {module: [{name, file}] or None}, the
     modules' export lists as the same compiler program resolves them. `isolated` (untrusted
     sources: model completions) runs the compiler inside the eval's bubblewrap sandbox, reading only
-    the project, TypeScript and this checker.
+    the project, TypeScript and this checker. `dependencies` (a node_modules folder outside the
+    checkout: npmdeps.install) resolves the npm packages the corpus imports.
     """
     if not sources and not exports:
         return {}
     payload = json.dumps({"project": str(project), "tsconfig": tsconfig, "options": dict(options or {}),
-                          "files": dict(sources), "exports": list(exports)})
+                          "files": dict(sources), "exports": list(exports),
+                          "node_modules": str(Path(dependencies).resolve()) if dependencies else None})
     # A scrubbed environment: the compiler needs none of the caller's variables (tokens, keys).
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "NODE_PATH": str(node_modules().resolve())}
     cmd = [_node(), str(CHECKER)]

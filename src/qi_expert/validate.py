@@ -38,7 +38,7 @@ def _class_source(rec: dict) -> tuple[str, str, int]:
 
 
 def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
-                    ignore_missing_packages: bool = False) -> dict[str, dict]:
+                    ignore_missing_packages: bool = False, dependencies: Path | None = None) -> dict[str, dict]:
     """id -> {"compiles", "context", "diagnostics"}: two batched compiler programs at most.
 
     First every record with only its imports; those that fail for missing names get a second
@@ -58,7 +58,7 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
             sources[r["id"]] = check_source(r, False)
     places = {r["id"]: _place(r) for r in records}
     places.update({key: _place(r) for r in records if r["id"] in method_span for key in [method_span[r["id"]][0]]})
-    diags = _check(sources, places, project, tsconfig, ignore_missing_packages)
+    diags = _check(sources, places, project, tsconfig, ignore_missing_packages, dependencies)
 
     result = {}
     for r in records:
@@ -72,7 +72,7 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
              and any(d["code"] in MISSING_NAME_CODES for d in result[r["id"]]["diagnostics"])]
     if retry:
         second = _check({r["id"]: check_source(r, True) for r in retry}, places, project, tsconfig,
-                        ignore_missing_packages)
+                        ignore_missing_packages, dependencies)
         for rid, d in second.items():
             if not d:
                 result[rid] = {"compiles": True, "context": "file", "diagnostics": []}
@@ -80,10 +80,10 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
 
 
 def compile_modules(texts: dict[str, str], project: Path, tsconfig: str,
-                    ignore_missing_packages: bool = False) -> dict[str, list[dict]]:
+                    ignore_missing_packages: bool = False, dependencies: Path | None = None) -> dict[str, list[dict]]:
     """id -> diagnostics of each module compiled as a file of its own at the project's root (one program)."""
     diags = _check({f"module_{k}": v + "\n\nexport {};\n" for k, v in texts.items()}, {}, project, tsconfig,
-                   ignore_missing_packages)
+                   ignore_missing_packages, dependencies)
     return {k: diags[f"module_{k}"] for k in texts}
 
 
@@ -94,9 +94,9 @@ def _place(rec: dict) -> str:
 
 
 def _check(sources: dict[str, str], places: dict[str, str], project: Path, tsconfig: str,
-           ignore_missing_packages: bool) -> dict[str, list[dict]]:
+           ignore_missing_packages: bool, dependencies: Path | None = None) -> dict[str, list[dict]]:
     named = {f"{places.get(k, '')}/{k}".lstrip("/"): v for k, v in sources.items()}
-    out = typecheck.check(named, project, tsconfig)
+    out = typecheck.check(named, project, tsconfig, dependencies=dependencies)
     diags = {name.rsplit("/", 1)[-1]: d for name, d in out.items()}
     if ignore_missing_packages:
         diags = {k: [x for x in d if not _missing_package(x)] for k, d in diags.items()}
@@ -118,12 +118,13 @@ def answer_builder(project: Path, tsconfig: str) -> modules.AnswerBuilder:
 
 
 def validate(records: list[dict], project: Path, tsconfig: str, cfg,
-             build: modules.AnswerBuilder | None = None) -> tuple[list[dict], list[dict], list[dict], dict]:
+             build: modules.AnswerBuilder | None = None,
+             dependencies: Path | None = None) -> tuple[list[dict], list[dict], list[dict], dict]:
     """(accepted, rejected, pairs, metrics)."""
-    compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages)
+    compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages, dependencies)
     build = build or answer_builder(project, tsconfig)
     answers = {r["id"]: build(r) for r in records if not r["counter_example"] and compiled[r["id"]]["compiles"]}
-    alone = compile_modules(answers, project, tsconfig, cfg.ignore_missing_packages)
+    alone = compile_modules(answers, project, tsconfig, cfg.ignore_missing_packages, dependencies)
     rules = set(cfg.anti_patterns)
     exact_seen: dict[str, str] = {}
     near = dedup.NearDuplicateIndex(cfg.near_duplicate_threshold)
@@ -204,7 +205,8 @@ def module_refusal(code: str, diagnostics: Sequence[dict], cfg) -> dict | None:
 
 
 def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Path, tsconfig: str,
-                   cfg, build: modules.AnswerBuilder | None = None) -> tuple[list[dict], list[dict]]:
+                   cfg, build: modules.AnswerBuilder | None = None,
+                   dependencies: Path | None = None) -> tuple[list[dict], list[dict]]:
     """(admitted, refused) of augment.variants' candidates: the checks a corpus record passes.
 
     A variant's module must compile alone and break no anti-pattern rule (module_refusal); one
@@ -214,7 +216,7 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
     """
     build = build or answer_builder(project, tsconfig)
     texts = {c["id"]: build(c) for c in candidates}
-    alone = compile_modules(texts, project, tsconfig, cfg.ignore_missing_packages)
+    alone = compile_modules(texts, project, tsconfig, cfg.ignore_missing_packages, dependencies)
     seen = {dedup.normal_form_hash(dedup.tokens(r["code"])) for r in accepted}
     admitted, refused = [], []
     for c in candidates:
@@ -232,7 +234,8 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
 
 
 def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: Path, tsconfig: str, cfg, *,
-                  isolation: str = "bwrap", timeout: float = 10) -> tuple[list[dict], list[dict], dict]:
+                  isolation: str = "bwrap", timeout: float = 10,
+                  dependencies: Path | None = None) -> tuple[list[dict], list[dict], dict]:
     """(kept, refused, counts): the corpus's own test cases run against the variants they can check.
 
     A test case's module carries what it tests word for word (modules.standalone inlines it), so a
@@ -262,7 +265,7 @@ def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: P
         raise sandbox.SandboxError(f"augment.run_tests runs the corpus's test cases against {len(plan)} variants: {e}; "
                                    "or admit variants without running them: augment.run_tests=false") from None
     swapped = {f"{vid}_{tid}": src for vid, checks in plan.items() for tid, src in checks}
-    diagnostics = compile_modules(swapped, project, tsconfig, cfg.ignore_missing_packages)
+    diagnostics = compile_modules(swapped, project, tsconfig, cfg.ignore_missing_packages, dependencies)
     parents = sorted({tid for checks in plan.values() for tid, _ in checks})
     jobs = [(f"p_{tid}", "export {};\n", by_id[tid]["module"]) for tid in parents]
     jobs += [(f"v_{name}", "export {};\n", src) for name, src in swapped.items() if not diagnostics[name]]
@@ -291,12 +294,14 @@ def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: P
     return kept, refused, counts
 
 
-def admit_feedback(rows: Sequence[dict], project: Path, tsconfig: str, cfg) -> tuple[list[dict], list[dict]]:
+def admit_feedback(rows: Sequence[dict], project: Path, tsconfig: str, cfg,
+                   dependencies: Path | None = None) -> tuple[list[dict], list[dict]]:
     """(accepted, rejected) of the feedback rows with code (feedback.py): checked as a corpus
     record's module is (module_refusal). Accepted rows come out shaped like records for
     formatting.rows_from_feedback."""
     coded = [r for r in rows if r["code"]]
-    alone = compile_modules({r["id"]: r["code"] for r in coded}, project, tsconfig, cfg.ignore_missing_packages)
+    alone = compile_modules({r["id"]: r["code"] for r in coded}, project, tsconfig, cfg.ignore_missing_packages,
+                            dependencies)
     accepted, rejected = [], []
     for r in coded:
         refusal = module_refusal(r["code"], alone[r["id"]], cfg)
