@@ -11,6 +11,7 @@ ones whose corrected version was accepted become "rewrite this with @qi/base" pa
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -37,13 +38,34 @@ def _class_source(rec: dict) -> tuple[str, str, int]:
     return key, source, head.count("\n") + 1
 
 
+TYPE_ONLY_IMPORT = 1484  # "'X' is a type and must be imported using a type-only import when 'verbatimModuleSyntax' ..."
+
+
+def type_only_imports(code: str, names: set[str]) -> str:
+    """`import { Result, success } from ...` -> `import { type Result, success } from ...` for `names`:
+    the compiler's own quick fix for TS1484, where the corpus sets verbatimModuleSyntax."""
+    def fix(m: re.Match) -> str:
+        specs = m.group(2).split(",")
+        for i, spec in enumerate(specs):
+            words = spec.split()
+            if words and words[-1] in names and words[0] != "type":
+                specs[i] = spec.replace(words[0], "type " + words[0], 1)
+        return m.group(1) + ",".join(specs) + m.group(3)
+
+    return re.sub(r"(\bimport\s*\{)([^}]*)(\}\s*from\b)", fix, code)
+
+
 def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
-                    ignore_missing_packages: bool = False, dependencies: Path | None = None) -> dict[str, dict]:
-    """id -> {"compiles", "context", "diagnostics"}: two batched compiler programs at most.
+                    ignore_missing_packages: bool = False, dependencies: Path | None = None,
+                    fix_type_imports: bool = False) -> dict[str, dict]:
+    """id -> {"compiles", "context", "diagnostics"[, "fixed"]}: two batched compiler programs at most.
 
     First every record with only its imports; those that fail for missing names get a second
     try with the declarations of their own file they refer to. A method is checked inside its
     class, one virtual file per class, and owns the diagnostics that fall on its own lines.
+    With `fix_type_imports`, a record whose only fault may be importing a type without `type`
+    (TS1484 under the corpus's verbatimModuleSyntax; tutorials often do) is tried again with the
+    compiler's quick fix applied; "fixed" then holds its rewritten code and imports.
     """
     sources: dict[str, str] = {}
     method_span: dict[str, tuple[str, int, int]] = {}  # id -> (class key, first line, last line)
@@ -68,14 +90,27 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
         else:
             d = diags[r["id"]]
         result[r["id"]] = {"compiles": not d, "context": "imports", "diagnostics": d}
-    retry = [r for r in records if r["id"] not in method_span and result[r["id"]]["diagnostics"] and r["support"]
-             and any(d["code"] in MISSING_NAME_CODES for d in result[r["id"]]["diagnostics"])]
+    fixed: dict[str, dict] = {}
+    for r in records if fix_type_imports else ():
+        names = {d["message"].split("'")[1] for d in result[r["id"]]["diagnostics"]
+                 if d["code"] == TYPE_ONLY_IMPORT and d["message"].count("'") >= 2}
+        if names and r["id"] not in method_span:
+            fixed[r["id"]] = {"code": type_only_imports(r["code"], names),
+                              "imports": [type_only_imports(i, names) for i in r.get("imports", [])]}
+    retry = [{**r, **fixed.get(r["id"], {})} for r in records if r["id"] in fixed or (
+        r["id"] not in method_span and result[r["id"]]["diagnostics"] and r["support"]
+        and any(d["code"] in MISSING_NAME_CODES for d in result[r["id"]]["diagnostics"]))]
     if retry:
-        second = _check({r["id"]: check_source(r, True) for r in retry}, places, project, tsconfig,
+        second = _check({r["id"]: check_source(r, bool(r["support"])) for r in retry}, places, project, tsconfig,
                         ignore_missing_packages, dependencies)
         for rid, d in second.items():
+            context = "file" if next(r for r in retry if r["id"] == rid)["support"] else "imports"
             if not d:
-                result[rid] = {"compiles": True, "context": "file", "diagnostics": []}
+                result[rid] = {"compiles": True, "context": context, "diagnostics": []}
+            elif rid in fixed:
+                result[rid]["diagnostics"] = d
+            if rid in fixed:
+                result[rid]["fixed"] = fixed[rid]
     return result
 
 
@@ -121,7 +156,11 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg,
              build: modules.AnswerBuilder | None = None,
              dependencies: Path | None = None) -> tuple[list[dict], list[dict], list[dict], dict]:
     """(accepted, rejected, pairs, metrics)."""
-    compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages, dependencies)
+    compiled = compile_records(records, project, tsconfig, cfg.ignore_missing_packages, dependencies,
+                               fix_type_imports=bool(cfg.fix_type_imports))
+    # A record the compiler's quick fix made compile is that record from here on.
+    records = [{**r, **compiled[r["id"]]["fixed"]} if compiled[r["id"]].get("fixed") and compiled[r["id"]]["compiles"]
+               else r for r in records]
     build = build or answer_builder(project, tsconfig)
     answers = {r["id"]: build(r) for r in records if not r["counter_example"] and compiled[r["id"]]["compiles"]}
     alone = compile_modules(answers, project, tsconfig, cfg.ignore_missing_packages, dependencies)
@@ -181,6 +220,7 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg,
         # Of the answers built from records that compile in their file: the share that compile alone.
         "self_contained_rate": round(sum(1 for d in alone.values() if not d) / len(alone), 4) if alone else 0.0,
         "compiled_with_file_context": sum(1 for c in compiled.values() if c["context"] == "file"),
+        "compiled_after_type_import_fix": sum(1 for c in compiled.values() if c.get("fixed") and c["compiles"]),
         "rejected_by_reason": dict(sorted(reasons.items())),
         "not_self_contained_by_cause": dict(sorted(Counter(r["reason"].split(":")[1] for r in rejected
                                                            if r["reason"].startswith("not_self_contained:")).items())),
