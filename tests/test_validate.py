@@ -142,3 +142,31 @@ def test_shingle_similarity():
 def test_batched_check_reports_per_snippet():
     out = typecheck.check({"ok": "export const x: number = 1;\n", "bad": "export const y: number = 'no';\n"}, SAMPLE)
     assert out["ok"] == [] and out["bad"][0]["code"] == 2322 and out["bad"][0]["line"] == 1
+
+
+def _base_corpus(tmp_path):
+    shutil.copytree(SAMPLE / "lib" / "base", tmp_path / "lib" / "base")
+    shutil.copy(SAMPLE / "tsconfig.json", tmp_path / "tsconfig.json")  # verbatimModuleSyntax: true
+    return tmp_path
+
+
+def test_a_type_imported_without_type_gets_the_compilers_quick_fix(tmp_path):
+    root = _base_corpus(tmp_path)
+    page = ("# Results\n\n```ts\nimport { success, Result } from '@qi/base'\n\n"
+            "export const one = (): Result<number> => success(1)\n```\n")
+    (root / "docs").mkdir()
+    (root / "docs/guide.md").write_text(page)
+    records = [r for r in extract.extract_corpus(root, CFG.extract)[0] if r["source_file"] == "docs/guide.md"]
+    compiled = validate.compile_records(records, root, "tsconfig.json", fix_type_imports=False)
+    assert [d["code"] for d in compiled[records[0]["id"]]["diagnostics"]] == [validate.TYPE_ONLY_IMPORT]
+    accepted, rejected, _, metrics = validate.validate(records, root, "tsconfig.json", CFG.validate)
+    assert [r["code"].splitlines()[0] for r in accepted] == ["import { success, type Result } from '@qi/base'"]
+    assert metrics["compiled_after_type_import_fix"] == 1
+    off = compose_conf(["validate.fix_type_imports=false"]).validate
+    assert validate.validate(records, root, "tsconfig.json", off)[1][0]["reason"] == "compile_error"
+
+
+def test_type_only_imports_rewrites_only_the_named_specifiers():
+    code = "import {\n  success,\n  Result as R, type QiError\n} from '@qi/base'\nimport type { Config } from '@qi/core'\n"
+    assert validate.type_only_imports(code, {"R", "QiError", "Config"}) == (
+        "import {\n  success,\n  type Result as R, type QiError\n} from '@qi/base'\nimport type { Config } from '@qi/core'\n")

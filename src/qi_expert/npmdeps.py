@@ -36,7 +36,7 @@ def cache_root() -> Path:
 
 
 def _package_files(root: Path) -> Iterable[Path]:
-    for path in sorted(root.rglob("package.json")):
+    for path in sorted(root.rglob("package.json"), key=lambda p: (len(p.parts), p)):  # the root's first
         if "node_modules" not in path.relative_to(root).parts:
             yield path
 
@@ -82,9 +82,11 @@ def install(root: Path, *, npm: str = "npm", cache: Path | None = None, log=prin
         proc = subprocess.run(lifetime.tied(cmd), cwd=staging, capture_output=True, text=True,
                               timeout=INSTALL_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
+        shutil.rmtree(staging, ignore_errors=True)
         raise DependencyError(f"npm install of the corpus's {len(deps)} packages took over "
                               f"{INSTALL_TIMEOUT_SECONDS} s; set corpus.install_dependencies=false") from None
     if proc.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise DependencyError(f"npm install of the corpus's packages failed (corpus.install_dependencies): "
                               f"{proc.stderr.strip()[-1500:]}")
     (staging / "installed.json").write_text(json.dumps(deps, indent=2) + "\n")
