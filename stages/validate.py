@@ -22,6 +22,7 @@ from collections import Counter
 
 from qi_expert import augment, feedback, io, npmdeps, tracking, validate
 from qi_expert.config import resolve_path, stage_entry
+from qi_expert import sandbox
 from qi_expert.sandbox import SandboxError
 from qi_expert.typecheck import TypeCheckError
 
@@ -49,7 +50,7 @@ def run(cfg):
                 passed, failed, tests = validate.test_variants(
                     passed, accepted, project, cfg.corpus.tsconfig, cfg.validate,
                     isolation=str(cfg.augment.sandbox), timeout=float(cfg.augment.test_timeout_seconds),
-                    dependencies=deps)
+                    dependencies=deps, module_format=sandbox.module_format(project, str(cfg.corpus.module_format)))
                 refused += failed
             admitted = augment.capped(passed, len(accepted) + len(pairs), cfg.augment.max_share)
         feedback_rows = feedback.read_rows(resolve_path(cfg.feedback.file))

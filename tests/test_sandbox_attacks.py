@@ -215,3 +215,60 @@ def test_sandbox_runs_as_nobody_with_a_private_proc():
                              {TASK["id"]: TASK}, project=CORPUS, isolation="bwrap")
     assert "uid=65534 gid=65534" in rows[0]["test"]["stdout"]
     assert rows[0]["test"]["status"] == "pass" and not rows[0]["passed"]  # process.* is tampering
+
+
+# The same harness for an ES-module corpus (corpus.module_format=esm): ES modules bypass
+# Module._load, so the runner's resolve hook must refuse the same built-ins, and a top-level await
+# that never settles must not pass.
+ESM_ATTACKS = {
+    "static_import": 'import cp from "node:child_process";\ncp.execSync("touch " + OUTSIDE);',
+    "dynamic_import": 'try { (await import("child_process")).execSync("touch " + OUTSIDE); } catch (e) { console.log(e.code); }',
+    "worker": ('try { const { Worker } = await import("node:worker_threads");\n'
+               '  new Worker(`require("fs").writeFileSync(${JSON.stringify(OUTSIDE)}, "x")`, { eval: true }); }\n'
+               'catch (e) { console.log(e.code); }'),
+    "own_hooks": ('try { (await import("node:module")).register("data:text/javascript,export const resolve = (s, c, n) => n(s, c);"); }\n'
+                  'catch (e) { console.log(e.code); }'),
+    "create_require": ('try { const { createRequire } = await import("module");\n'
+                       '  createRequire(import.meta.url)("child_process").execSync("touch " + OUTSIDE); }\n'
+                       'catch (e) { console.log(e.code); }'),
+    "marker_forgery": """import fs from "node:fs";
+let seen = "";
+for (const p of [process.argv[1], "/proc/self/cmdline", "/proc/1/cmdline"]) { try { seen += fs.readFileSync(p, "utf8"); } catch (e) {} }
+const m = seen.match(/qi-eval-done-[0-9a-f]{24}/); console.log(m ? m[0] : "no marker");
+process.reallyExit(0);""",
+    "write_outside": 'import fs from "node:fs";\ntry { fs.writeFileSync(OUTSIDE, "x"); } catch (e) {}',
+    "pending_forever": "await new Promise(() => {});",
+}
+
+
+def test_es_module_attacks_neither_pass_nor_reach_outside(tmp_path):
+    outside = tmp_path / "escaped"
+    items = [{"model": name, "task_id": TASK["id"], "sample": 0, "completion": _completion(code, {"OUTSIDE": str(outside)})}
+             for name, code in ESM_ATTACKS.items()]
+    items.append({"model": "reference", "task_id": TASK["id"], "sample": 0,
+                  "completion": TASK["reference"] + "\nexport const loadedAt = await Promise.resolve(import.meta.url.length);\n"})
+    rows, info = evaluate.score(items, {TASK["id"]: TASK}, project=CORPUS, timeout=5, memory_mb=256, module_format="esm")
+    assert info["isolation"] == "bwrap" and info["module_format"] == "esm"
+    by = {r["model"]: r for r in rows}
+    assert by["reference"]["passed"], by["reference"]["test"]  # top-level await and import.meta run
+    for name in ESM_ATTACKS:
+        r = by[name]
+        assert r["compiled"], (name, r["compile_errors"])
+        assert r["test"]["status"] != "pass" and not r["passed"], (name, r["test"])
+        assert "qi-eval-done-" not in r["test"]["stdout"], name
+    assert not outside.exists()
+    for name in ("dynamic_import", "worker", "own_hooks", "create_require"):
+        assert by[name]["test"]["stdout"].split()[:1] == ["ERR_SANDBOX_DENIED"], (name, by[name]["test"])
+    assert "is not available in the qi-eval sandbox" in by["static_import"]["test"]["stderr"]
+    assert by["marker_forgery"]["test"]["stdout"].startswith("no marker")
+
+
+def test_module_format_follows_the_corpus(tmp_path):
+    from qi_expert import sandbox
+
+    assert sandbox.module_format(tmp_path) == "commonjs"  # no package.json: CommonJS, as before
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    assert sandbox.module_format(tmp_path) == "esm"
+    assert sandbox.module_format(tmp_path, "commonjs") == "commonjs"
+    with pytest.raises(ValueError, match="corpus.module_format is 'amd'"):
+        sandbox.module_format(tmp_path, "amd")

@@ -96,7 +96,7 @@ def check_code(codes: Sequence[str], *, project: Path, tsconfig: str = "tsconfig
 def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Path, tsconfig: str = "tsconfig.json",
           timeout: float = 10, memory_mb: int = 512,
           try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
-          isolation: str = "bwrap") -> tuple[list[dict], dict]:
+          isolation: str = "bwrap", module_format: str = "commonjs") -> tuple[list[dict], dict]:
     """Score completions [{model, task_id, sample, completion, prompt?, new_tokens?}].
 
     Returns (one result row per item, timing/set-up info). All completions share one compiler
@@ -125,7 +125,9 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         if compiled:
             jobs.append((i, (f"c{i}", code, task["test"])))
     t0 = time.perf_counter()
-    with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=info["isolation"]) as sb:
+    info["module_format"] = module_format
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=info["isolation"],
+                         module_format=module_format) as sb:
         results = sb.run_tests([job for _, job in jobs])
     info["test_seconds"] = round(time.perf_counter() - t0, 3)
     by_item = {i: r for (i, _), r in zip(jobs, results)}
@@ -345,7 +347,9 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
         generation = {name: r["generation"] for name, r in results.items()}
     rows, info = score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
                        timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
-                       try_catch_allowed_in=cfg.validate.try_catch_allowed_in, isolation=str(ec.sandbox))
+                       try_catch_allowed_in=cfg.validate.try_catch_allowed_in, isolation=str(ec.sandbox),
+                       module_format=sandbox.module_format(resolve_path(cfg.corpus.root), str(cfg.corpus.module_format)))
+    metrics["module_format"] = info["module_format"]
     timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
     metrics["isolation"] = info["isolation"]
     if info["isolation"] != "bwrap":

@@ -73,6 +73,7 @@ const then = Promise.prototype.then;
 const apply = Reflect.apply;
 // The nonce arrives on stdin; once read it is in no file, argument or environment variable.
 const NONCE = fs.readFileSync(0, "utf8").trim();
+%(prelude)s
 if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\\n"); process.exit(5); }
 // What the test asserts with cannot be patched by the code under test.
 const assert = require("assert");
@@ -120,9 +121,54 @@ process.on("exit", (code) => {
     writeSync(1, "\\n" + NONCE + "\\n");
   }
 });
-require("./test.js");
-loaded = true;
+%(load)s
 """
+
+# How the runner loads the test: CommonJS, or (an ES-module corpus) as an ES module, whose top-level
+# `await` is awaited by the import itself; a rejected import is a failed test.
+LOAD_COMMONJS = 'require("./test.js");\nloaded = true;'
+LOAD_ESM = """import("./test.mjs").then(() => { loaded = true; }, (error) => {
+  loaded = true;
+  rejected = true;
+  process.exitCode = 1;
+  writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\\n");
+});"""
+# ES modules do not go through Module._load: a resolve hook (registered before the runner denies
+# `module`) refuses the same built-ins, and resolves extensionless relative specifiers
+# (`./solution`, a package's `./result`) as TypeScript's bundler resolution does.
+PRELUDE_ESM = 'require("module").register(require("url").pathToFileURL(%s).href);'
+ESM_HOOKS = """\
+import { isBuiltin } from "node:module";
+const DENIED = new Set(%(denied)s);
+export async function resolve(specifier, context, nextResolve) {
+  const name = specifier.replace(/^node:/, "").split("/")[0];
+  if (isBuiltin(specifier) && DENIED.has(name)) {
+    const e = new Error("module '" + specifier + "' is not available in the qi-eval sandbox");
+    e.code = "ERR_SANDBOX_DENIED";
+    throw e;
+  }
+  if (/^\\.\\.?\\//.test(specifier) && !/\\.(m?js|cjs|json)$/.test(specifier)) {
+    for (const ending of [".mjs", ".js", "/index.js"]) {
+      try { return await nextResolve(specifier + ending, context); } catch {}
+    }
+  }
+  return nextResolve(specifier, context);
+}
+"""
+MODULE_FORMATS = ("commonjs", "esm")
+
+
+def module_format(project: Path, setting: str = "auto", param: str = "corpus.module_format") -> str:
+    """commonjs or esm: `auto` follows the corpus (its package.json's "type": "module" means ESM)."""
+    if setting in MODULE_FORMATS:
+        return setting
+    if setting != "auto":
+        raise ValueError(f"{param} is {setting!r}: auto, commonjs or esm")
+    manifest = Path(project) / "package.json"
+    try:
+        return "esm" if json.loads(manifest.read_text(encoding="utf-8")).get("type") == "module" else "commonjs"
+    except (OSError, ValueError):
+        return "commonjs"
 
 # Node modules the code under test may not load at run time (the runner keeps the ones it needs).
 DENIED_MODULES = ("child_process", "cluster", "worker_threads", "net", "dgram", "dns", "http", "https", "http2",
@@ -316,11 +362,12 @@ def _node_json(script: Path, payload: Mapping, timeout: float = 600, writable: S
     return json.loads(proc.stdout)
 
 
-def emit(files: Sequence[Mapping], packages: Mapping | None = None, writable: Sequence[Path] = ()) -> dict:
-    """Emit CommonJS for [{source, out, track}] (and the @qi packages) in one node process.
+def emit(files: Sequence[Mapping], packages: Mapping | None = None, writable: Sequence[Path] = (),
+         format: str = "commonjs") -> dict:
+    """Emit CommonJS or ES modules (`format`) for [{source, out, track}] (and the @qi packages) in one node process.
 
     `writable`: the compiler reads untrusted source, so it runs in bubblewrap, writing only there."""
-    return _node_json(EMITTER, {"files": list(files), "packages": packages}, writable=writable)
+    return _node_json(EMITTER, {"files": list(files), "packages": packages, "format": format}, writable=writable)
 
 
 class Sandbox:
@@ -330,7 +377,11 @@ class Sandbox:
     """
 
     def __init__(self, project: Path, tsconfig: str = "tsconfig.json", *, timeout: float = 10,
-                 memory_mb: int = 512, isolation: str = "bwrap", workers: int | None = None):
+                 memory_mb: int = 512, isolation: str = "bwrap", workers: int | None = None,
+                 module_format: str = "commonjs"):
+        if module_format not in MODULE_FORMATS:
+            raise ValueError(f"module format {module_format!r}: one of {MODULE_FORMATS}")
+        self.module_format = module_format
         self.project = Path(project).resolve()
         self.tsconfig = tsconfig
         self.timeout = float(timeout)
@@ -349,7 +400,8 @@ class Sandbox:
         runtime = self.root / "runtime"
         modules = runtime / "node_modules"
         modules.mkdir(parents=True)
-        info = emit([], {"project": str(self.project), "tsconfig": self.tsconfig, "out": str(modules)})
+        info = emit([], {"project": str(self.project), "tsconfig": self.tsconfig, "out": str(modules)},
+                    format=self.module_format)
         self.packages = info["packages"]
         if not self.packages:
             raise SandboxError(f"{self.project / self.tsconfig} maps no @qi package to a file in `paths`")
@@ -365,6 +417,7 @@ class Sandbox:
                         self.read_paths.append(entry.resolve())
                 break
         (runtime / "netblock.js").write_text(NET_BLOCK, encoding="utf-8")
+        (runtime / "esm-hooks.mjs").write_text(ESM_HOOKS % {"denied": json.dumps(list(DENIED_MODULES))}, encoding="utf-8")
         (self.root / "runs").mkdir()
         for p in [runtime, *runtime.rglob("*")]:  # readable by `nobody`, whatever the umask
             if not p.is_symlink():
@@ -389,14 +442,15 @@ class Sandbox:
     def prepare(self, jobs: Sequence[tuple[str, str, str]]) -> list[Path]:
         """[(name, solution_ts, test_ts)] -> run folders with solution.js, test.js, runner.js."""
         dirs, files = [], []
+        ext = ".mjs" if self.module_format == "esm" else ".js"
         for name, solution, test in jobs:
             d = self.run_dir(name)
             dirs.append(d)
-            files.append({"source": solution, "out": str(d / "solution.js"), "fileName": str(d / "solution.ts")})
-            files.append({"source": test, "out": str(d / "test.js"), "fileName": str(d / "test.ts"),
+            files.append({"source": solution, "out": str(d / f"solution{ext}"), "fileName": str(d / "solution.ts")})
+            files.append({"source": test, "out": str(d / f"test{ext}"), "fileName": str(d / "test.ts"),
                           "track": True})
         if files:
-            emit(files, writable=[self.root / "runs"] if self.isolation == "bwrap" else ())
+            emit(files, writable=[self.root / "runs"] if self.isolation == "bwrap" else (), format=self.module_format)
         return dirs
 
     def command(self, workdir: Path, script: str) -> list[str]:
@@ -419,6 +473,10 @@ class Sandbox:
             # One flag per folder: node 20 mis-parses comma-separated lists.
             cmd += [flag, *(f"--allow-fs-read={p}" for p in [workdir, *self.read_paths]),
                     f"--allow-fs-write={workdir}"]
+            if self.module_format == "esm":
+                # Node 20 runs module hooks on a worker thread; the code under test still cannot
+                # start one (the hook refuses worker_threads), and bubblewrap holds either way.
+                cmd += ["--allow-worker"]
         if self.isolation == "unsafe (preload)":
             cmd += ["--require", str(self.root / "runtime" / "netblock.js")]
         return cmd + [script]
@@ -466,7 +524,8 @@ class Sandbox:
         # evaluations of the same completions write different results.
         stdout, stderr = (s.replace(str(self.root), "<sandbox>") for s in (stdout, stderr))
         stderr = "\n".join(l for l in stderr.splitlines()
-                           if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l)
+                           if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l
+                           and "SecurityWarning: The flag --allow-worker" not in l)
         if timed_out:
             return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s")
         if code == 0 and (nonce is None or completed):
@@ -485,7 +544,10 @@ class Sandbox:
     def run_tests(self, jobs: Sequence[tuple[str, str, str]]) -> list[RunResult]:
         """[(name, solution_ts, test_ts)] -> one RunResult each, run in parallel."""
         dirs = self.prepare(jobs)
-        runner = RUNNER % {"denied": json.dumps(list(DENIED_MODULES))}
+        esm = self.module_format == "esm"
+        runner = RUNNER % {"denied": json.dumps(list(DENIED_MODULES)),
+                           "prelude": PRELUDE_ESM % json.dumps(str(self.root / "runtime" / "esm-hooks.mjs")) if esm else "",
+                           "load": LOAD_ESM if esm else LOAD_COMMONJS}
         for d in dirs:
             (d / "runner.js").write_text(runner, encoding="utf-8")
         nonces = ["qi-eval-done-" + secrets.token_hex(12) for _ in dirs]

@@ -1,10 +1,11 @@
-// Emit CommonJS JavaScript for the eval sandbox, many files in ONE node process.
+// Emit JavaScript for the eval sandbox (CommonJS, or ES modules), many files in ONE node process.
 //
 // stdin:  {"files": [{"source": "<ts>", "out": "<abs .js path>", "track": false}, ...],
-//          "packages": {"project": "<dir>", "tsconfig": "tsconfig.json", "out": "<node_modules dir>"} | null}
+//          "packages": {"project": "<dir>", "tsconfig": "tsconfig.json", "out": "<node_modules dir>"} | null,
+//          "format": "commonjs" | "esm"}
 // stdout: {"files": <n emitted>, "packages": {"@qi/base": "<source dir>", ...}}
 //
-// Files are emitted one by one with ts.transpileModule (module commonjs, target ES2022): the type
+// Files are emitted one by one with ts.transpileModule (module commonjs or esnext, target ES2022): the type
 // check is done beforehand by tscheck.cjs on the whole program, so emit needs no program.
 // `track: true` (used for the task's test) wraps every top-level expression statement in
 // globalThis.__qiTrack(...), so the sandbox runner can tell an async test body that settled from
@@ -43,8 +44,11 @@ function track(source, fileName) {
   return out;
 }
 
+let FORMAT = "commonjs";
+
 function emit(source, fileName, outFile) {
-  const r = ts.transpileModule(source, { compilerOptions: OPTIONS, fileName, reportDiagnostics: false });
+  const compilerOptions = FORMAT === "esm" ? Object.assign({}, OPTIONS, { module: ts.ModuleKind.ESNext }) : OPTIONS;
+  const r = ts.transpileModule(source, { compilerOptions, fileName, reportDiagnostics: false });
   fs.mkdirSync(path.dirname(outFile), { recursive: true });
   fs.writeFileSync(outFile, r.outputText);
 }
@@ -82,14 +86,16 @@ function packages(spec) {
       emit(fs.readFileSync(file, "utf8"), file, path.join(outDir, rel));
     }
     const mainJs = path.relative(srcDir, main).replace(/\.[mc]?tsx?$/, ".js");
-    fs.writeFileSync(path.join(outDir, "package.json"),
-                     JSON.stringify({ name, version: "0.0.0-eval", main: mainJs }) + "\n");
+    const pkg = { name, version: "0.0.0-eval", main: mainJs };
+    if (FORMAT === "esm") pkg.type = "module";  // its .js files are ES modules
+    fs.writeFileSync(path.join(outDir, "package.json"), JSON.stringify(pkg) + "\n");
     found[name] = srcDir;
   }
   return found;
 }
 
 function main(input) {
+  FORMAT = input.format === "esm" ? "esm" : "commonjs";
   let n = 0;
   for (const f of input.files || []) {
     const name = f.fileName || f.out.replace(/\.js$/, ".ts");

@@ -275,7 +275,7 @@ def admit_variants(candidates: list[dict], accepted: Sequence[dict], project: Pa
 
 def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: Path, tsconfig: str, cfg, *,
                   isolation: str = "bwrap", timeout: float = 10,
-                  dependencies: Path | None = None) -> tuple[list[dict], list[dict], dict]:
+                  dependencies: Path | None = None, module_format: str = "commonjs") -> tuple[list[dict], list[dict], dict]:
     """(kept, refused, counts): the corpus's own test cases run against the variants they can check.
 
     A test case's module carries what it tests word for word (modules.standalone inlines it), so a
@@ -309,7 +309,7 @@ def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: P
     parents = sorted({tid for checks in plan.values() for tid, _ in checks})
     jobs = [(f"p_{tid}", "export {};\n", by_id[tid]["module"]) for tid in parents]
     jobs += [(f"v_{name}", "export {};\n", src) for name, src in swapped.items() if not diagnostics[name]]
-    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=mode) as sb:
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=mode, module_format=module_format) as sb:
         status = {name: r.status for (name, _, _), r in zip(jobs, sb.run_tests(jobs))}
     counts["test_runs"] = len(jobs)
     kept, refused = [], []
