@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from qi_expert import basemodel, bench, export, gguf, io, quantcost, sandbox, tracking  # noqa: E402
+from qi_expert import basemodel, bench, export, gguf, io, npmdeps, quantcost, sandbox, tracking  # noqa: E402
 from qi_expert.config import resolve_path, stage_entry  # noqa: E402
 
 OUT = resolve_path("models/gguf")
@@ -64,7 +64,8 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
         try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
         n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows, cache=bool(ec.cache),
-        module_format=sandbox.module_format(resolve_path(cfg.corpus.root), str(cfg.corpus.module_format)))
+        module_format=sandbox.module_format(resolve_path(cfg.corpus.root), str(cfg.corpus.module_format)),
+        dependencies=npmdeps.install(resolve_path(cfg.corpus.root)) if cfg.corpus.install_dependencies else None)
 
 
 def run(cfg):

@@ -32,7 +32,8 @@ def _fake_npm(tmp_path, log):
                    f"echo \"$@\" >> {log}\n"
                    "mkdir -p node_modules/schema-lite\n"
                    "echo 'export declare function parse(s: string): number;' > node_modules/schema-lite/index.d.ts\n"
-                   "echo '{\"name\": \"schema-lite\", \"types\": \"index.d.ts\"}' > node_modules/schema-lite/package.json\n")
+                   "echo 'exports.parse = (s) => Number(s);' > node_modules/schema-lite/index.js\n"
+                   "echo '{\"name\": \"schema-lite\", \"main\": \"index.js\", \"types\": \"index.d.ts\"}' > node_modules/schema-lite/package.json\n")
     npm.chmod(npm.stat().st_mode | stat.S_IEXEC)
     return str(npm)
 
@@ -67,3 +68,16 @@ def test_a_failing_install_names_the_setting_and_leaves_no_folder(tmp_path):
     with pytest.raises(npmdeps.DependencyError, match="corpus.install_dependencies.*E404"):
         npmdeps.install(root, npm=str(npm), cache=tmp_path / "cache", log=lambda *_: None)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_the_sandbox_runs_code_against_the_installed_packages(tmp_path):
+    from qi_expert import sandbox
+
+    modules = npmdeps.install(_checkout(tmp_path), npm=_fake_npm(tmp_path, tmp_path / "npm.log"),
+                              cache=tmp_path / "cache", log=lambda *_: None)
+    job = ("uses", "import { parse } from 'schema-lite';\nexport const n = parse('41') + 1;\n",
+           "import { strict as assert } from 'node:assert';\nimport { n } from './solution';\nassert.equal(n, 42);\n")
+    with sandbox.Sandbox(SAMPLE, dependencies=modules) as sb:
+        assert sb.run_tests([job])[0].status == "pass"
+    with sandbox.Sandbox(SAMPLE) as sb:  # without them: cannot find the package
+        assert sb.run_tests([job])[0].status == "fail"

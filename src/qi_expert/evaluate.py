@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from qi_expert import compliance as compliance_rules
-from qi_expert import basemodel, generate, graded, patterns, sandbox, stats, typecheck
+from qi_expert import basemodel, generate, graded, npmdeps, patterns, sandbox, stats, typecheck
 
 MAX_DIAGNOSTICS = 20
 METRIC_KEYS = ("compile_rate", "compliance_rate", "compliance_score", "forbidden_rate", "test_pass_rate")
@@ -51,6 +51,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # --- scoring ---------------------------------------------------------------------------------
 
 def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.json", *,
+                dependencies: Path | None = None,
                 isolated: bool = True) -> tuple[list[list[dict]], dict[str, list[str]], dict]:
     """Type-check every code snippet in the corpus project: (diagnostics per snippet, the @qi
     packages' exports, info). Empty code gets one "no code" diagnostic."""
@@ -64,9 +65,10 @@ def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.j
     # (isolated: the compiler reads untrusted source, so it runs inside the sandbox too.)
     # The same program lists what the corpus's @qi packages export (graded: API validity).
     diagnostics = typecheck.check({k: v for k, v in sources.items() if k not in alone}, project, tsconfig,
-                                  exports=typecheck.QI_MODULES, isolated=isolated)
+                                  exports=typecheck.QI_MODULES, isolated=isolated, dependencies=dependencies)
     for k in sorted(alone):
-        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, isolated=isolated))
+        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, isolated=isolated,
+                                           dependencies=dependencies))
     exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
     per_code = [diagnostics.get(f"c{i}", []) if code.strip() else [{"code": 0, "line": 0, "message": "no code in the completion"}]
                 for i, code in enumerate(codes)]
@@ -96,7 +98,8 @@ def check_code(codes: Sequence[str], *, project: Path, tsconfig: str = "tsconfig
 def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Path, tsconfig: str = "tsconfig.json",
           timeout: float = 10, memory_mb: int = 512,
           try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
-          isolation: str = "bwrap", module_format: str = "commonjs") -> tuple[list[dict], dict]:
+          isolation: str = "bwrap", module_format: str = "commonjs",
+          dependencies: Path | None = None) -> tuple[list[dict], dict]:
     """Score completions [{model, task_id, sample, completion, prompt?, new_tokens?}].
 
     Returns (one result row per item, timing/set-up info). All completions share one compiler
@@ -105,7 +108,8 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
     allowed = tuple(try_catch_allowed_in)
     info: dict = {"isolation": sandbox.isolation_mode(isolation)}  # fails closed before any work
     codes = [generate.extract_code(it["completion"] or "", tasks[it["task_id"]].get("entry")) for it in items]
-    diagnostics, exports, compile_info = compile_all(codes, project, tsconfig, isolated=info["isolation"] == "bwrap")
+    diagnostics, exports, compile_info = compile_all(codes, project, tsconfig, isolated=info["isolation"] == "bwrap",
+                                                     dependencies=dependencies)
     info.update(compile_info)
     rows = []
     jobs = []
@@ -127,7 +131,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
     t0 = time.perf_counter()
     info["module_format"] = module_format
     with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=info["isolation"],
-                         module_format=module_format) as sb:
+                         module_format=module_format, dependencies=dependencies) as sb:
         results = sb.run_tests([job for _, job in jobs])
     info["test_seconds"] = round(time.perf_counter() - t0, 3)
     by_item = {i: r for (i, _), r in zip(jobs, results)}
@@ -348,7 +352,9 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
     rows, info = score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
                        timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
                        try_catch_allowed_in=cfg.validate.try_catch_allowed_in, isolation=str(ec.sandbox),
-                       module_format=sandbox.module_format(resolve_path(cfg.corpus.root), str(cfg.corpus.module_format)))
+                       module_format=sandbox.module_format(resolve_path(cfg.corpus.root), str(cfg.corpus.module_format)),
+                       dependencies=npmdeps.install(resolve_path(cfg.corpus.root), log=log)
+                       if cfg.corpus.install_dependencies else None)
     metrics["module_format"] = info["module_format"]
     timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
     metrics["isolation"] = info["isolation"]

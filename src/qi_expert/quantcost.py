@@ -19,7 +19,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
                n_ctx: int = 2048, n_threads: int | None = None, reference_rows: Sequence[Mapping] | None = None,
                reference_name: str = "tuned", isolation: str = "bwrap", cache: bool = True,
-               module_format: str = "commonjs",
+               module_format: str = "commonjs", dependencies: Path | None = None,
                log=print) -> tuple[list[dict], dict]:
     """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
 
@@ -71,7 +71,8 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
             f"({generation[kind]['tokens_per_second']} tokens/s){' (cached)' if hit is not None else ''}")
         items += evaluate.items_from_generation(kind, tasks, prompts, gen)
     rows, info = evaluate.score(items, by_id, project=project, tsconfig=tsconfig, timeout=timeout, memory_mb=memory_mb,
-                       try_catch_allowed_in=try_catch_allowed_in, isolation=isolation, module_format=module_format)
+                       try_catch_allowed_in=try_catch_allowed_in, isolation=isolation, module_format=module_format,
+                       dependencies=dependencies)
     kinds = list(files)
     if reference_rows is not None:
         rows = reference_rows + rows

@@ -378,10 +378,11 @@ class Sandbox:
 
     def __init__(self, project: Path, tsconfig: str = "tsconfig.json", *, timeout: float = 10,
                  memory_mb: int = 512, isolation: str = "bwrap", workers: int | None = None,
-                 module_format: str = "commonjs"):
+                 module_format: str = "commonjs", dependencies: Path | None = None):
         if module_format not in MODULE_FORMATS:
             raise ValueError(f"module format {module_format!r}: one of {MODULE_FORMATS}")
         self.module_format = module_format
+        self.dependencies = Path(dependencies).resolve() if dependencies else None  # npmdeps.install
         self.project = Path(project).resolve()
         self.tsconfig = tsconfig
         self.timeout = float(timeout)
@@ -406,9 +407,10 @@ class Sandbox:
         if not self.packages:
             raise SandboxError(f"{self.project / self.tsconfig} maps no @qi package to a file in `paths`")
         self.read_paths = [runtime]
-        # A corpus checkout with its npm dependencies installed (pino, zod, ... for the real @qi/core):
-        # expose them read-only beside the compiled @qi packages.
-        for deps in (self.project / "node_modules", self.project.parent / "node_modules"):
+        # A corpus's npm dependencies (pino, zod, ... for the real @qi/core), installed for it
+        # (corpus.install_dependencies) or in the checkout: read-only beside the compiled @qi packages.
+        candidates = [self.dependencies] if self.dependencies else []
+        for deps in candidates + [self.project / "node_modules", self.project.parent / "node_modules"]:
             if deps.is_dir():
                 for entry in deps.iterdir():
                     target = modules / entry.name

@@ -62,6 +62,7 @@ def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.j
 
         modules = node_modules()
         shown = [modules.resolve()] + ([(modules.resolve(), modules)] if modules.is_symlink() else [])
+        shown += [Path(dependencies).resolve()] if dependencies else []
         cmd = sandbox.bwrap_command(read_only=[Path(project).resolve(), *shown, CHECKER.parent],
                                     env=env, chdir=CHECKER.parent) + cmd
     proc = subprocess.run(lifetime.tied(cmd), input=payload, capture_output=True, text=True,

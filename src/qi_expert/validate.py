@@ -309,7 +309,8 @@ def test_variants(variants: Sequence[dict], accepted: Sequence[dict], project: P
     parents = sorted({tid for checks in plan.values() for tid, _ in checks})
     jobs = [(f"p_{tid}", "export {};\n", by_id[tid]["module"]) for tid in parents]
     jobs += [(f"v_{name}", "export {};\n", src) for name, src in swapped.items() if not diagnostics[name]]
-    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=mode, module_format=module_format) as sb:
+    with sandbox.Sandbox(project, tsconfig, timeout=timeout, isolation=mode, module_format=module_format,
+                         dependencies=dependencies) as sb:
         status = {name: r.status for (name, _, _), r in zip(jobs, sb.run_tests(jobs))}
     counts["test_runs"] = len(jobs)
     kept, refused = [], []
