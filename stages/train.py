@@ -83,6 +83,9 @@ def summarise(state: dict, rows: list[dict], y: dict, wall: float, train_seconds
         # its own; forward passes (training and validation) that did so vs that fell back.
         "attention": model_report.get("attention"),
         "attention_forwards": token_report.get("attention_forwards"),
+        # Processes that trained the model together (launcher): each one's rows and final weights.
+        "world_size": token_report.get("world_size", 1),
+        "ranks": token_report.get("ranks", []),
     }
 
 
@@ -135,7 +138,7 @@ def run(cfg):
         if not done:
             training.run_axolotl("preprocess", config_path, env)
             t_train = time.time()
-            training.run_axolotl("train", config_path, env)
+            training.run_axolotl("train", config_path, env, launcher=cfg.launcher)
             train_seconds = time.time() - t_train
         state = training.trainer_state(output_dir)
         reached = int(state.get("global_step", 0))

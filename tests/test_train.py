@@ -610,3 +610,61 @@ def test_qlora_run_uses_linear4bit_and_learns(project, tmp_path):
     assert m["train_loss_final_mean5"] < m["train_loss_first"] * 0.92
     assert m["val_loss_final"] < m["val_loss_first"]
     assert json.loads((project / "models" / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu_train_one_model_and_write_it_once(project, tmp_path):
+    """launcher=ddp on CPU: torchrun starts two processes (gloo); each trains on its own share of
+    the rows, the gradients are all-reduced, so both end with the same weights; rank 0 alone
+    writes the adapter and the reports, and the stage records both ranks."""
+    proj = _copy_all(project, tmp_path / "proj")
+    # Every row distinct, so the two shards differ; validation rows enough for a packed batch on each rank.
+    for name, repeat in (("train", 8), ("val", 4)):
+        rows = _rows(repeat)
+        for i, row in enumerate(rows):
+            row["messages"][1]["content"] += f" (variant {i})"
+        (proj / f"data/formatted/{name}.chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (proj / "params.yaml").write_text(to_yaml(compose_conf(["launcher=ddp", "launcher.main_process_port=29613"])))
+    run_stage(proj, cache=tmp_path / "qi-cache")
+    metrics = json.loads((proj / "metrics/train.json").read_text())
+    assert metrics["world_size"] == 2 and [r["rank"] for r in metrics["ranks"]] == [0, 1]
+    first, second = metrics["ranks"]
+    assert first["trainable_sha256"] == second["trainable_sha256"]  # one model: synchronised
+    assert first["batches_sha256"] != second["batches_sha256"]  # ... trained on different rows
+    assert first["batches"] == second["batches"] == metrics["steps"]
+    assert metrics["val_loss_final"] < metrics["val_loss_first"]
+    assert sorted(p.name for p in (proj / "models/adapter").glob("adapter_model*")) == ["adapter_model.safetensors"]
+    launch = training.launch_command("train", Path("c.yaml"), compose_conf(["launcher=ddp"]).launcher)
+    assert launch[1:4] == ["-m", "torch.distributed.run", "--nnodes=1"] and "--nproc_per_node=2" in launch
+
+
+def test_launchers_generate_configs_axolotl_accepts_and_shard_only_on_gpus():
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    for launcher, keys in [("single", set()), ("ddp", set()), ("deepspeed_zero2", {"deepspeed"}),
+                           ("deepspeed_zero3", {"deepspeed"}), ("fsdp", {"fsdp_version", "fsdp_config"})]:
+        cfg = compose_conf(["model=qwen2.5-coder-7b", f"launcher={launcher}"])
+        y = axolotl_config.build(cfg, cuda=True)
+        assert keys <= set(y) and not ({"deepspeed", "fsdp_config"} - keys) & set(y), launcher
+        y.pop("plugins")
+        validated = validate_config(DictDefault(y))
+        if launcher == "fsdp":
+            assert validated.fsdp_config.transformer_layer_cls_to_wrap == "Qwen2DecoderLayer"
+        if launcher.startswith("deepspeed"):
+            zero = json.loads((ROOT / y["deepspeed"]).read_text())["zero_optimization"]["stage"]
+            assert zero == int(launcher[-1])
+        cmd = training.launch_command("train", Path("c.yaml"), cfg.launcher)
+        assert ("accelerate.commands.launch" in cmd) == launcher.startswith(("deepspeed", "fsdp"))
+        if launcher != "single":  # several machines: accelerate's own settings on the command line
+            many = compose_conf([f"launcher={launcher}", "launcher.num_machines=2", "launcher.machine_rank=1",
+                                 "launcher.main_process_ip=10.0.0.1"]).launcher
+            text = " ".join(training.launch_command("train", Path("c.yaml"), many))
+            assert ("--nnodes=2" in text and "--node_rank=1" in text and "--master_addr=10.0.0.1" in text) or \
+                   ("--num_machines 2" in text and "--machine_rank 1" in text and "--main_process_ip 10.0.0.1" in text
+                    and "--num_processes 4" in text)
+    for launcher in ("deepspeed_zero2", "fsdp"):
+        with pytest.raises(ValueError, match=f"launcher={launcher} shards the model .* needs CUDA"):
+            axolotl_config.build(compose_conf([f"launcher={launcher}"]), cuda=False)
+    assert training.launch_command("preprocess", Path("c.yaml"), compose_conf(["launcher=ddp"]).launcher) == \
+        training.axolotl_command("preprocess", Path("c.yaml"))

@@ -207,6 +207,7 @@ def build(cfg: DictConfig, cuda: bool, mlflow: bool = False,
         if adapter == "qlora":
             # nf4 + double quantisation as on the GPU; compute in fp32 (bf16 is off on CPU).
             y["bnb_config_kwargs"] = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+    y.update(launcher_keys(cfg, cuda))
     if mlflow:
         # The experiment name switches Axolotl's MLflow callback on. The store is not written here:
         # the stage passes MLFLOW_TRACKING_URI (and the run id) in Axolotl's environment, so this
@@ -217,6 +218,32 @@ def build(cfg: DictConfig, cuda: bool, mlflow: bool = False,
             "hf_mlflow_log_artifacts": False,
         })
     return y
+
+
+STRATEGIES = ("none", "deepspeed", "fsdp")
+
+
+def launcher_keys(cfg: DictConfig, cuda: bool) -> dict[str, Any]:
+    """Axolotl's keys for the launcher's sharding strategy (conf/launcher/): `deepspeed` (a ZeRO
+    JSON, conf/deepspeed/) or `fsdp_version` + `fsdp_config`; none for single and ddp."""
+    lc = cfg.get("launcher")
+    if lc is None:
+        return {}
+    strategy = str(lc.strategy)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"launcher.strategy must be one of {STRATEGIES}, not {strategy!r}")
+    if strategy != "none" and not cuda:
+        raise ValueError(f"launcher={lc.name} shards the model with {strategy}, which needs CUDA GPUs; "
+                         "on CPU use launcher=single (the default) or launcher=ddp")
+    if strategy == "deepspeed":
+        if not lc.deepspeed_config or not resolve_path(str(lc.deepspeed_config)).is_file():
+            raise ValueError(f"launcher.deepspeed_config: no DeepSpeed JSON at {lc.deepspeed_config}")
+        return {"deepspeed": _rel(str(lc.deepspeed_config))}
+    if strategy == "fsdp":
+        fc = OmegaConf.to_container(lc.fsdp_config, resolve=True) if lc.fsdp_config else {}
+        return {"fsdp_version": 2,
+                "fsdp_config": {**fc, "transformer_layer_cls_to_wrap": str(cfg.model.decoder_layer)}}
+    return {}
 
 
 def to_yaml(y: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ train.cpu_attention: sdpa_packed), the loaded model attends each packed row on i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -58,7 +59,14 @@ class QiArgs(BaseModel):
     qi_packed_attention: bool = False
 
 
+def _rank() -> int:
+    """This process's rank under a multi-process launcher (conf/launcher/); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _write(cfg, name: str, data: dict) -> None:
+    if _rank() != 0:
+        return  # several processes train one model: only the first writes what the stage reads
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -74,6 +82,7 @@ class _CountingCollator:
         self.batches = 0
         self.batch_real: list[int] = []
         self.batch_slots: list[int] = []
+        self.digest = hashlib.sha256()  # of every batch's token ids: which rows this process trained on
 
     def __call__(self, features, *args, **kwargs):
         batch = self.inner(features, *args, **kwargs)
@@ -84,6 +93,7 @@ class _CountingCollator:
         self.batch_real.append(real)
         self.batch_slots.append(slots)
         self.batches += 1
+        self.digest.update(batch["input_ids"].cpu().numpy().tobytes())
         return batch
 
     def __getattr__(self, name):
@@ -116,19 +126,42 @@ class _TokenReport(TrainerCallback):
         c = self.counter
         if not c.batches and (Path(self.cfg.output_dir) / TOKEN_REPORT).is_file():
             return  # resumed at the final checkpoint: keep the report of the run that trained
+        # Every process's share, gathered on the first: under a multi-process launcher the tokens
+        # are the sum, and the trained weights' digest must be the same on every rank (the
+        # gradients were all-reduced: one model, trained once).
+        mine = {"rank": _rank(), "batches": c.batches, "real_tokens": c.real, "token_slots": c.slots,
+                "batches_sha256": c.digest.hexdigest(), "trainable_sha256": _trainable_digest(kwargs.get("model"))}
+        ranks = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        real, slots = sum(r["real_tokens"] for r in ranks), sum(r["token_slots"] for r in ranks)
         _write(self.cfg, TOKEN_REPORT, {
-            "batches": c.batches, "real_tokens": c.real, "token_slots": c.slots,
-            "padding_share": round(1 - c.real / c.slots, 4) if c.slots else None,
+            "batches": sum(r["batches"] for r in ranks), "real_tokens": real, "token_slots": slots,
+            "padding_share": round(1 - real / slots, 4) if slots else None,
             "steps_timed": self.steps, "step_seconds": round(self.step_seconds, 3),
-            "token_slots_per_second": round(c.slots / self.step_seconds, 1) if self.step_seconds else None,
-            "real_tokens_per_second": round(c.real / self.step_seconds, 1) if self.step_seconds else None,
+            "token_slots_per_second": round(slots / self.step_seconds, 1) if self.step_seconds else None,
+            "real_tokens_per_second": round(real / self.step_seconds, 1) if self.step_seconds else None,
             "global_step": state.global_step,
             "step_times": self.step_times,
             "batch_slots": self.counter.batch_slots,
             "batch_real": self.counter.batch_real,
             # Forward passes (with a mask) by how they attended: all "packed" when packing is on.
             "attention_forwards": dict(attention.forwards),
+            "world_size": len(ranks),
+            "ranks": ranks,
         })
+
+
+def _trainable_digest(model) -> str | None:
+    if model is None:
+        return None
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 class _SeededOrder(Sampler):
@@ -198,6 +231,12 @@ class ModelReportPlugin(BasePlugin):
 
     def pre_model_load(self, cfg):
         set_seed(int(cfg.seed or 0))  # weights the build itself initialises (e.g. resized embeddings)
+        # Several processes on CPU (launcher=ddp, gloo): Axolotl places rank r's model on
+        # accelerator r ({"": LOCAL_RANK}), which a CPU has not. Every rank loads on the CPU; the
+        # loader holds this same mapping object, so the change reaches from_pretrained.
+        if not torch.cuda.is_available() and isinstance(cfg.device_map, dict):
+            for key in list(cfg.device_map):
+                cfg.device_map[key] = "cpu"
 
     def pre_lora_load(self, cfg, model):
         set_seed(int(cfg.seed or 0))  # the adapter's init, whatever the build drew before it

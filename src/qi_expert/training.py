@@ -112,7 +112,16 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
         "plugin": _sha([PLUGIN_SOURCE]),
         "environment": _sha_json(axolotl_config.AXOLOTL_ENV),
         "libraries": fingerprint_libraries(),
+        # How many processes share each step: a checkpoint of another world size is another run.
+        "world_size": str(_world_size(cfg)),
     }
+
+
+def _world_size(cfg: DictConfig) -> int:
+    lc = cfg.get("launcher")
+    if lc is None or str(lc.program) == "python":
+        return 1
+    return int(lc.num_processes) * int(lc.num_machines)
 
 
 def fingerprint_libraries() -> str:
@@ -156,7 +165,16 @@ def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
         "val": _sha([resolve_path(cfg.train.val_file)]),
         "base_model": gencache.files_digest([base]) if base.is_dir() else str(cfg.model.base_model),
         "libraries": fingerprint_libraries(),
+        # How many processes share each step: a checkpoint of another world size is another run.
+        "world_size": str(_world_size(cfg)),
     }
+
+
+def _world_size(cfg: DictConfig) -> int:
+    lc = cfg.get("launcher")
+    if lc is None or str(lc.program) == "python":
+        return 1
+    return int(lc.num_processes) * int(lc.num_machines)
     return _sha_json(payload)
 
 
@@ -258,9 +276,38 @@ def axolotl_command(command: str, config_path: Path) -> list[str]:
     return [sys.executable, "-c", _STUB.format(mod=module), str(config_path)]
 
 
-def run_axolotl(command: str, config_path: Path, env: dict[str, str], cwd: Path = ROOT) -> None:
+LAUNCH_PROGRAMS = ("python", "torchrun", "accelerate")
+
+
+def launch_command(command: str, config_path: Path, launcher=None) -> list[str]:
+    """The command that runs Axolotl's `command` under the launcher (conf/launcher/).
+
+    Only training is spread over processes (preprocess writes the tokenized dataset once). torchrun
+    and accelerate are the launchers Axolotl supports (`axolotl train --launcher ...`); both start
+    `num_processes` processes on this machine, and with num_machines > 1 rendezvous with the other
+    machines at main_process_ip:main_process_port, this one being machine_rank.
+    """
+    program = str(launcher.program) if launcher is not None else "python"
+    if program not in LAUNCH_PROGRAMS:
+        raise ValueError(f"launcher.program must be one of {LAUNCH_PROGRAMS}, not {program!r}")
+    if command != "train" or program == "python":
+        return axolotl_command(command, config_path)
+    procs, machines = int(launcher.num_processes), int(launcher.num_machines)
+    entry = ["-m", "qi_expert.axolotl_main", f"axolotl.cli.{command}", str(config_path)]
+    where = [str(launcher.main_process_ip), str(int(launcher.main_process_port))]
+    if program == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={machines}", f"--nproc_per_node={procs}",
+                f"--node_rank={int(launcher.machine_rank)}", f"--master_addr={where[0]}",
+                f"--master_port={where[1]}", *entry]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs * machines),
+            "--num_machines", str(machines), "--machine_rank", str(int(launcher.machine_rank)),
+            "--main_process_ip", where[0], "--main_process_port", where[1],
+            *(["--multi_gpu"] if procs * machines > 1 else []), *entry]
+
+
+def run_axolotl(command: str, config_path: Path, env: dict[str, str], cwd: Path = ROOT, launcher=None) -> None:
     """Run one Axolotl CLI command on the config; raises naming the command on failure."""
-    proc = subprocess.run(lifetime.tied(axolotl_command(command, config_path)), cwd=cwd, env=env)
+    proc = subprocess.run(lifetime.tied(launch_command(command, config_path, launcher)), cwd=cwd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"Axolotl {command} failed (exit {proc.returncode}): "
                            f"python -m axolotl.cli.{command} {config_path}")
