@@ -56,6 +56,24 @@ def run(cfg):
         tracking.log_counts(mlflow, {k: v for k, v in metrics.items() if k != "models"})
         mlflow.set_tags({tracking.safe_name(f"significant.{pair}"): ", ".join(n for n, d in ms.items() if d["significant"]) or "none"
                          for pair, ms in metrics["paired"].items()})
+        # The figures experiments are compared by, per arm, on the experiment's parent run.
+        tracking.log_headline_active(mlflow, {
+            f"{arm}.{name}": value for arm in metrics["models"]
+            for name, value in (("compile_rate", metrics[arm]["compile_rate"]),
+                                ("compliance_rate", metrics[arm]["compliance_rate"]),
+                                ("pass_at_1", metrics[arm]["pass@1"]),
+                                ("reference_loss", metrics[arm]["graded"].get("reference_loss")),
+                                ("syntax_valid_rate", metrics[arm]["graded"].get("syntax_valid_rate")))
+            if value is not None})
+        # Every completion, readable side by side in the MLflow UI's artifact table view.
+        rows = list(io.read_jsonl(OUT / "results.jsonl"))
+        mlflow.log_table({"task": [r["task_id"] for r in rows], "category": [r["category"] for r in rows],
+                          "arm": [r["model"] for r in rows], "completion": [r["completion"] for r in rows],
+                          "compiled": [r["compiled"] for r in rows],
+                          "compliant": [bool(r["compliance"].get("pass")) for r in rows],
+                          "passed": [r["passed"] for r in rows]}, artifact_file="eval/per_task.json")
+        tracking.log_datasets(mlflow.MlflowClient(), mlflow.active_run().info.run_id,
+                              {"evaluation": resolve_path(cfg.eval.benchmark)})
         mlflow.log_artifact(str(OUT / "results.jsonl"))
         mlflow.log_artifact(str(PLOTS))
         mlflow.log_artifact(str(METRICS))

@@ -109,6 +109,22 @@ def run(cfg):
             mlflow.log_artifact(str(OUT / "quant_eval.jsonl"), artifact_path="gguf")
         for path in sorted(OUT.glob("Modelfile*")) + [OUT / gguf.MANIFEST]:
             mlflow.log_artifact(str(path), artifact_path="gguf")
+        # Each file a model version in the registry (pointing at models/gguf, not copied), with
+        # what quantization cost it on the eval benchmark; the figures also on the experiment's run.
+        manifest = gguf.read_manifest(OUT / gguf.MANIFEST)
+        qc = metrics.get("quantization_cost", {})
+        client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+        headline = {}
+        for kind, name in manifest["files"].items():
+            figures = {"size_mb": metrics["size_mb"].get(kind)}
+            if isinstance(qc.get(kind), dict):
+                figures.update({"compile_rate": qc[kind]["compile_rate"], "compliance_rate": qc[kind]["compliance_rate"],
+                                "pass_at_1": qc[kind].get("pass@1")})
+            headline.update({f"gguf.{kind}.{k}": v for k, v in figures.items() if v is not None})
+            # The run's gguf/ artifacts hold the Modelfiles and manifest; the weights stay in models/gguf.
+            tracking.register_version(client, f"qi-expert-{cfg.model.name}-{kind}".replace("_", "-"), run_id, "gguf",
+                                      {k: v for k, v in figures.items() if v is not None}, local_path=OUT / name)
+        tracking.log_headline_active(mlflow, headline)
 
 
 if __name__ == "__main__":

@@ -117,10 +117,15 @@ def run(cfg):
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(str(cfg.mlflow.experiment))
     client = MlflowClient(uri)
-    tracking.close_dead_runs(client, experiment.experiment_id, "train")  # a run SIGKILLed before this one
-    run_id = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags).info.run_id
+    experiment_id = tracking.open_experiment(client, str(cfg.mlflow.experiment))
+    tracking.close_dead_runs(client, experiment_id, "train")  # a run SIGKILLed before this one
+    parent = tracking.experiment_run(client, experiment_id, cfg)
+    run_id = client.create_run(experiment_id, run_name=run_name,
+                               tags={**tags, "mlflow.parentRunId": parent}).info.run_id
+    # The rows it trains and validates on, as MLflow dataset inputs (their content digests).
+    tracking.log_datasets(client, run_id, {"training": resolve_path(tc.train_file),
+                                           "validation": resolve_path(tc.val_file)})
     # Axolotl's MLflow callback logs per-step loss into this run (tagged above).
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id})
     # The base model's validation loss (step 0) when it is already known for these inputs.
@@ -164,6 +169,12 @@ def run(cfg):
         io.write_json(METRICS, metrics)
         training.write_loss_csv(LOSS_CSV, rows)
         training.log_to_mlflow(client, run_id, cfg, metrics, rows, config_path)
+        tracking.log_headline(client, parent, {"val_loss_final": metrics["val_loss_final"],
+                                               "val_loss_first": metrics["val_loss_first"]})
+        # The adapter (a few MB) in the run's artifacts and as a registered model version.
+        client.log_artifacts(run_id, str(resolve_path(tc.adapter_dir)), artifact_path="adapter")
+        tracking.register_version(client, f"qi-expert-{cfg.model.name}-adapter", run_id, "adapter",
+                                  {"val_loss_final": metrics["val_loss_final"], "steps": metrics["steps"]})
         status = "FINISHED"
     except training.IncompleteRun as e:
         sys.exit(str(e))  # the run ends FAILED (below)

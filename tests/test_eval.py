@@ -622,9 +622,14 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
 
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")
+    runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list",
+                              filter_string="tags.stage != 'experiment'")
     assert len(runs) == 1
     run = runs[0]
+    # The headline figures per arm are on the experiment's parent run too.
+    parent = mlflow.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["stage"] == "experiment" and "tuned.pass_at_1" in parent.data.metrics
+    assert "eval/per_task.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "eval")}
     assert run.data.tags["stage"] == "eval" and run.data.tags["base_model"] == cfg.model.name
     assert "dvc_experiment" in run.data.tags and "significant.tuned_vs_base" in run.data.tags
     assert "base.pass_at_1" in run.data.metrics and "delta.pass_at_1" in run.data.metrics

@@ -319,11 +319,15 @@ def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(trained):
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id], "tags.stage = 'train'")
     assert run.info.status == "FINISHED"
     assert run.data.tags["base_model"] == "tiny" and run.data.tags["adapter"] == "lora"
     assert run.data.tags["stage"] == "train" and "dvc_experiment" in run.data.tags
     assert run.data.params["lora_r"] == "8" and run.data.params["train.save_steps"] == "4"
+    # Nested under the experiment's run, with the rows it read and the adapter registered.
+    assert client.get_run(run.data.tags["mlflow.parentRunId"]).data.tags["stage"] == "experiment"
+    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation"}
+    assert [v.run_id for v in client.search_model_versions("name='qi-expert-tiny-adapter'")] == [run.info.run_id]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 8
 
 
@@ -439,7 +443,7 @@ def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monke
     assert not (other / "models" / "adapter").exists()
     assert not (other / "metrics" / "train.json").exists()
     client = mlflow.MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id], "tags.stage = 'train'")
     assert run.info.status == "FAILED"
 
 
@@ -472,7 +476,7 @@ def _only_run(proj: Path):
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("qi-expert").experiment_id], "tags.stage = 'train'")
     return client, run
 
 

@@ -1,7 +1,11 @@
-"""MLflow tracking: one run per stage invocation, in the project's experiment.
+"""MLflow tracking: one run per stage invocation, in the project's experiment, nested under one run
+per DVC experiment.
 
 Runs are tagged with the stage, the DVC experiment (DVC sets DVC_EXP_NAME inside
-`dvc exp run`), the corpus and the base model, so the MLflow UI can group and compare them.
+`dvc exp run`), the corpus and the base model, so the MLflow UI can group and compare them. The
+parent run (stage "experiment", one per DVC experiment name; `workspace` for `dvc repro`) carries
+the base model, corpus, adapter and hyperparameters as tags and the eval's headline figures as
+metrics, so the runs view compares experiments side by side; the stage runs hang under it.
 Where runs go (`mlflow`) and those tags come from the whole parameters when the stage's own do
 not hold them (config.setting): no stage output depends on them, so dvc.yaml does not list them.
 """
@@ -39,6 +43,96 @@ def run_tags(cfg: DictConfig, stage: str) -> dict[str, str]:
         "base_model": str(setting(cfg, "model.name")),
         PROCESS_TAG: lifetime.identity(),
     }
+
+
+EXPERIMENT_STAGE = "experiment"
+# What tells experiments apart, as tags of the parent run (tags, not params: a `dvc repro` in the
+# workspace reuses its parent run, and MLflow params cannot change once logged).
+EXPERIMENT_TAGS = ("model.name", "corpus.name", "adapter", "lora_r", "lora_alpha", "lora_dropout", "learning_rate",
+                   "max_steps", "micro_batch_size", "gradient_accumulation_steps", "sequence_len", "seed",
+                   "launcher.name")
+
+
+def open_experiment(client, name: str) -> str:
+    """The MLflow experiment's id (created if new), set to open on the runs view: MLflow 3 opens
+    experiments of unknown kind on its GenAI overview, empty for this project."""
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    if not found or found.tags.get("mlflow.experimentKind") != "custom_model_development":
+        client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    return experiment_id
+
+
+def experiment_run(client, experiment_id: str, cfg: DictConfig) -> str:
+    """The parent run of this DVC experiment: found by its name or created; tags refreshed."""
+    name = os.environ.get("DVC_EXP_NAME", "workspace")
+    tags = {"stage": EXPERIMENT_STAGE, "dvc_experiment": name}
+    for key in EXPERIMENT_TAGS:
+        try:
+            value = setting(cfg, key)
+        except Exception:  # no params.yaml to fall back on (a stage run by hand on a bare config)
+            value = None
+        if value is not None:
+            tags[key] = str(value)
+    found = client.search_runs([experiment_id], filter_string=f"tags.stage = '{EXPERIMENT_STAGE}' and "
+                                                              f"tags.dvc_experiment = '{name}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        for k, v in tags.items():
+            if found[0].data.tags.get(k) != v:
+                client.set_tag(run_id, k, v)
+        return run_id
+    run_id = client.create_run(experiment_id, run_name=f"experiment:{name}", tags=tags).info.run_id
+    client.set_terminated(run_id, "FINISHED")  # a heading for its stage runs: nothing runs in it
+    return run_id
+
+
+def log_headline(client, parent_run_id: str, figures: Mapping[str, float]) -> None:
+    """The figures an experiment is compared by, on its parent run (eval's per arm, gguf's, ...)."""
+    for key, value in figures.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            client.log_metric(parent_run_id, safe_name(key), float(value))
+
+
+def log_headline_active(mlflow, figures: Mapping[str, float]) -> None:
+    """log_headline on the parent run of the active stage run."""
+    parent = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent:
+        log_headline(mlflow.MlflowClient(), parent, figures)
+
+
+def log_datasets(client, run_id: str, files: Mapping[str, "os.PathLike"]) -> None:
+    """Data files as MLflow dataset inputs ({context: path}): name, content digest (the sha256 DVC's
+    own md5 would also pin) and path, so the runs view shows what each run read."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for context, path in files.items():
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+        inputs.append(DatasetInput(Dataset(name=os.path.basename(path), digest=digest, source_type="local",
+                                           source=str(path)),
+                                   tags=[InputTag("mlflow.data.context", context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def register_version(client, name: str, run_id: str, artifact_path: str, figures: Mapping[str, object],
+                     local_path: "os.PathLike | None" = None) -> str:
+    """A version of registered model `name` whose source is what run `run_id` logged under
+    `artifact_path` (a tracking server accepts no local path), tagged with `figures` and, for a
+    file too large to copy into the artifact store (a GGUF), the path where it lies."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Written by qi-expert's pipeline (dvc repro)")
+    tags = {safe_name(k): str(v) for k, v in figures.items()}
+    if local_path is not None:
+        tags["path"] = os.path.abspath(local_path)
+    version = client.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags)
+    return version.version
 
 
 def close_dead_runs(client, experiment_id: str, stage: str) -> list[str]:
@@ -79,9 +173,13 @@ def stage_run(cfg: DictConfig, stage: str, params: Mapping | None = None) -> Ite
     mlflow.set_tracking_uri(uri)
     tags = run_tags(cfg, stage)
     try:
-        experiment = mlflow.set_experiment(str(setting(cfg, "mlflow.experiment")))
-        close_dead_runs(mlflow.MlflowClient(uri), experiment.experiment_id, stage)
-        active = mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}", tags=tags)
+        client = mlflow.MlflowClient(uri)
+        experiment_id = open_experiment(client, str(setting(cfg, "mlflow.experiment")))
+        mlflow.set_experiment(experiment_id=experiment_id)
+        close_dead_runs(client, experiment_id, stage)
+        parent = experiment_run(client, experiment_id, cfg)
+        active = mlflow.start_run(run_name=f"{stage}:{tags['dvc_experiment']}",
+                                  tags={**tags, "mlflow.parentRunId": parent})
     except Exception as e:  # MLflow raises many kinds (sqlalchemy, OSError, MlflowException)
         raise StageError(f"cannot record the run in the MLflow store {uri} (mlflow.tracking_uri or "
                          f"MLFLOW_TRACKING_URI): {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}; DVC records "
