@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what is missing first (scripts/setup.sh).
-.PHONY: setup repro test bench
+.PHONY: setup repro test bench exps
 
 # Stage commands in dvc.yaml say `python`: make it this project's virtual environment.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -16,3 +16,9 @@ test: setup
 # Every benchmark (benchmarks/run_all.py), one at a time, and one table; after `make repro`.
 bench: setup
 	.venv/bin/python benchmarks/run_all.py
+
+# The experiments side by side, the swept params and the headline figures only (dvc exp show
+# lists hundreds of columns: every stage's counts). Pass more with EXPS_ARGS="-A --md".
+EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(model\.name|lora_r|lora_alpha|learning_rate)$$|val_loss_final$$|^(base|tuned)(\+retrieval)?\.(compile_rate|pass@1|graded\.reference_loss)$$
+exps:
+	.venv/bin/dvc exp show --no-pager --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
