@@ -32,10 +32,11 @@ def test_a_model_keeps_the_sweep_keys_a_recipe_replaces_them_and_the_command_lin
 
 
 def test_gpu_entries_inherit_one_shared_entry():
-    """The three GPU entries differ in name, Hub id (and base_model) and chat template alone."""
+    """The three GPU entries differ in name, Hub id (and base_model), chat template and the decoder
+    layer class FSDP wraps (Qwen2's; the other two are Llamas) alone."""
     names = ["qwen2.5-coder-7b", "deepseek-coder-6.7b", "codellama-7b"]
     models = [OmegaConf.to_container(compose_conf([f"model={n}"]).model) for n in names]
-    own = ("name", "hub_id", "base_model", "chat_template")
+    own = ("name", "hub_id", "base_model", "chat_template", "decoder_layer")
     shared = [{k: v for k, v in m.items() if k not in own} for m in models]
     assert shared[0] == shared[1] == shared[2] and shared[0]["requires_cuda"] is True
     for n in names:

@@ -57,7 +57,14 @@ def open_experiment(client, name: str) -> str:
     """The MLflow experiment's id (created if new), set to open on the runs view: MLflow 3 opens
     experiments of unknown kind on its GenAI overview, empty for this project."""
     found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(name)
+        except Exception:  # another queue worker created it first (`dvc queue start -j N`)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    experiment_id = found.experiment_id if found else experiment_id
     if not found or found.tags.get("mlflow.experimentKind") != "custom_model_development":
         client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     return experiment_id
