@@ -4,6 +4,7 @@ experiment opening on its runs view, dataset inputs and registered model version
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,9 +51,15 @@ def server(tmp_path_factory):
 def test_a_stage_against_a_tracking_server_nests_under_its_experiment_run(server, tmp_path):
     import mlflow
 
+    # A project folder of its own (the stage writes its outputs where it runs, never in this checkout).
+    project = tmp_path / "proj"
+    shutil.copytree(ROOT / "conf", project / "conf")
+    shutil.copy2(ROOT / "params.yaml", project / "params.yaml")
+    (project / "dvc.yaml").write_text("stages: {}\n")
     env = dict(os.environ, MLFLOW_TRACKING_URI=server, DVC_EXP_NAME="lora-r-32")
     for _ in range(2):  # a rerun reuses the experiment's parent run
-        proc = subprocess.run([sys.executable, str(ROOT / "stages/extract.py")], cwd=ROOT, env=env,
+        proc = subprocess.run([sys.executable, str(ROOT / "stages/extract.py"),
+                               f"corpus.root={ROOT / 'data/sample/typescript'}"], cwd=project, env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(server)
@@ -65,6 +72,7 @@ def test_a_stage_against_a_tracking_server_nests_under_its_experiment_run(server
     assert parent.data.tags["lora_r"] == "16" and parent.data.tags["corpus.name"] == "sample"
     children = client.search_runs([experiment.experiment_id], "tags.stage = 'extract'")
     assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert (project / "metrics/extract.json").is_file()
 
     # Headline figures on the parent, dataset inputs and registered versions (as train, eval and gguf log them).
     data = tmp_path / "train.chat.jsonl"
