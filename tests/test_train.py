@@ -427,7 +427,7 @@ def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monke
     monkeypatch.setattr(config, "ROOT", other)
     cfg = config.load_params(TINY, params_file=other / "params.yaml")
 
-    def stopped_at_step_4(command, config_path, env, cwd=None):
+    def stopped_at_step_4(command, config_path, env, cwd=None, launcher=None):
         if command == "train":
             ckpt = other / "models" / "train" / "checkpoints" / "checkpoint-4"
             ckpt.mkdir(parents=True)

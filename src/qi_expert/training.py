@@ -165,16 +165,7 @@ def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
         "val": _sha([resolve_path(cfg.train.val_file)]),
         "base_model": gencache.files_digest([base]) if base.is_dir() else str(cfg.model.base_model),
         "libraries": fingerprint_libraries(),
-        # How many processes share each step: a checkpoint of another world size is another run.
-        "world_size": str(_world_size(cfg)),
     }
-
-
-def _world_size(cfg: DictConfig) -> int:
-    lc = cfg.get("launcher")
-    if lc is None or str(lc.program) == "python":
-        return 1
-    return int(lc.num_processes) * int(lc.num_machines)
     return _sha_json(payload)
 
 
