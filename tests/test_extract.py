@@ -269,6 +269,7 @@ def test_each_test_case_is_a_record_with_its_describe_titles_and_the_setup_it_us
 import {{ half }} from '@qi/base';
 
 const even = (n: number) => n * 2;
+const skipOdd = false;
 
 describe('half', () => {{
   let calls = 0;
@@ -277,7 +278,7 @@ describe('half', () => {{
     calls = 0;
   }});
 
-  describe.skipIf(false)('on even numbers', () => {{
+  describe.skipIf(skipOdd)('on even numbers', () => {{
     const input = even(21);
     it('halves', () => {{
       calls++;
@@ -303,7 +304,7 @@ describe('half', () => {{
   beforeEach(() => {
     calls = 0;
   });
-  describe.skipIf(false)('on even numbers', () => {
+  describe.skipIf(skipOdd)('on even numbers', () => {
     const input = even(21);
     it('halves', () => {
       calls++;
@@ -311,8 +312,10 @@ describe('half', () => {{
     });
   });
 });"""
-    assert halves["support"] == ["const even = (n: number) => n * 2;"]  # the file's own declaration it uses
-    assert (halves["start_line"], halves["end_line"]) == (15, 18)  # the case's own lines in the file
+    # The file's own declarations it uses, in its body and in its describe header.
+    assert halves["support"] == ["const even = (n: number) => n * 2;", "const skipOdd = false;"]
+    assert cases["filler 0"]["support"] == []
+    assert (halves["start_line"], halves["end_line"]) == (16, 19)  # the case's own lines in the file
     assert "for (const n of [1, 3])" in cases["refuses ${n}"]["code"]
     assert "unused" not in cases["filler 0"]["code"] and "beforeEach" in cases["filler 0"]["code"]
 
@@ -365,3 +368,41 @@ return <Spinner />
     }
     summary = extract.summarize(records, report)["markdown_blocks"]
     assert summary["total"] == 6 and summary["with_record"] == 3
+
+
+def test_a_block_with_a_signature_without_body_keeps_the_usage_that_follows_it(tmp_path):
+    page = """# map
+
+```ts
+// Transform success values
+export const map = <T, U>(
+  fn: (value: T) => U
+): Result<U>
+
+// Usage
+const halved = half(4)
+
+function twice(n: number): number {
+  const once = n * 2
+
+  return once * 2
+}
+```
+
+```ts
+export const flatMap = <T, U>(
+  fn: (value: T) => Result<U>
+): Result<U>
+```
+"""
+    root = corpus(tmp_path, {**OTHER_LAYOUT, "docs/map.md": page})
+    records, report = extract.extract_corpus(root, CFG)
+    blocks = {r["start_line"]: r for r in records if r["source_file"] == "docs/map.md"}
+    # Nothing is invented: the signature's lines are left out, the usage keeps its own lines.
+    # The usage is one record (a function body's blank line did not split it).
+    assert blocks[10]["code"] == ("const halved = half(4)\n\n"
+                                  "function twice(n: number): number {\n  const once = n * 2\n\n  return once * 2\n}")
+    assert blocks[10]["imports"] == ['import { half } from "@qi/base";'] and set(blocks) == {10}
+    assert report.blocks_partly_read == {"docs/map.md:4": "lines 1-4 left out: not TypeScript tree-sitter can parse"}
+    assert report.blocks_without_record["docs/map.md:20"].startswith("not TypeScript tree-sitter can parse, at its line 1: export const flatMap")
+    assert extract.summarize(records, report)["markdown_blocks"]["partly_read"] == report.blocks_partly_read

@@ -32,17 +32,19 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                              "--port", str(port), "--backend-store-uri", f"sqlite:///{folder}/store.db",
                              "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
     uri = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    # Its first start creates the store's tables: a minute and more on a loaded 2-core machine.
+    deadline = time.monotonic() + 300
+    while True:
         try:
-            urllib.request.urlopen(f"{uri}/health", timeout=1)
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
             break
         except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
     yield uri
     proc.terminate()
     proc.wait(timeout=30)

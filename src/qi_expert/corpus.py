@@ -219,11 +219,12 @@ def find_sources(root: Path, overrides: Mapping[str, Sequence[str]], exclude: Se
         rel = path.relative_to(root).as_posix()
         if not any(fnmatch.fnmatchcase(rel, g) for g in exclude):
             candidates.append((path, rel))
-    app_folders = {a for _, rel in candidates if rel.endswith(".ts")
-                   and classify(root, rel, layout, overrides)[0] == "app" for a in _ancestors(rel)}
+    # TypeScript first: the folders of its apps decide whether a Markdown file is an app's or a tutorial.
+    kinds = {rel: classify(root, rel, layout, overrides) for _, rel in candidates if rel.endswith(".ts")}
+    app_folders = {a for rel, (kind, _) in kinds.items() if kind == "app" for a in _ancestors(rel)}
     found, unclassified = [], {}
     for path, rel in candidates:
-        kind, where = classify(root, rel, layout, overrides, app_folders)
+        kind, where = kinds.get(rel) or classify(root, rel, layout, overrides, app_folders)
         if kind is None:
             unclassified[rel] = where
         else:

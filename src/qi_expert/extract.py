@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
@@ -59,6 +59,7 @@ class ExtractReport:
     blocks_fragment: int = 0  # fenced blocks that are not self-contained examples
     blocks_parse_error: list[str] = field(default_factory=list)
     blocks_without_record: dict[str, str] = field(default_factory=dict)  # "file:line" -> why
+    blocks_partly_read: dict[str, str] = field(default_factory=dict)  # "file:line" -> the lines left out, why
     too_short: int = 0
     too_long: int = 0
     test_cases: int = 0  # it/test calls in the test files
@@ -245,9 +246,13 @@ def _test_case_unit(path: list[tuple[Node, Node]], case: Node, declarations: dic
     for describe, body in reversed(path):
         lines.append(_indent(describe) + describe.text[body.end_byte - 1 - describe.start_byte:].decode("utf-8"))
     kept = [s for s in setup if id(s) in picked]
-    support = [tsast.text(n) for n in sorted({id(d): d for n in kept + [case]
-                                              for d in tsast.dependencies(n, declarations)}.values(),
-                                             key=lambda d: d.start_byte)]
+    # The file's declarations the case, its setup or its describe headers use
+    # (`describe.skipIf(!(await isRedisAvailable()))(...)`).
+    headers = [declarations[n] for d, body in path for n in tsast.referenced_names_outside(d, body)
+               if n in declarations]
+    needed = {id(d): d for n in kept + [case] for d in tsast.dependencies(n, declarations)}
+    needed |= {id(d): d for h in headers for d in [h, *tsast.dependencies(h, declarations)]}
+    support = [tsast.text(n) for n in sorted(needed.values(), key=lambda d: d.start_byte)]
     called = _test_call(case) or next((c for n in tsast.walk(case) if n.type == "expression_statement"
                                        and (c := _test_call(n)) and c[0] in _TEST_CASES), None)
     return Unit("test_case", _title(called[1]), "\n".join(lines), case.start_point[0] + 1, case.end_point[0] + 1,
@@ -461,9 +466,14 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
                 if broot.has_error:
                     err = tsast.first_error(broot)
                     line = err.start_point[0] if err else 0
-                    report.blocks_parse_error.append(f"{f.rel}:{block.first_line + line}")
-                    report.blocks_without_record[where] = _unparsable(block.code, line)
-                    continue
+                    readable, left_out = readable_parts(block.code)
+                    if readable is None:
+                        report.blocks_parse_error.append(f"{f.rel}:{block.first_line + line}")
+                        report.blocks_without_record[where] = _unparsable(block.code, line)
+                        continue
+                    report.blocks_partly_read[where] = left_out
+                    block = replace(block, code=readable)
+                    broot = tsast.parse(readable).root_node
                 units = units_of_block(block, broot, earlier, earlier_imports, cfg.counter_markers,
                                        cfg.corrected_markers, earlier_imported, api)
                 if not units:
@@ -551,6 +561,45 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
     return records, report
 
 
+def readable_parts(code: str) -> tuple[str | None, str]:
+    """A block whose whole tree-sitter cannot read, with the paragraphs it can read kept in place.
+
+    Guides often put a signature without a body (`export const map = <T, U>(fn, r): Result<U>`)
+    and then the usage that follows it in one block. The block is split at blank lines; from each
+    paragraph on, the shortest run of paragraphs that parses is kept (a function body may hold
+    blank lines), a paragraph no run completes is blanked out (its lines stay, empty, so line
+    numbers hold). Nothing is added. Returns (the code, which lines were left out and why), or
+    (None, "") when no statement is left.
+    """
+    lines = code.splitlines()
+    paragraphs: list[tuple[int, int]] = []  # [start, end) line ranges
+    start = None
+    for i, line in enumerate([*lines, ""]):
+        if line.strip() and start is None:
+            start = i
+        elif not line.strip() and start is not None:
+            paragraphs.append((start, i))
+            start = None
+    keep, left_out = [False] * len(lines), []
+    i = 0
+    while i < len(paragraphs):
+        for j in range(i + 1, len(paragraphs) + 1):
+            if not tsast.parse("\n".join(lines[paragraphs[i][0]:paragraphs[j - 1][1]])).root_node.has_error:
+                for a in range(paragraphs[i][0], paragraphs[j - 1][1]):
+                    keep[a] = True
+                i = j
+                break
+        else:
+            a, b = paragraphs[i]
+            left_out.append(f"{a + 1}-{b}" if b - a > 1 else f"{a + 1}")
+            i += 1
+    readable = "\n".join(line if k else "" for line, k in zip(lines, keep))
+    root = tsast.parse(readable).root_node
+    if root.has_error or not any(c.type != "comment" for c in root.children):
+        return None, ""
+    return readable, f"lines {', '.join(left_out)} left out: not TypeScript tree-sitter can parse"
+
+
 def _unparsable(code: str, line: int) -> str:
     """Why tree-sitter could not read a block: JSX (TSX), or the line where TypeScript stops."""
     if not tsast.parse(code, tsx=True).root_node.has_error:
@@ -577,6 +626,7 @@ def summarize(records: list[dict], report: ExtractReport) -> dict:
         "markdown_blocks": {"total": report.blocks_total, "fragments": report.blocks_fragment,
                             "parse_errors": len(report.blocks_parse_error),
                             "with_record": report.blocks_total - len(report.blocks_without_record),
+                            "partly_read": dict(sorted(report.blocks_partly_read.items())),
                             "without_record": dict(sorted(report.blocks_without_record.items()))},
         "skipped_units": {"too_short": report.too_short, "too_long": report.too_long},
         "records": len(records),

@@ -19,24 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from qi_expert.io import file_sha256
 
 CODE_FILES = ("generate.py", "decoding.py", "transformers_backend.py", "attention.py", "gencache.py")
 
 
 def cache_dir(kind: str = "generations") -> Path:
     return Path(os.environ.get("QI_CACHE_DIR") or Path.home() / ".cache/qi-expert") / kind
-
-
-@lru_cache(maxsize=None)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def files_digest(folders: Iterable[Path]) -> dict[str, str]:
@@ -46,13 +38,11 @@ def files_digest(folders: Iterable[Path]) -> dict[str, str]:
     for folder in folders:
         folder = Path(folder)
         if folder.is_file():
-            st = folder.stat()
-            out[folder.name] = _file_sha256(str(folder), st.st_size, st.st_mtime_ns)
+            out[folder.name] = file_sha256(folder)
             continue
         for p in sorted(folder.rglob("*")):
             if p.is_file():
-                st = p.stat()
-                out[f"{folder.name}/{p.relative_to(folder)}"] = _file_sha256(str(p), st.st_size, st.st_mtime_ns)
+                out[f"{folder.name}/{p.relative_to(folder)}"] = file_sha256(p)
     return out
 
 

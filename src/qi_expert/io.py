@@ -8,10 +8,12 @@ interrupted stage never leaves a half-written file that looks whole.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -117,3 +119,19 @@ def append_jsonl(path: Path, row: Any) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """Pretty JSON for metrics files people read and diff."""
     write_text(path, json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks; remembered while its size and mtime stay the
+    same (a model folder is hashed once per process, not once per cache key)."""
+    st = os.stat(path)
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=None)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

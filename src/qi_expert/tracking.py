@@ -56,11 +56,13 @@ EXPERIMENT_TAGS = ("model.name", "corpus.name", "adapter", "lora_r", "lora_alpha
 def open_experiment(client, name: str) -> str:
     """The MLflow experiment's id (created if new), set to open on the runs view: MLflow 3 opens
     experiments of unknown kind on its GenAI overview, empty for this project."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
             experiment_id = client.create_experiment(name)
-        except Exception:  # another queue worker created it first (`dvc queue start -j N`)
+        except MlflowException:  # another queue worker created it first (`dvc queue start -j N`)
             found = client.get_experiment_by_name(name)
             if found is None:
                 raise
@@ -77,7 +79,7 @@ def experiment_run(client, experiment_id: str, cfg: DictConfig) -> str:
     for key in EXPERIMENT_TAGS:
         try:
             value = setting(cfg, key)
-        except Exception:  # no params.yaml to fall back on (a stage run by hand on a bare config)
+        except FileNotFoundError:  # no params.yaml to fall back on (a stage run by hand on a bare config)
             value = None
         if value is not None:
             tags[key] = str(value)
@@ -111,13 +113,13 @@ def log_headline_active(mlflow, figures: Mapping[str, float]) -> None:
 def log_datasets(client, run_id: str, files: Mapping[str, "os.PathLike"]) -> None:
     """Data files as MLflow dataset inputs ({context: path}): name, content digest (the sha256 DVC's
     own md5 would also pin) and path, so the runs view shows what each run read."""
-    import hashlib
-
     from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from qi_expert.io import file_sha256
 
     inputs = []
     for context, path in files.items():
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+        digest = file_sha256(path)[:16]
         inputs.append(DatasetInput(Dataset(name=os.path.basename(path), digest=digest, source_type="local",
                                            source=str(path)),
                                    tags=[InputTag("mlflow.data.context", context)]))

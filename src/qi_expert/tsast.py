@@ -69,6 +69,13 @@ def referenced_names(node: Node) -> set[str]:
     return {text(n) for n in captures(node, _NAMES_QUERY).get("name", [])}
 
 
+def referenced_names_outside(node: Node, inner: Node) -> set[str]:
+    """referenced_names of `node` without those below `inner` (a describe call's header: its
+    modifiers and title, not its body)."""
+    return {text(n) for n in captures(node, _NAMES_QUERY).get("name", [])
+            if n.end_byte <= inner.start_byte or n.start_byte >= inner.end_byte}
+
+
 # Top-level statements that declare names (a file's declarations; `export` wraps them).
 DECLARATIONS = frozenset({"function_declaration", "class_declaration", "abstract_class_declaration",
                           "lexical_declaration", "interface_declaration", "type_alias_declaration",
