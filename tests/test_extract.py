@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from qi_expert import extract, patterns
+from qi_expert import extract, patterns, tsast
 from qi_expert.config import ROOT, compose_conf
 from qi_expert.corpus import CorpusError
 
@@ -406,3 +406,12 @@ export const flatMap = <T, U>(
     assert report.blocks_partly_read == {"docs/map.md:4": "lines 1-4 left out: not TypeScript tree-sitter can parse"}
     assert report.blocks_without_record["docs/map.md:20"].startswith("not TypeScript tree-sitter can parse, at its line 1: export const flatMap")
     assert extract.summarize(records, report)["markdown_blocks"]["partly_read"] == report.blocks_partly_read
+
+
+def test_a_name_imported_again_from_another_module_is_bound_to_the_later_import():
+    imports: list[str] = []
+    for statement in ["import { Ok, Err } from '@qi/old/base';", "import { createLogger } from '@qi/old';",
+                      "import { Ok, Result } from '@qi/base';", "import { success } from '@qi/base';"]:
+        extract._merge_import(imports, tsast.parse(statement).root_node.children[0])
+    assert imports == ["import { Err } from '@qi/old/base';", "import { createLogger } from '@qi/old';",
+                       "import { Ok, Result, success } from '@qi/base';"]

@@ -380,7 +380,9 @@ def _import_names(imports: Sequence[Node]) -> set[str]:
 def _merge_import(imports: list[str], stmt: Node) -> None:
     """Add an import statement to a list, merging named imports of a module already there.
 
-    Two blocks importing `success` from '@qi/base' must not give one snippet two `success`.
+    Two blocks importing `success` from '@qi/base' must not give one snippet two `success`; a name
+    imported again from another module is bound to the later one (a page showing an old package
+    name, then the new one), as a notebook's later cell rebinds it.
     """
     source = tsast.text(stmt.child_by_field_name("source"))
     specs = [tsast.text(n) for n in tsast.walk(stmt) if n.type == "import_specifier"]
@@ -392,6 +394,13 @@ def _merge_import(imports: list[str], stmt: Node) -> None:
             imports.append(whole)
         return
     prefix = "import { "
+    rebound = {sp.split()[-1] for sp in specs}
+    for i, existing in enumerate(imports):
+        if existing.startswith(prefix) and " } from " in existing and not existing.endswith(f" }} from {source};"):
+            have, _, module = existing[len(prefix):].rpartition(" } from ")
+            kept = [h for h in have.split(", ") if h.split()[-1] not in rebound]
+            imports[i] = f"{prefix}{', '.join(kept)} }} from {module}" if kept else ""
+    imports[:] = [i for i in imports if i]
     for i, existing in enumerate(imports):
         if existing.startswith(prefix) and existing.endswith(f" }} from {source};"):
             have = existing[len(prefix):-len(f" }} from {source};")].split(", ")
