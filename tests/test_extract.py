@@ -415,3 +415,34 @@ def test_a_name_imported_again_from_another_module_is_bound_to_the_later_import(
         extract._merge_import(imports, tsast.parse(statement).root_node.children[0])
     assert imports == ["import { Err } from '@qi/old/base';", "import { createLogger } from '@qi/old';",
                        "import { Ok, Result, success } from '@qi/base';"]
+
+
+def test_a_block_gets_what_its_earlier_declarations_use_in_turn_and_imports_win_over_page_sketches(tmp_path):
+    page = """# Parsing
+
+A sketch of the type, for reading only:
+
+```ts
+type Result<T> = { tag: 'success'; value: T } | { tag: 'failure'; error: string };
+```
+
+```ts
+import { type Result, success } from '@qi/base';
+type Raw = Record<string, unknown>;
+```
+
+```ts
+const asObject = (raw: unknown): Result<Raw> => success(raw as Raw);
+```
+
+```ts
+const parsed = asObject({ a: 1 });
+```
+"""
+    root = corpus(tmp_path, {**OTHER_LAYOUT, "docs/parse.md": page})
+    records, _ = extract.extract_corpus(root, CFG)
+    parsed = next(r for r in records if r["code"] == "const parsed = asObject({ a: 1 });")
+    # asObject needs Raw; Result comes from the page's import, never from its sketch.
+    assert parsed["support"] == ["type Raw = Record<string, unknown>;",
+                                 "const asObject = (raw: unknown): Result<Raw> => success(raw as Raw);"]
+    assert parsed["imports"] == ["import { type Result, success } from '@qi/base';"]

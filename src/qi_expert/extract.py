@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
@@ -334,9 +335,23 @@ def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlie
         # (for a block without imports) those of the blocks above it in the same tutorial.
         unit_imports = ([tsast.text(i) for i in imports] if code == body else []) if imports else list(earlier_imports)
         bound_here = {n for s in stmts for n in tsast.declared_names(s)} | _import_names(imports)
-        support = preamble + [src for name, src in earlier.items() if name in used and name not in bound_here]
+        # The earlier blocks' declarations it uses, and those they use in turn (a type that names
+        # QiError needs QiError too), in page order.
+        # A name the unit declares, its preamble declares or an import binds is not taken from
+        # an earlier block (the page's own sketch of `type Result` never shadows the real one).
+        not_taken = bound_here | set(earlier_imported) | {n for p in preamble for n in _declared_in(p)}
+        needed = used.union(*(_names_in(p) for p in preamble))
+        picked: set[str] = set()
+        while new := {src for name, src in earlier.items()
+                      if name in needed and name not in not_taken and src not in picked}:
+            picked |= new
+            needed = needed.union(*(_names_in(src) for src in new))
+        support = preamble + [src for src in dict.fromkeys(earlier.values()) if src in picked]
         provided = bound_here | set(earlier) | (set() if imports else set(earlier_imported))
-        unit_imports += _api_imports(sorted(used - provided), api)
+        if imports:  # its own imports replace the page's: keep those of the page's its support needs
+            unit_imports += _imports_of(needed - provided, earlier_imports)
+            provided |= needed & set(earlier_imported)
+        unit_imports += _api_imports(sorted(needed - provided), api)
         names = [n for s in stmts for n in tsast.declared_names(s)]
         units.append(Unit("block", names[0] if names else "", code, block.first_line + stmts[0].start_point[0],
                           block.first_line + stmts[-1].end_point[0], role=role, support=list(dict.fromkeys(support)),
@@ -345,6 +360,36 @@ def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlie
         units.append(Unit("block", "", import_text, block.first_line + imports[0].start_point[0],
                           block.first_line + imports[-1].end_point[0], nodes=list(imports)))
     return units
+
+
+@lru_cache(maxsize=4096)
+def _names_in(src: str) -> frozenset[str]:
+    """The names a declaration's source uses (referenced_names of its parse)."""
+    return frozenset(tsast.referenced_names(tsast.parse(src).root_node))
+
+
+@lru_cache(maxsize=4096)
+def _declared_in(src: str) -> frozenset[str]:
+    return frozenset(n for c in tsast.parse(src).root_node.children for n in tsast.declared_names(c))
+
+
+def _imports_of(names: set[str], statements: Sequence[str]) -> list[str]:
+    """Of the page's import statements (as _merge_import keeps them), those binding `names`, each
+    cut down to those names (a named import) or whole when all it binds is wanted."""
+    out = []
+    for statement in statements:
+        node = tsast.parse(statement).root_node.children[0]
+        specs = [n for n in tsast.walk(node) if n.type == "import_specifier"]
+        bound = _import_names([node]) | {tsast.text(n) for n in tsast.walk(node) if n.type == "identifier"
+                                         and n.parent.type in ("import_clause", "namespace_import")}
+        if not bound & names:
+            continue
+        if statement.startswith("import { ") and len(specs) == len(bound):
+            wanted = [tsast.text(n) for n in specs if tsast.text(n).split()[-1] in names]
+            out.append(f"import {{ {', '.join(wanted)} }} from {tsast.text(node.child_by_field_name('source'))};")
+        elif bound <= names:
+            out.append(statement)
+    return out
 
 
 def _api_imports(names: Sequence[str], api: Mapping[str, str]) -> list[str]:
