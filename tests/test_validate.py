@@ -35,6 +35,14 @@ export function wrap(value: number): Result<Qty> {
   return success({ value });
 }
 """,
+    "app/demo/src/localtype.ts": HEADER + """
+interface Half { readonly value: number }
+
+export function halve(q: Half): Result<Half> {
+  const v: string = q.value;
+  return success({ value: Number(v) / 2 });
+}
+""",
     "app/demo/src/repeat.ts": HEADER + """
 export function parseQtyAgain(text: string): Result<number> {
   const n = Number(text);
@@ -99,6 +107,13 @@ def test_declarations_of_its_own_file_make_it_compile(validated):
     by_name, metrics = validated
     assert by_name[("app/demo/src/helpers.ts", "wrap")][0] == "accepted"
     assert metrics["compiled_with_file_context"] >= 1
+
+
+def test_a_record_checked_again_with_its_files_declarations_reports_that_checks_errors(validated):
+    by_name, _ = validated
+    reason, detail = by_name[("app/demo/src/localtype.ts", "halve")]
+    # Not the first pass's "Cannot find name 'Half'" (2304): with Half declared, the real error.
+    assert reason == "compile_error" and [d["code"] for d in detail] == [2322]
 
 
 @pytest.mark.parametrize("rule", sorted(ANTI))

@@ -107,7 +107,9 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
             context = "file" if next(r for r in retry if r["id"] == rid)["support"] else "imports"
             if not d:
                 result[rid] = {"compiles": True, "context": context, "diagnostics": []}
-            elif rid in fixed:
+            else:
+                # The fullest check's errors are the ones to report: the first pass's "cannot find
+                # name" are what this one answered with the file's declarations.
                 result[rid]["diagnostics"] = d
             if rid in fixed:
                 result[rid]["fixed"] = fixed[rid]
