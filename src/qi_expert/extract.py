@@ -615,6 +615,9 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
     return records, report
 
 
+MAX_RUN = 24  # paragraphs in one declaration (blank lines inside a function body)
+
+
 def readable_parts(code: str) -> tuple[str | None, str]:
     """A block whose whole tree-sitter cannot read, with the paragraphs it can read kept in place.
 
@@ -637,7 +640,8 @@ def readable_parts(code: str) -> tuple[str | None, str]:
     keep, left_out = [False] * len(lines), []
     i = 0
     while i < len(paragraphs):
-        for j in range(i + 1, len(paragraphs) + 1):
+        # A run longer than MAX_RUN paragraphs is not tried: the search stays linear in the block.
+        for j in range(i + 1, min(i + MAX_RUN, len(paragraphs)) + 1):
             if not tsast.parse("\n".join(lines[paragraphs[i][0]:paragraphs[j - 1][1]])).root_node.has_error:
                 for a in range(paragraphs[i][0], paragraphs[j - 1][1]):
                     keep[a] = True
