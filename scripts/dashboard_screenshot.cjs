@@ -88,7 +88,6 @@ async function main() {
     const filter = encodeURIComponent("tags.stage = 'experiment'");
     const url = `${base}/#/experiments/${id}/runs?searchFilter=${filter}`;
     await page.send("Page.navigate", { url });
-    const key = `MLflowLocalStorage-1.1-ExperimentPage-${JSON.stringify([id])}-ReactComponentState`;
     const keyOf = await until("the runs view's saved state", () => evaluate(page,
       `Object.keys(localStorage).find(k => k.startsWith("MLflowLocalStorage-1.1-ExperimentPage") && localStorage.getItem(k).includes("selectedColumns")) || ""`), 60);
     const state = JSON.parse(await evaluate(page, `localStorage.getItem(${JSON.stringify(keyOf)})`));
@@ -112,7 +111,7 @@ async function main() {
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, Buffer.from(shot.data, "base64"));
     page.close();
-    console.log(`${out}: ${url} (${key === keyOf ? "" : "state key " + keyOf})`);
+    console.log(`${out}: ${url}`);
   } finally {
     const exited = new Promise((r) => browser.on("exit", r));
     browser.kill();

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                              "--port", str(port), "--backend-store-uri", f"sqlite:///{folder}/store.db",
                              "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"))
+                            stdout=subprocess.DEVNULL, stderr=(log := open(folder / "server.log", "w")))
     uri = f"http://127.0.0.1:{port}"
     # Its first start creates the store's tables: a minute and more on a loaded 2-core machine.
     deadline = time.monotonic() + 300
@@ -48,6 +48,7 @@ def server(tmp_path_factory):
     yield uri
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
 def test_a_stage_against_a_tracking_server_nests_under_its_experiment_run(server, tmp_path):

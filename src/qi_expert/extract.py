@@ -349,8 +349,9 @@ def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlie
         support = preamble + [src for src in dict.fromkeys(earlier.values()) if src in picked]
         provided = bound_here | set(earlier) | (set() if imports else set(earlier_imported))
         if imports:  # its own imports replace the page's: keep those of the page's its support needs
-            unit_imports += _imports_of(needed - provided, earlier_imports)
-            provided |= needed & set(earlier_imported)
+            page_imports, bound_now = _imports_of(needed - provided, earlier_imports)
+            unit_imports += page_imports
+            provided |= bound_now
         unit_imports += _api_imports(sorted(needed - provided), api)
         names = [n for s in stmts for n in tsast.declared_names(s)]
         units.append(Unit("block", names[0] if names else "", code, block.first_line + stmts[0].start_point[0],
@@ -373,23 +374,23 @@ def _declared_in(src: str) -> frozenset[str]:
     return frozenset(n for c in tsast.parse(src).root_node.children for n in tsast.declared_names(c))
 
 
-def _imports_of(names: set[str], statements: Sequence[str]) -> list[str]:
+def _imports_of(names: set[str], statements: Sequence[str]) -> tuple[list[str], set[str]]:
     """Of the page's import statements (as _merge_import keeps them), those binding `names`, each
-    cut down to those names (a named import) or whole when all it binds is wanted."""
-    out = []
+    cut down to those names (a named import) or whole when all it binds is wanted; and the names
+    they bind."""
+    out, bound_now = [], set()
     for statement in statements:
         node = tsast.parse(statement).root_node.children[0]
         specs = [n for n in tsast.walk(node) if n.type == "import_specifier"]
-        bound = _import_names([node]) | {tsast.text(n) for n in tsast.walk(node) if n.type == "identifier"
-                                         and n.parent.type in ("import_clause", "namespace_import")}
-        if not bound & names:
-            continue
-        if statement.startswith("import { ") and len(specs) == len(bound):
+        bound = _bound_by(node)
+        if statement.startswith("import { ") and len(specs) == len(bound) and bound & names:
             wanted = [tsast.text(n) for n in specs if tsast.text(n).split()[-1] in names]
             out.append(f"import {{ {', '.join(wanted)} }} from {tsast.text(node.child_by_field_name('source'))};")
-        elif bound <= names:
+            bound_now |= bound & names
+        elif bound and bound <= names:
             out.append(statement)
-    return out
+            bound_now |= bound
+    return out, bound_now
 
 
 def _api_imports(names: Sequence[str], api: Mapping[str, str]) -> list[str]:
@@ -415,6 +416,12 @@ def package_exports(files: Iterable[tuple[SourceFile, Node]], layout: Layout) ->
                 for name in tsast.declared_names(child):
                     api.setdefault(name, module)
     return api
+
+
+def _bound_by(stmt: Node) -> set[str]:
+    """Every name an import statement binds: named, default and namespace imports."""
+    return _import_names([stmt]) | {tsast.text(n) for n in tsast.walk(stmt) if n.type == "identifier"
+                                    and n.parent.type in ("import_clause", "namespace_import")}
 
 
 def _import_names(imports: Sequence[Node]) -> set[str]:
@@ -520,14 +527,13 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
                 if broot.has_error:
                     err = tsast.first_error(broot)
                     line = err.start_point[0] if err else 0
-                    readable, left_out = readable_parts(block.code)
+                    readable, left_out, readable_root = readable_parts(block.code)
                     if readable is None:
                         report.blocks_parse_error.append(f"{f.rel}:{block.first_line + line}")
                         report.blocks_without_record[where] = _unparsable(block.code, line)
                         continue
                     report.blocks_partly_read[where] = left_out
-                    block = replace(block, code=readable)
-                    broot = tsast.parse(readable).root_node
+                    block, broot = replace(block, code=readable), readable_root
                 units = units_of_block(block, broot, earlier, earlier_imports, cfg.counter_markers,
                                        cfg.corrected_markers, earlier_imported, api)
                 if not units:
@@ -540,9 +546,7 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
                 for c in broot.children:
                     if c.type == "import_statement":
                         _merge_import(earlier_imports, c)
-                        earlier_imported |= _import_names([c]) | {tsast.text(n) for n in tsast.walk(c)
-                                                                  if n.type == "identifier" and n.parent.type in
-                                                                  ("import_clause", "namespace_import")}
+                        earlier_imported |= _bound_by(c)
                     for name in tsast.declared_names(c):
                         earlier.setdefault(name, tsast.text(c))
     tested = _test_references(parsed)
@@ -618,15 +622,15 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
 MAX_RUN = 24  # paragraphs in one declaration (blank lines inside a function body)
 
 
-def readable_parts(code: str) -> tuple[str | None, str]:
+def readable_parts(code: str) -> tuple[str | None, str, Node | None]:
     """A block whose whole tree-sitter cannot read, with the paragraphs it can read kept in place.
 
     Guides often put a signature without a body (`export const map = <T, U>(fn, r): Result<U>`)
     and then the usage that follows it in one block. The block is split at blank lines; from each
     paragraph on, the shortest run of paragraphs that parses is kept (a function body may hold
     blank lines), a paragraph no run completes is blanked out (its lines stay, empty, so line
-    numbers hold). Nothing is added. Returns (the code, which lines were left out and why), or
-    (None, "") when no statement is left.
+    numbers hold). Nothing is added. Returns (the code, which lines were left out and why, its
+    tree), or (None, "", None) when no statement is left.
     """
     lines = code.splitlines()
     paragraphs: list[tuple[int, int]] = []  # [start, end) line ranges
@@ -654,8 +658,8 @@ def readable_parts(code: str) -> tuple[str | None, str]:
     readable = "\n".join(line if k else "" for line, k in zip(lines, keep))
     root = tsast.parse(readable).root_node
     if root.has_error or not any(c.type != "comment" for c in root.children):
-        return None, ""
-    return readable, f"lines {', '.join(left_out)} left out: not TypeScript tree-sitter can parse"
+        return None, "", None
+    return readable, f"lines {', '.join(left_out)} left out: not TypeScript tree-sitter can parse", root
 
 
 def _unparsable(code: str, line: int) -> str:
