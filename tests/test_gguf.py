@@ -387,6 +387,23 @@ def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
     assert other["f16"]["generation"]["cached"] is False
 
 
+def test_quantization_cost_files_side_by_side_write_what_one_after_the_other_writes(exported, tokenizer):
+    """Two files decoded in worker processes at one thread each give every completion the same as
+    each file decoded alone in this process at two threads (a thread splits a product's rows)."""
+    from qi_expert import bench, generate, quantcost
+
+    out, _ = exported
+    tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:3]
+    prompts = [generate.render_prompt(tokenizer, t, SYSTEM) for t in tasks]
+    files = {"f16": out / "qi-tiny-f16.gguf", "q8_0": out / "qi-tiny-q8_0.gguf"}
+    side = quantcost._generate_files(files, tokenizer, prompts, 12, n_ctx=512, threads=2)
+    alone = {k: quantcost._generate_one(p, tokenizer, prompts, 12, 512, 2) for k, p in files.items()}
+    assert [side[k].stats["threads"] for k in files] == [1, 1] and [alone[k].stats["threads"] for k in files] == [2, 2]
+    for k in files:
+        assert side[k].completions == alone[k].completions and side[k].new_tokens == alone[k].new_tokens
+        assert side[k].total_new_tokens > 0
+
+
 @pytest.mark.slow
 def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(make_checkout, tiny, tmp_path, left_running):
     """The stage builds models/gguf in a staging folder and swaps it in when complete. SIGKILL at a

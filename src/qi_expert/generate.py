@@ -11,6 +11,7 @@ stops is decoding.StopPolicy's to say.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Sequence
@@ -97,7 +98,51 @@ def generation_model(model, precision: str):
     param = next(model.parameters())
     if precision != "bf16" or param.device.type != "cpu" or param.dtype != torch.float32:
         return model
-    return copy.deepcopy(model).to(torch.bfloat16)
+    return prepack_linears(copy.deepcopy(model).to(torch.bfloat16))
+
+
+@functools.cache
+def _prepacked_linear_class():
+    """nn.Linear for bf16 on CPU with its weight reordered once into oneDNN's blocked layout.
+
+    Eager nn.Linear hands oneDNN the plain weight on every call, and at the 16 rows a decoding step
+    multiplies that costs more than the product itself (the weight is read, reordered, read again).
+    torch's inductor makes the same swap when it freezes a CPU model (mkldnn._reorder_linear_weight,
+    then mkldnn._linear_pointwise); done here without compiling, which would recompile for each new
+    batch width and cache length. Measured (benchmarks/generation_prepacked.py, the base model on the
+    54 plain prompts, batch 16, 2 cores of an AMD EPYC with AVX512-BF16): 57.6 vs 71.8 s (130.7 vs
+    104.9 tokens/s, 1.25x), the same text on 54 of 54 completions. (Not for the reference loss:
+    its forward runs thousands of rows at once, where the swap measured 49.0 vs 50.7 s.)
+    """
+    import torch
+
+    class PrepackedLinear(torch.nn.Module):
+        def __init__(self, linear: torch.nn.Linear, rows_hint: int = 16):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.weight_packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
+            self.bias = linear.bias
+
+        def forward(self, x):
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.weight_packed,
+                                                   self.bias, "none", [], "")
+            return y.view(*x.shape[:-1], self.out_features)
+
+    return PrepackedLinear
+
+
+def prepack_linears(model):
+    """Every bf16 nn.Linear of `model` on CPU swapped for a prepacked one (_prepacked_linear_class);
+    `model` as it is where torch has no oneDNN."""
+    import torch
+
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
+                setattr(parent, name, _prepacked_linear_class()(child))
+    return model
 
 
 def apply_adapter(model, adapter: Path, merge: bool = True):

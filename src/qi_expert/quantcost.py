@@ -8,6 +8,7 @@ nothing of GGUF (imports run one way: quantcost -> evaluate, and -> decoding/lla
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -38,35 +39,38 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                              f"with the {reference_name} arm (eval.arms), or gguf.quant_eval.reference=generate")
     prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks]
     prompt_ids = decoding.encode(tokenizer, prompts)
-    policy = decoding.StopPolicy.eval(tokenizer, int(max_new_tokens))  # + the GGUF's own end-of-generation id
     items: list[dict] = []
     generation: dict = {}
     import llama_cpp
 
     settings = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
                 "n_threads": llamacpp.default_threads(n_threads), "llama_cpp": llama_cpp.__version__}
+    # Cached by content, one file at a time: a rerun after an interruption redoes only the files it
+    # had not finished. (Not task by task: llama.cpp reuses the previous prompt's KV cache for the
+    # shared system prompt, so a completion depends on the one before it.)
+    keys = {kind: gencache.key([path], [list(map(int, ids)) for ids in prompt_ids], settings,
+                               code_files=("quantcost.py", "llamacpp.py", "decoding.py", "gencache.py")) if cache else None
+            for kind, path in files.items()}
+    hits = {kind: gencache.load(key, kind="gguf_completions") if key else None for kind, key in keys.items()}
+    missing = [kind for kind in files if hits[kind] is None]
+    started = time.perf_counter()
+    fresh = _generate_files({k: files[k] for k in missing}, tokenizer, prompts, int(max_new_tokens),
+                            n_ctx=n_ctx, threads=settings["n_threads"])
+    generation_wall = round(time.perf_counter() - started, 2)
     for kind, path in files.items():
-        # Cached by content, one file at a time: a rerun after an interruption redoes only the
-        # files it had not finished. (Not task by task: llama.cpp reuses the previous prompt's KV
-        # cache for the shared system prompt, so a completion depends on the one before it.)
-        key = gencache.key([path], [list(map(int, ids)) for ids in prompt_ids], settings,
-                           code_files=("quantcost.py", "llamacpp.py", "decoding.py", "gencache.py")) if cache else None
-        hit = gencache.load(key, kind="gguf_completions") if key else None
+        hit = hits[kind]
         if hit is None:
-            llm = llamacpp.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
-            try:
-                gen = decoding.complete(llamacpp.LlamaCpp(llm), tokenizer, prompts, policy)
-            finally:
-                llm.close()
-            if key:
-                gencache.store(key, {"completions": gen.completions, "new_tokens": gen.new_tokens,
-                                     "seconds": gen.seconds, "stats": gen.stats}, kind="gguf_completions")
+            gen = fresh[kind]
+            if keys[kind]:
+                gencache.store(keys[kind], {"completions": gen.completions, "new_tokens": gen.new_tokens,
+                                            "seconds": gen.seconds, "stats": gen.stats}, kind="gguf_completions")
         else:
             gen = decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], hit["stats"])
         seconds = gen.seconds
         generation[kind] = {"seconds": round(seconds, 2), "new_tokens": gen.total_new_tokens,
                             "tokens_per_second": round(gen.tokens_per_second, 2),
-                            "stop_reasons": gen.stats["stop_reasons"], "cached": hit is not None}
+                            "stop_reasons": gen.stats["stop_reasons"], "cached": hit is not None,
+                            "threads": gen.stats.get("threads")}
         log(f"gguf eval: {kind}: {len(tasks)} completions, {gen.total_new_tokens} new tokens in {seconds:.1f}s "
             f"({generation[kind]['tokens_per_second']} tokens/s){' (cached)' if hit is not None else ''}")
         items += evaluate.items_from_generation(kind, tasks, prompts, gen)
@@ -84,8 +88,49 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
             metrics[kind]["generation"] = generation[kind]
     ref = metrics["reference"]
     metrics["cost"] = {kind: evaluate.deltas(metrics[kind], metrics[ref]) for kind in kinds if kind != ref}
-    metrics["timing"] = {k: v for k, v in info.items() if k.endswith("_seconds")}
+    metrics["timing"] = {"generation_wall_seconds": generation_wall,
+                         **{k: v for k, v in info.items() if k.endswith("_seconds")}}
     return rows, metrics
+
+
+def _generate_one(path: Path, tokenizer, prompts: Sequence[str], max_new_tokens: int, n_ctx: int,
+                  n_threads: int) -> decoding.Generation:
+    """One GGUF's greedy completions through llama.cpp under the eval's stop policy (+ the GGUF's own
+    end-of-generation id). Module level: it also runs in a worker process."""
+    policy = decoding.StopPolicy.eval(tokenizer, max_new_tokens)
+    llm = llamacpp.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+    try:
+        gen = decoding.complete(llamacpp.LlamaCpp(llm), tokenizer, prompts, policy)
+    finally:
+        llm.close()
+    gen.stats["threads"] = n_threads
+    return gen
+
+
+def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str], max_new_tokens: int, *,
+                    n_ctx: int, threads: int) -> dict[str, decoding.Generation]:
+    """Every file's completions: side by side in worker processes, `threads` shared among them.
+
+    llama.cpp decodes one sequence of this small model with little gain from a second thread (its
+    threads meet at a barrier after every operation of every layer), so two files decoded at one
+    thread each finish well before the same two one after the other at two threads. A thread
+    splits the rows of each product, not its sums, so a file's completions do not depend on the
+    thread count. Measured (benchmarks/quantcost_parallel.py, q8_0 + q4_k_m on the 54 prompts, 2
+    cores): 154.5 s wall side by side vs 216.6 s one after the other (1.40x), the same text on 54
+    of 54 completions of each file.
+    """
+    if len(files) <= 1 or threads < 2:
+        return {kind: _generate_one(path, tokenizer, prompts, max_new_tokens, n_ctx, threads)
+                for kind, path in files.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(len(files), threads)
+    per_worker = max(1, threads // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {kind: pool.submit(_generate_one, path, tokenizer, list(prompts), max_new_tokens, n_ctx, per_worker)
+                   for kind, path in files.items()}
+        return {kind: f.result() for kind, f in futures.items()}
 
 
 # --- the whole eval ---------------------------------------------------------------------------
