@@ -42,8 +42,12 @@ def _stage(root: Path, stage: str, mlflow_dir: Path) -> subprocess.CompletedProc
 
 def _interrupt(root: Path, stage: str, sig: int, after: float, mlflow_dir: Path) -> subprocess.CompletedProcess:
     """Start the stage, send `sig` once it is `after` seconds into its work, wait for it to end."""
+    # SIGINT at its default, as a terminal's Ctrl+C finds it: a shell that starts a job in the
+    # background without job control (`cmd &` in a script: how CI may start pytest) sets it to
+    # ignored, and every process started from there inherits that.
     proc = subprocess.Popen([sys.executable, f"stages/{stage}.py"], cwd=root, env=_env(mlflow_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(after)
     assert proc.poll() is None, "the stage ended before the signal: interrupt it earlier"
     proc.send_signal(sig)
