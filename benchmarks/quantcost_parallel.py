@@ -43,8 +43,8 @@ def main() -> int:
     results = {}
     for way, run in (("one after the other", lambda: {k: quantcost._generate_one(p, tokenizer, prompts, int(cfg.eval.max_new_tokens),
                                                                                   kw["n_ctx"], threads) for k, p in files.items()}),
-                     ("side by side", lambda: quantcost._generate_files(files, tokenizer, prompts, int(cfg.eval.max_new_tokens),
-                                                                       threads=threads, **kw))):
+                     ("side by side", lambda: dict(quantcost._generate_files(files, tokenizer, prompts, int(cfg.eval.max_new_tokens),
+                                                                            threads=threads, **kw)))):
         t0 = time.perf_counter()
         gens = run()
         wall = time.perf_counter() - t0

@@ -396,7 +396,7 @@ def test_quantization_cost_files_side_by_side_write_what_one_after_the_other_wri
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:3]
     prompts = [generate.render_prompt(tokenizer, t, SYSTEM) for t in tasks]
     files = {"f16": out / "qi-tiny-f16.gguf", "q8_0": out / "qi-tiny-q8_0.gguf"}
-    side = quantcost._generate_files(files, tokenizer, prompts, 12, n_ctx=512, threads=2)
+    side = dict(quantcost._generate_files(files, tokenizer, prompts, 12, n_ctx=512, threads=2))
     alone = {k: quantcost._generate_one(p, tokenizer, prompts, 12, 512, 2) for k, p in files.items()}
     assert [side[k].stats["threads"] for k in files] == [1, 1] and [alone[k].stats["threads"] for k in files] == [2, 2]
     for k in files:

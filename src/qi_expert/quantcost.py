@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from qi_expert import decoding, evaluate, gencache, generate, llamacpp, patterns
 
@@ -54,18 +54,18 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
     hits = {kind: gencache.load(key, kind="gguf_completions") if key else None for kind, key in keys.items()}
     missing = [kind for kind in files if hits[kind] is None]
     started = time.perf_counter()
-    fresh = _generate_files({k: files[k] for k in missing}, tokenizer, prompts, int(max_new_tokens),
-                            n_ctx=n_ctx, threads=settings["n_threads"])
+    fresh: dict[str, decoding.Generation] = {}
+    for kind, gen in _generate_files({k: files[k] for k in missing}, tokenizer, prompts, int(max_new_tokens),
+                                     n_ctx=n_ctx, threads=settings["n_threads"]):
+        fresh[kind] = gen
+        if keys[kind]:  # as each file is done: a rerun after an interruption skips it
+            gencache.store(keys[kind], {"completions": gen.completions, "new_tokens": gen.new_tokens,
+                                        "seconds": gen.seconds, "stats": gen.stats}, kind="gguf_completions")
     generation_wall = round(time.perf_counter() - started, 2)
     for kind, path in files.items():
         hit = hits[kind]
-        if hit is None:
-            gen = fresh[kind]
-            if keys[kind]:
-                gencache.store(keys[kind], {"completions": gen.completions, "new_tokens": gen.new_tokens,
-                                            "seconds": gen.seconds, "stats": gen.stats}, kind="gguf_completions")
-        else:
-            gen = decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], hit["stats"])
+        gen = fresh[kind] if hit is None else decoding.Generation(hit["completions"], hit["new_tokens"],
+                                                                  hit["seconds"], hit["stats"])
         seconds = gen.seconds
         generation[kind] = {"seconds": round(seconds, 2), "new_tokens": gen.total_new_tokens,
                             "tokens_per_second": round(gen.tokens_per_second, 2),
@@ -107,9 +107,28 @@ def _generate_one(path: Path, tokenizer, prompts: Sequence[str], max_new_tokens:
     return gen
 
 
+def _generate_job(job: tuple) -> tuple[str, decoding.Generation]:
+    kind, *args = job
+    return kind, _generate_one(*args)
+
+
+def _worker_start(stage_pid: int) -> None:
+    """In each worker: die with the stage (SIGKILL included, as lifetime.tied does for commands), and
+    leave Ctrl+C to the stage, which stops the pool."""
+    import ctypes
+    import os
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != stage_pid:  # the stage died before the line above
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str], max_new_tokens: int, *,
-                    n_ctx: int, threads: int) -> dict[str, decoding.Generation]:
-    """Every file's completions: side by side in worker processes, `threads` shared among them.
+                    n_ctx: int, threads: int) -> Iterator[tuple[str, decoding.Generation]]:
+    """(kind, completions) of every file as each is done: side by side in worker processes, the
+    `threads` shared among them.
 
     llama.cpp decodes one sequence of this small model with little gain from a second thread (its
     threads meet at a barrier after every operation of every layer), so two files decoded at one
@@ -117,20 +136,21 @@ def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str]
     splits the rows of each product, not its sums, so a file's completions do not depend on the
     thread count. Measured (benchmarks/quantcost_parallel.py, q8_0 + q4_k_m on the 54 prompts, 2
     cores): 154.5 s wall side by side vs 216.6 s one after the other (1.40x), the same text on 54
-    of 54 completions of each file.
+    of 54 completions of each file. An error or interruption in the stage terminates the workers
+    (leaving the pool's `with`), and a killed stage takes them with it (_worker_start).
     """
     if len(files) <= 1 or threads < 2:
-        return {kind: _generate_one(path, tokenizer, prompts, max_new_tokens, n_ctx, threads)
-                for kind, path in files.items()}
+        for kind, path in files.items():
+            yield kind, _generate_one(path, tokenizer, prompts, max_new_tokens, n_ctx, threads)
+        return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import os
 
     workers = min(len(files), threads)
-    per_worker = max(1, threads // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {kind: pool.submit(_generate_one, path, tokenizer, list(prompts), max_new_tokens, n_ctx, per_worker)
-                   for kind, path in files.items()}
-        return {kind: f.result() for kind, f in futures.items()}
+    jobs = [(kind, path, tokenizer, list(prompts), max_new_tokens, n_ctx, max(1, threads // workers))
+            for kind, path in files.items()]
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+        yield from pool.imap_unordered(_generate_job, jobs)
 
 
 # --- the whole eval ---------------------------------------------------------------------------
