@@ -39,12 +39,12 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.model.base_model))
     prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
     threads = os.cpu_count() or 1
-    kw = dict(n_ctx=int(cfg.gguf.n_ctx))
+    n_ctx, max_new = int(cfg.gguf.n_ctx), int(cfg.eval.max_new_tokens)
     results = {}
-    for way, run in (("one after the other", lambda: {k: quantcost._generate_one(p, tokenizer, prompts, int(cfg.eval.max_new_tokens),
-                                                                                  kw["n_ctx"], threads) for k, p in files.items()}),
-                     ("side by side", lambda: dict(quantcost._generate_files(files, tokenizer, prompts, int(cfg.eval.max_new_tokens),
-                                                                            threads=threads, **kw)))):
+    for way, run in (("one after the other", lambda: {k: quantcost._generate_one(p, tokenizer, prompts, max_new, n_ctx, threads)
+                                                         for k, p in files.items()}),
+                     ("side by side", lambda: dict(quantcost._generate_files(files, tokenizer, prompts, max_new, n_ctx=n_ctx,
+                                                                            threads=threads)))):
         t0 = time.perf_counter()
         gens = run()
         wall = time.perf_counter() - t0

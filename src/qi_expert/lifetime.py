@@ -31,6 +31,19 @@ def tied(cmd: Sequence[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--", *map(str, cmd)]
 
 
+def die_with(parent_pid: int) -> None:
+    """tied() for a Python worker process (a multiprocessing pool's initializer): the kernel kills
+    it when `parent_pid`, the process that started it, dies; Ctrl+C is left to that parent, which
+    stops its pool."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None if gone."""
     try:

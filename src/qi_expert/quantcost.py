@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from qi_expert import decoding, evaluate, gencache, generate, llamacpp, patterns
+from qi_expert import decoding, evaluate, gencache, generate, lifetime, llamacpp, patterns
 
 
 def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *, system_prompt: str,
@@ -112,19 +112,6 @@ def _generate_job(job: tuple) -> tuple[str, decoding.Generation]:
     return kind, _generate_one(*args)
 
 
-def _worker_start(stage_pid: int) -> None:
-    """In each worker: die with the stage (SIGKILL included, as lifetime.tied does for commands), and
-    leave Ctrl+C to the stage, which stops the pool."""
-    import ctypes
-    import os
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != stage_pid:  # the stage died before the line above
-        os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str], max_new_tokens: int, *,
                     n_ctx: int, threads: int) -> Iterator[tuple[str, decoding.Generation]]:
     """(kind, completions) of every file as each is done: side by side in worker processes, the
@@ -137,7 +124,7 @@ def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str]
     thread count. Measured (benchmarks/quantcost_parallel.py, q8_0 + q4_k_m on the 54 prompts, 2
     cores): 154.5 s wall side by side vs 216.6 s one after the other (1.40x), the same text on 54
     of 54 completions of each file. An error or interruption in the stage terminates the workers
-    (leaving the pool's `with`), and a killed stage takes them with it (_worker_start).
+    (leaving the pool's `with`), and a killed stage takes them with it (lifetime.die_with).
     """
     if len(files) <= 1 or threads < 2:
         for kind, path in files.items():
@@ -149,7 +136,7 @@ def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str]
     workers = min(len(files), threads)
     jobs = [(kind, path, tokenizer, list(prompts), max_new_tokens, n_ctx, max(1, threads // workers))
             for kind, path in files.items()]
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=lifetime.die_with, initargs=(os.getpid(),)) as pool:
         yield from pool.imap_unordered(_generate_job, jobs)
 
 
