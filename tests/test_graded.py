@@ -159,30 +159,44 @@ def test_stats_known_values():
 
 # --- reference loss -----------------------------------------------------------------------------
 
-def test_reference_loss_equals_the_models_own_loss(tiny_model):
-    """Batched, left-padded NLL of the answer tokens == transformers' loss with the prompt masked, row by row."""
+@pytest.mark.parametrize("continuous", [True, False])
+def test_reference_loss_equals_the_models_own_loss(tiny_model, continuous, monkeypatch):
+    """The answers' NLL scored on each prompt's prefill (refloss.answer_nll, inside the transformers
+    backend) == transformers' loss with the prompt masked, row by row; decoding is unchanged by it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, _ = tiny_model
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).eval()
-    from qi_expert import generate
+    from qi_expert import decoding, generate, transformers_backend
 
-    tasks = [TASKS[PRICE], *list(TASKS.values())[1:3]]
+    tasks = [TASKS[PRICE], *list(TASKS.values())[1:4]]
     messages = [generate.chat_messages(t, "Be brief.") for t in tasks]
     prompts = [generate.render_prompt(tok, t, "Be brief.") for t in tasks]
     answers = [refloss.answer_text(tok, m, p, t["reference"]) for m, p, t in zip(messages, prompts, tasks)]
     assert answers[0].startswith("```typescript\nimport {") and answers[0].endswith("<|im_end|>")
-    got = refloss.reference_nll(model, tok, prompts, answers[:2] + [None], batch_size=2)
-    assert got[2] is None
-    for p, a, value in zip(prompts[:2], answers[:2], got[:2]):
+    answers[2] = None  # a task without a reference
+    monkeypatch.setattr(refloss, "CHUNK", 7)  # answers go in over many forward passes
+    # Batches of 2 over 4 prompts: the continuous backend scores rows as they join (a refill).
+    backend = transformers_backend.Transformers(model, batch_size=2, continuous=continuous, pad_id=tok.pad_token_id)
+    policy = decoding.StopPolicy.eval(tok, 12, model=model)
+    scored = decoding.complete(backend, tok, prompts, policy, answers=answers)
+    plain = decoding.complete(backend, tok, prompts, policy)
+    assert scored.completions == plain.completions and scored.new_tokens == plain.new_tokens
+    assert plain.answer_nll is None and scored.answer_nll[2] is None
+    assert scored.stats["reference_loss_seconds"] > 0
+    for p, a, value in zip(prompts, answers, scored.answer_nll):
+        if a is None:
+            continue
         pi, ai = tok(p, add_special_tokens=False)["input_ids"], tok(a, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([pi + ai])
         labels = torch.tensor([[-100] * len(pi) + ai])
         with torch.inference_mode():
             expected = float(model(input_ids=ids, labels=labels).loss)
         assert math.isclose(value, expected, rel_tol=1e-4), (value, expected)
+    with pytest.raises(ValueError, match="answers: 1 for 4 prompts"):
+        decoding.complete(backend, tok, prompts, policy, answers=answers[:1])
 
 
 # --- the retrieval store ---------------------------------------------------------------------------

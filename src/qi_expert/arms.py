@@ -73,7 +73,8 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
                 "n_samples": int(ec.n_samples), "temperature": float(ec.temperature), "seed": int(cfg.seed)}
     base_folder = Path(base) if isinstance(base, Path) else None
     # Decoding precision on CPU (eval.cpu_precision): bf16 where the CPU has it, on a copy of the
-    # fp32 model; the reference loss keeps the fp32 model (bf16 autocast, refloss.autocast_dtype).
+    # fp32 model (the adapter is merged into the fp32 weights). The reference loss is scored by the
+    # same decoding model on its own prefill of each prompt (refloss.answer_nll).
     precision = basemodel.cpu_precision(str(ec.get("cpu_precision", "fp32")), "eval.cpu_precision")
     out: dict = {}
     current = "base"
@@ -91,7 +92,9 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
         prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
         cache = bool(ec.cache) and base_folder is not None
         folders = [base_folder, *([adapter] if arm.model == "tuned" else [])]
-        gen = _generate_cached(decoder, tokenizer, prompts, settings, cache=cache, folders=folders,
+        answers = ([refloss.answer_text(tokenizer, m, p, t["reference"]) if t.get("reference") else None
+                    for m, p, t in zip(messages, prompts, tasks)] if ec.reference_loss else None)
+        gen = _generate_cached(decoder, tokenizer, prompts, settings, answers=answers, cache=cache, folders=folders,
                                precision=precision)
         info = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
                 "tokens_per_second": round(gen.tokens_per_second, 2),
@@ -102,16 +105,12 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
                 **gen.stats}
         log(f"eval: {arm.name}: {gen.stats['rows']} completions, {gen.total_new_tokens} new tokens in "
             f"{gen.seconds:.1f}s ({gen.tokens_per_second:.1f} tokens/s){' (cached)' if gen.stats.get('cached') else ''}")
-        nll = None
-        if ec.reference_loss:
-            t0 = time.perf_counter()
-            answers = [refloss.answer_text(tokenizer, m, p, t["reference"]) if t.get("reference") else None
-                       for m, p, t in zip(messages, prompts, tasks)]
-            dtype = refloss.autocast_dtype(model)
-            nll, info["reference_loss_cached"] = _reference_nll_cached(model, tokenizer, prompts, answers, dtype,
-                                                                       cache=cache, folders=folders)
-            timing[f"reference_loss_seconds.{arm.name}"] = round(time.perf_counter() - t0, 2)
-            info["reference_loss_dtype"] = str(dtype or next(model.parameters()).dtype).replace("torch.", "")
+        nll = gen.answer_nll
+        if answers is not None:
+            # Scored on the decoding model's own prefill of each prompt (refloss), in its precision.
+            timing[f"reference_loss_seconds.{arm.name}"] = gen.stats.get("reference_loss_seconds")
+            info["reference_loss_cached"] = bool(gen.stats.get("cached"))
+            info["reference_loss_dtype"] = str(next(decoder.parameters()).dtype).replace("torch.", "")
         items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
                   "new_tokens": gen.new_tokens[i][s], "reference_nll": nll[i] if nll else None,
                   **({"retrieved": hits[i]} if arm.retrieval and hits else {})}
@@ -122,33 +121,22 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     return out
 
 
-def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, cache: bool,
+def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, answers: list | None, cache: bool,
                      folders: list, precision: str) -> decoding.Generation:
-    key = gencache.key([Path(f) for f in folders], prompts, {**settings, "precision": precision}) if cache else None
+    """decoding.complete on the transformers backend (with the answers' reference loss), cached by
+    content: the base arms' completions and losses do not change across a sweep."""
+    scoring = {"reference_answers": list(answers)} if answers is not None else {}
+    key = gencache.key([Path(f) for f in folders], prompts, {**settings, "precision": precision, **scoring}) if cache else None
     hit = gencache.load(key) if key else None
     if hit is not None:
-        return decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True})
+        return decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True},
+                                   answer_nll=hit.get("answer_nll"))
     policy = decoding.StopPolicy.eval(tokenizer, settings["max_new_tokens"], model=model)
     backend = transformers_backend.Transformers(model, batch_size=settings["batch_size"], pad_id=tokenizer.pad_token_id)
     gen = decoding.complete(backend, tokenizer, prompts, policy, n_samples=settings["n_samples"],
-                            temperature=settings["temperature"], seed=settings["seed"])
+                            temperature=settings["temperature"], seed=settings["seed"], answers=answers)
     if key:
         gencache.store(key, {"completions": gen.completions, "new_tokens": gen.new_tokens,
-                             "seconds": gen.seconds, "stats": gen.stats})
+                             "seconds": gen.seconds, "stats": gen.stats, "answer_nll": gen.answer_nll})
     gen.stats["cached"] = False
     return gen
-
-
-def _reference_nll_cached(model, tokenizer, prompts: list[str], answers: list, dtype, *, cache: bool,
-                          folders: list) -> tuple[list, bool]:
-    """refloss.reference_nll, cached by content like the generations (the base arms' figures do not
-    change across a sweep; ~45-80 s each here)."""
-    inputs = {"kind": "reference_nll", "answers": list(answers), "dtype": str(dtype)}
-    key = gencache.key([Path(f) for f in folders], prompts, inputs, code_files=("refloss.py", "gencache.py")) if cache else None
-    hit = gencache.load(key, kind="reference_loss") if key else None
-    if hit is not None:
-        return hit["nll"], True
-    nll = refloss.reference_nll(model, tokenizer, prompts, answers, dtype=dtype)
-    if key:
-        gencache.store(key, {"nll": nll}, kind="reference_loss")
-    return nll, False

@@ -126,14 +126,16 @@ class Decoded:
     reasons: list[str]
     seconds: float
     stats: dict = field(default_factory=dict)
+    answer_nll: list[float | None] | None = None  # per row, when answers were scored
 
 
 class Backend(Protocol):
     name: str
 
     def decode(self, rows: Sequence[Sequence[int]], policy: StopPolicy, *, temperature: float = 0.0,
-               seed: int = 0) -> Decoded:
-        """New tokens for every row of prompt ids, in the given order (greedy at temperature 0)."""
+               seed: int = 0, answers: Sequence[Sequence[int] | None] | None = None) -> Decoded:
+        """New tokens for every row of prompt ids, in the given order (greedy at temperature 0);
+        with `answers`, also each answer's reference loss after its row's prompt (refloss)."""
 
 
 @dataclass
@@ -142,6 +144,7 @@ class Generation:
     new_tokens: list[list[int]]
     seconds: float
     stats: dict = field(default_factory=dict)
+    answer_nll: list[float | None] | None = None  # per prompt: the reference loss, when answers were given
 
     @property
     def total_new_tokens(self) -> int:
@@ -158,13 +161,23 @@ def encode(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 
 def complete(backend: Backend, tokenizer, prompts: Sequence[str], policy: StopPolicy, *, n_samples: int = 1,
-             temperature: float = 0.0, seed: int = 0) -> Generation:
-    """Completions for every prompt: greedy when n_samples == 1 or temperature == 0, else n samples each."""
+             temperature: float = 0.0, seed: int = 0, answers: Sequence[str | None] | None = None) -> Generation:
+    """Completions for every prompt: greedy when n_samples == 1 or temperature == 0, else n samples each.
+
+    `answers` (one per prompt, or None): the reference loss of each is computed on its prompt's
+    prefill (the first sample's row) and returned as Generation.answer_nll."""
     sample = n_samples > 1 and temperature > 0
     per_prompt = n_samples if sample else 1
     encoded = encode(tokenizer, prompts)
     rows = [(i, s) for i in range(len(prompts)) for s in range(per_prompt)]
-    out = backend.decode([encoded[i] for i, _ in rows], policy, temperature=temperature if sample else 0.0, seed=seed)
+    scoring = {}
+    if answers is not None:
+        if len(answers) != len(prompts):
+            raise ValueError(f"answers: {len(answers)} for {len(prompts)} prompts")
+        answer_ids = encode(tokenizer, [a or "" for a in answers])
+        scoring = {"answers": [answer_ids[i] if s == 0 and answers[i] else None for i, s in rows]}
+    out = backend.decode([encoded[i] for i, _ in rows], policy, temperature=temperature if sample else 0.0, seed=seed,
+                         **scoring)
     completions = [[""] * per_prompt for _ in prompts]
     new_tokens = [[0] * per_prompt for _ in prompts]
     stop_reasons: dict[str, int] = {}
@@ -174,4 +187,5 @@ def complete(backend: Backend, tokenizer, prompts: Sequence[str], policy: StopPo
         stop_reasons[reason] = stop_reasons.get(reason, 0) + 1
     stats = {**out.stats, "backend": backend.name, "rows": len(rows), "sampled": sample,
              "stop_reasons": dict(sorted(stop_reasons.items()))}
-    return Generation(completions, new_tokens, out.seconds, stats)
+    nll = [out.answer_nll[k] for k, (_, s) in enumerate(rows) if s == 0] if out.answer_nll is not None else None
+    return Generation(completions, new_tokens, out.seconds, stats, answer_nll=nll)

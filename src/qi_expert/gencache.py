@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 from qi_expert.io import file_sha256
 
-CODE_FILES = ("generate.py", "decoding.py", "transformers_backend.py", "attention.py", "gencache.py")
+CODE_FILES = ("generate.py", "decoding.py", "transformers_backend.py", "attention.py", "refloss.py", "gencache.py")
 
 
 def cache_dir(kind: str = "generations") -> Path:

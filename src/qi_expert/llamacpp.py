@@ -52,7 +52,10 @@ class LlamaCpp:
         self.llm, self.reuse_prefix = llm, reuse_prefix
 
     def decode(self, rows: Sequence[Sequence[int]], policy: decoding.StopPolicy, *, temperature: float = 0.0,
-               seed: int = 0) -> decoding.Decoded:
+               seed: int = 0, answers: Sequence[Sequence[int] | None] | None = None) -> decoding.Decoded:
+        if answers is not None:
+            raise ValueError("the llama.cpp backend does not score answers (the reference loss): use the "
+                             "transformers backend")
         if temperature > 0:
             raise ValueError("the llama.cpp backend decodes greedily: use temperature 0 (or the transformers "
                              "backend to sample)")

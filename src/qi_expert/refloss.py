@@ -5,12 +5,24 @@ template, the arm's user turn), and with the answer written the way the training
 assistant turn (a ```typescript fence, then the template's end of turn). It is graded and
 smooth: a model that has learned @qi/base gives the real solution a higher probability long
 before it writes one itself. Lower is better.
+
+It is computed by the model that decodes, on the prompts' own KV cache: the transformers backend
+prefills each prompt to generate from it anyway, and `answer_nll` feeds the answer on top of that
+cache before decoding starts (then crops the cache back), so the prompts go through the model
+once per arm, not twice. Measured (benchmarks/reference_loss_on_prefill.py, the base model, 54
+tasks, 2 cores): 32.9 vs 51.3 s (plain prompts) and 38.8 vs 74.7 s (+retrieval) against a pass of
+its own over prompt + reference; the same completions; per-task losses within 0.012 of that pass's
+(the fp32 model under bf16 autocast).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+# Answer columns fed per forward pass: [rows, CHUNK, vocabulary] logits at a time (~200 MB in bf16
+# for 16 rows of SmolLM2), not the whole answer's.
+CHUNK = 128
 
 
 def answer_text(tokenizer, messages: list[dict], prompt: str, reference: str) -> str:
@@ -23,66 +35,60 @@ def answer_text(tokenizer, messages: list[dict], prompt: str, reference: str) ->
     return full[len(prompt):].rstrip()
 
 
-def autocast_dtype(model) -> "torch.dtype | None":
-    """bf16 autocast for an fp32 model on a CPU with bf16 matrix units, else None (as the model is).
+def answer_nll(model, cache, mask, last_logits, answers: Sequence[Sequence[int] | None], *, pad_id: int,
+               scratch) -> list[float | None]:
+    """Mean NLL (nats/token) of each row's answer ids right after its prompt; None for a row without one.
 
-    The forward over every prompt + reference is the eval's second-largest cost after generation;
-    on this machine's CPU bf16 matmuls run 2.2x fp32 (platform notes). The per-token log-softmax
-    stays fp32. What it changes is measured in benchmarks/reference_loss_precision.py.
+    `cache` holds the rows' prompts (left-padded: every prompt ends at the cache's last column),
+    `mask` is their [rows, columns] attention mask and `last_logits` the logits after each prompt's
+    last token (they score the answer's first token). `cache` is not changed: the answers go into
+    `scratch` (an empty cache of the model's kind) holding a copy of the prompts' rows, longest
+    answer first, CHUNK columns at a time, RIGHT-padded (a causal model never lets a row's padding
+    reach its own answer tokens); a row leaves once its answer is in, so a short answer does not
+    ride along with the longest one of its batch.
     """
     import torch
 
-    param = next(model.parameters())
-    if param.device.type != "cpu" or param.dtype != torch.float32:
-        return None
-    from qi_expert.basemodel import cpu_bf16_supported
+    device = mask.device
+    lengths = [len(a) if a else 0 for a in answers]
+    order = sorted((r for r in range(len(answers)) if lengths[r]), key=lambda r: -lengths[r])
+    total = {r: 0.0 for r in order}
+    if not order:
+        return [None] * len(answers)
 
-    return torch.bfloat16 if cpu_bf16_supported() else None
+    def logprobs(logits, targets):
+        logits = logits.float()
+        return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
-
-def encode_jobs(tokenizer, prompts: Sequence[str], answers: Sequence[str | None]) -> list[tuple[int, list, list]]:
-    """[(index, prompt ids, answer ids)] of the prompts that have an answer, shortest first (batches
-    of similar lengths pad little)."""
-    jobs = [(i, tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"])
-            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
-    return sorted(jobs, key=lambda j: len(j[1]) + len(j[2]))
-
-
-def reference_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str | None], *,
-                  batch_size: int = 8, dtype: "torch.dtype | None" = None) -> list[float | None]:
-    """Mean NLL (nats/token) of each answer after its prompt; None where there is no answer.
-
-    `dtype`: autocast the forward to it (autocast_dtype(model) picks bf16 where the CPU has it).
-    Rows are RIGHT-padded and run without an attention mask: a causal model never attends to
-    what comes after a token, so the padding cannot change the answer's logits, and attention
-    takes torch's unmasked causal kernel with the grouped key/value heads shared. Measured
-    (benchmarks/reference_loss_speed.py, base model, 54 tasks, bf16 autocast): 42.2 vs 52.1 s
-    for the plain prompts and 65.8 vs 86.3 s for the +retrieval ones against left padding with a
-    mask; per-task losses within 0.016 of it (bf16 sums in another order).
-    """
-    import contextlib
-
-    import torch
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    jobs = encode_jobs(tokenizer, prompts, answers)
-    out: list[float | None] = [None] * len(prompts)
-    cast = torch.autocast(device_type="cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.inference_mode(), cast:
-        for b in range(0, len(jobs), batch_size):
-            chunk = jobs[b:b + batch_size]
-            width = max(len(p) + len(a) for _, p, a in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            for r, (_, p, a) in enumerate(chunk):
-                ids[r, :len(p) + len(a)] = torch.tensor(p + a)
-            # Position t predicts token t + 1: the logits from the shortest prompt's last token on.
-            first = min(len(p) for _, p, _ in chunk) - 1
-            logits = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=width - first).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)  # column j: position first + j
-            for r, (i, p, a) in enumerate(chunk):
-                start = len(p) - 1 - first
-                targets = torch.tensor(a, device=device)[:, None]
-                nll = -float(logp[r, start:start + len(a)].gather(-1, targets).sum()) / len(a)
-                out[i] = nll if math.isfinite(nll) else None
-    return out
+    longest = lengths[order[0]]
+    ids = torch.full((len(order), longest), pad_id, dtype=torch.long)
+    for k, r in enumerate(order):
+        ids[k, :lengths[r]] = torch.tensor(list(answers[r]))
+    ids = ids.to(device)
+    idx = torch.tensor(order, device=device)
+    first = logprobs(last_logits[idx], ids[:, 0])
+    for k, r in enumerate(order):
+        total[r] += float(first[k])
+    width = mask.shape[1]
+    mask = torch.cat([mask[idx], mask.new_ones((len(order), longest))], dim=1)
+    # The n-th real token of a row is at position n - 1: answer token j sits at (prompt tokens) + j.
+    positions = mask[:, :width].long().sum(-1, keepdim=True) + torch.arange(longest, device=device)[None, :]
+    for mine, theirs in zip(scratch.layers, cache.layers):
+        mine.lazy_initialization(theirs.keys, theirs.values)
+        mine.keys, mine.values = theirs.keys[idx], theirs.values[idx]
+    rows = len(order)
+    # Answer tokens c..end-1 go in and predict c+1..end; a row's last token predicts nothing.
+    for c in range(0, longest - 1, CHUNK):
+        going = sum(lengths[r] - 1 > c for r in order)  # rows are longest first: the first `going`
+        if going < rows:
+            rows = going
+            for layer in scratch.layers:
+                layer.keys, layer.values = layer.keys[:rows], layer.values[:rows]
+        end = min(c + CHUNK, longest - 1)
+        out = model(input_ids=ids[:rows, c:end], attention_mask=mask[:rows, :width + end],
+                    position_ids=positions[:rows, c:end], past_key_values=scratch, use_cache=True)
+        lp = logprobs(out.logits, ids[:rows, c + 1:end + 1])
+        for k, r in enumerate(order[:rows]):
+            total[r] += float(lp[k, :max(0, lengths[r] - 1 - c)].sum())
+    nll = [-total[r] / lengths[r] if lengths[r] else None for r in range(len(answers))]
+    return [v if v is not None and math.isfinite(v) else None for v in nll]

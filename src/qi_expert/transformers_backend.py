@@ -17,7 +17,7 @@ import os
 import time
 from typing import Sequence
 
-from qi_expert import attention, decoding
+from qi_expert import attention, decoding, refloss
 
 
 def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list[str], *, eos: set[int],
@@ -46,12 +46,14 @@ def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list
 
 
 def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[int], sample: bool,
-            temperature: float, generator, stop_check, marks: list | None = None) -> tuple[list[list[int]], list[str]]:
+            temperature: float, generator, stop_check, marks: list | None = None,
+            score: Sequence | None = None, pad_id: int = 0, scored: dict | None = None) -> tuple[list[list[int]], list[str]]:
     """Greedy/sampled decoding of one left-padded batch with a KV cache.
 
     Rows that finish (end of turn, closed code block, repetition) leave the batch at once: the
     cache and the mask are cut down to the rows still running, so a batch costs the sum of its
-    rows' lengths rather than rows x the longest.
+    rows' lengths rather than rows x the longest. `score`: answer ids per row (or None), whose
+    reference loss is computed on the prefilled cache before decoding (into `scored`, see _score).
     """
     import torch
 
@@ -66,6 +68,8 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
     logits = out.logits[:, -1, :]
     if marks is not None:
         marks.append(time.perf_counter())  # the first token is one arg-max away: its time is the prefill's
+    if score is not None:
+        _score(model, cache, attention_mask, logits, range(len(score)), score, pad_id=pad_id, scored=scored)
     for _ in range(max_new_tokens):
         nxt, keep = _next_tokens(logits, rows, tokens, reasons, eos=eos, stop_check=stop_check,
                                  max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
@@ -83,6 +87,17 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
                     past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1, :]
     return tokens, reasons
+
+
+def _score(model, cache, mask, last_logits, rows: Sequence[int], score: Sequence, *, pad_id: int,
+           scored: dict) -> None:
+    """The reference loss of freshly prefilled rows (refloss.answer_nll on their cache), timed apart
+    from generation: scored["nll"][row] for each of `rows`, scored["seconds"] the time it took."""
+    t0 = time.perf_counter()
+    nll = refloss.answer_nll(model, cache, mask, last_logits, [score[r] for r in rows], pad_id=pad_id,
+                             scratch=_new_cache(model))
+    scored["nll"].update(zip(rows, nll))
+    scored["seconds"] += time.perf_counter() - t0
 
 
 class _Rows:
@@ -243,11 +258,14 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 
 def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: int, max_new_tokens: int,
                        eos: set[int], pad_id: int, sample: bool, temperature: float, generator,
-                       stop_check, device) -> tuple[list[list[int]], list[str], dict]:
+                       stop_check, device, score: Sequence | None = None,
+                       scored: dict | None = None) -> tuple[list[list[int]], list[str], dict]:
     """Continuous batching over all rows: a finished row leaves at once and its slot is refilled.
 
     The prefix every prompt shares (the system prompt and the chat markup) is run through the model
     once; each new row only prefills its own suffix on top of a copy of that prefix's KV cache.
+    `score`: answer ids per row (or None); each refill's rows are scored on their prefilled cache
+    before they join the batch, into `scored` (see _score).
     """
     import torch
 
@@ -285,6 +303,8 @@ def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: i
                 layer.update(k.expand(len(new), -1, -1, -1), v.expand(len(new), -1, -1, -1))
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                         use_cache=True, logits_to_keep=1)
+            if score is not None:
+                _score(model, cache, mask, out.logits[:, -1, :], new, score, pad_id=pad_id, scored=scored)
             running.add(new, mask, cache, out.logits[:, -1, :])
             stats["refills"] += 1
             stats["prefill_tokens"] += sum(len(encoded[r]) - prefix for r in new)
@@ -323,7 +343,10 @@ class Transformers:
         self.model, self.batch_size, self.continuous, self.pad_id = model, int(batch_size), continuous, pad_id
 
     def decode(self, rows: Sequence[Sequence[int]], policy: decoding.StopPolicy, *, temperature: float = 0.0,
-               seed: int = 0) -> decoding.Decoded:
+               seed: int = 0, answers: Sequence[Sequence[int] | None] | None = None) -> decoding.Decoded:
+        """`answers`: ids per row (or None) whose reference loss is computed on the row's prefilled
+        prompt before it decodes (refloss.answer_nll); Decoded.answer_nll then holds them, and
+        Decoded.seconds excludes that time (stats["reference_loss_seconds"])."""
         import torch
 
         model, batch_size = self.model, self.batch_size
@@ -337,6 +360,8 @@ class Transformers:
         # Sorted by length so batches pad little; results go back to the caller's order.
         order = sorted(range(len(rows)), key=lambda r: (len(rows[r]), r))
         encoded = [list(rows[r]) for r in order]
+        score = [answers[r] for r in order] if answers is not None else None
+        scored: dict = {"nll": {}, "seconds": 0.0}
         stop_check = policy.check or (lambda toks: None)
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed) if sample else None
@@ -346,7 +371,7 @@ class Transformers:
                 toks, reasons, stats = _decode_continuous(
                     model, encoded, batch_size=batch_size, max_new_tokens=policy.max_new_tokens, eos=eos,
                     pad_id=pad_id, sample=sample, temperature=temperature, generator=generator, stop_check=stop_check,
-                    device=device)
+                    device=device, score=score, scored=scored)
                 stats["mode"] = "continuous"
             else:
                 toks, reasons, first_token_seconds = [], [], []
@@ -359,18 +384,27 @@ class Transformers:
                     for r, e in enumerate(chunk):  # LEFT padding: every row ends at the last column
                         ids[r, width - len(e):] = torch.tensor(e)
                         mask[r, width - len(e):] = 1
+                    part: dict = {"nll": {}, "seconds": 0.0}
                     t, why = _decode(model, ids.to(device), mask.to(device), max_new_tokens=policy.max_new_tokens,
                                      eos=eos, sample=sample, temperature=temperature, generator=generator,
-                                     stop_check=stop_check, marks=marks)
+                                     stop_check=stop_check, marks=marks, pad_id=pad_id, scored=part,
+                                     score=score[b:b + batch_size] if score is not None else None)
+                    scored["nll"].update({b + k: v for k, v in part["nll"].items()})
+                    scored["seconds"] += part["seconds"]
                     toks += t
                     reasons += why
                     first_token_seconds.append(round(marks[0] - batch_start, 4))
                 stats = {"mode": "static", "batches": -(-len(encoded) // batch_size),
                          "prefill_tokens": sum(len(e) for e in encoded),
                          "first_token_seconds": first_token_seconds}  # per batch
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - scored["seconds"]
         tokens: list[list[int]] = [[] for _ in rows]
         why_stopped = [""] * len(rows)
-        for r, t, reason in zip(order, toks, reasons):
+        nll: list[float | None] | None = [None] * len(rows) if score is not None else None
+        for k, (r, t, reason) in enumerate(zip(order, toks, reasons)):
             tokens[r], why_stopped[r] = t, reason
-        return decoding.Decoded(tokens, why_stopped, seconds, {**stats, "batch_size": batch_size})
+            if nll is not None:
+                nll[r] = scored["nll"][k]
+        if score is not None:
+            stats["reference_loss_seconds"] = round(scored["seconds"], 2)
+        return decoding.Decoded(tokens, why_stopped, seconds, {**stats, "batch_size": batch_size}, answer_nll=nll)
