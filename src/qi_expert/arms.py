@@ -106,11 +106,8 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
         log(f"eval: {arm.name}: {gen.stats['rows']} completions, {gen.total_new_tokens} new tokens in "
             f"{gen.seconds:.1f}s ({gen.tokens_per_second:.1f} tokens/s){' (cached)' if gen.stats.get('cached') else ''}")
         nll = gen.answer_nll
-        if answers is not None:
-            # Scored on the decoding model's own prefill of each prompt (refloss), in its precision.
+        if answers is not None:  # scored with the generation (its `cached` and `precision` hold for both)
             timing[f"reference_loss_seconds.{arm.name}"] = gen.stats.get("reference_loss_seconds")
-            info["reference_loss_cached"] = bool(gen.stats.get("cached"))
-            info["reference_loss_dtype"] = str(next(decoder.parameters()).dtype).replace("torch.", "")
         items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
                   "new_tokens": gen.new_tokens[i][s], "reference_nll": nll[i] if nll else None,
                   **({"retrieved": hits[i]} if arm.retrieval and hits else {})}

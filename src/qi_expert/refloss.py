@@ -74,8 +74,7 @@ def answer_nll(model, cache, mask, last_logits, answers: Sequence[Sequence[int] 
     # The n-th real token of a row is at position n - 1: answer token j sits at (prompt tokens) + j.
     positions = mask[:, :width].long().sum(-1, keepdim=True) + torch.arange(longest, device=device)[None, :]
     for mine, theirs in zip(scratch.layers, cache.layers):
-        mine.lazy_initialization(theirs.keys, theirs.values)
-        mine.keys, mine.values = theirs.keys[idx], theirs.values[idx]
+        mine.update(theirs.keys[idx], theirs.values[idx])  # the scored rows' prompts, in `order`
     rows = len(order)
     # Answer tokens c..end-1 go in and predict c+1..end; a row's last token predicts nothing.
     for c in range(0, longest - 1, CHUNK):

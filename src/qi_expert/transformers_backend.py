@@ -47,13 +47,14 @@ def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list
 
 def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[int], sample: bool,
             temperature: float, generator, stop_check, marks: list | None = None,
-            score: Sequence | None = None, pad_id: int = 0, scored: dict | None = None) -> tuple[list[list[int]], list[str]]:
+            score: Sequence | None = None, score_rows: Sequence[int] = (), pad_id: int = 0,
+            scored: dict | None = None) -> tuple[list[list[int]], list[str]]:
     """Greedy/sampled decoding of one left-padded batch with a KV cache.
 
     Rows that finish (end of turn, closed code block, repetition) leave the batch at once: the
     cache and the mask are cut down to the rows still running, so a batch costs the sum of its
-    rows' lengths rather than rows x the longest. `score`: answer ids per row (or None), whose
-    reference loss is computed on the prefilled cache before decoding (into `scored`, see _score).
+    rows' lengths rather than rows x the longest. `score`: answer ids by row id (or None); the
+    batch's rows are `score_rows` of them, scored on the prefilled cache before decoding (_score).
     """
     import torch
 
@@ -69,7 +70,7 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
     if marks is not None:
         marks.append(time.perf_counter())  # the first token is one arg-max away: its time is the prefill's
     if score is not None:
-        _score(model, cache, attention_mask, logits, range(len(score)), score, pad_id=pad_id, scored=scored)
+        _score(model, cache, attention_mask, logits, score_rows, score, pad_id=pad_id, scored=scored)
     for _ in range(max_new_tokens):
         nxt, keep = _next_tokens(logits, rows, tokens, reasons, eos=eos, stop_check=stop_check,
                                  max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
@@ -384,13 +385,10 @@ class Transformers:
                     for r, e in enumerate(chunk):  # LEFT padding: every row ends at the last column
                         ids[r, width - len(e):] = torch.tensor(e)
                         mask[r, width - len(e):] = 1
-                    part: dict = {"nll": {}, "seconds": 0.0}
                     t, why = _decode(model, ids.to(device), mask.to(device), max_new_tokens=policy.max_new_tokens,
                                      eos=eos, sample=sample, temperature=temperature, generator=generator,
-                                     stop_check=stop_check, marks=marks, pad_id=pad_id, scored=part,
-                                     score=score[b:b + batch_size] if score is not None else None)
-                    scored["nll"].update({b + k: v for k, v in part["nll"].items()})
-                    scored["seconds"] += part["seconds"]
+                                     stop_check=stop_check, marks=marks, score=score,
+                                     score_rows=range(b, b + len(chunk)), pad_id=pad_id, scored=scored)
                     toks += t
                     reasons += why
                     first_token_seconds.append(round(marks[0] - batch_start, 4))
