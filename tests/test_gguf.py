@@ -453,13 +453,14 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     proc.kill()
     proc.communicate(timeout=60)
     assert outputs() == whole
+    done = len(list(cached.glob("*.json")))  # the files scored before the kill (side by side: any of them)
 
     rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "gguf eval: f16: 3 completions" in rerun.stdout and "(cached)" in rerun.stdout
     metrics = json.loads((root / "metrics/gguf.json").read_text())
     flags = [metrics["quantization_cost"][k]["generation"]["cached"] for k in ("f16", "q8_0", "q4_k_m")]
-    assert flags[0] and flags == sorted(flags, reverse=True)  # the files finished before the kill, in order
+    assert sum(flags) == done >= 1  # exactly the files finished before the kill come from the cache
     assert outputs() == whole  # byte-identical to the uninterrupted run
     assert not (root / "models/.gguf.partial").exists()
 
