@@ -5,7 +5,8 @@
 1. A GPU model (model.requires_cuda) on a machine without CUDA stops here, before any model
    is loaded, naming the CPU alternative. Missing base model / chat template / data: a clear error.
 2. Writes models/train/axolotl.yaml (the whole Axolotl config; read it to see what ran).
-3. Runs `python -m axolotl.cli.preprocess` and `python -m axolotl.cli.train` on it, offline and
+3. Runs `python -m axolotl.cli.train` on it (which tokenizes the rows first; under a launcher with
+   several processes `python -m axolotl.cli.preprocess` does that once before), offline and
    without telemetry. Axolotl logs per-step loss into this stage's MLflow run (MLFLOW_RUN_ID).
    Checkpoints go to models/train/checkpoints (persisted by DVC): a rerun after an interruption
    resumes from the last one when the settings are unchanged, and starts afresh otherwise. A
@@ -83,6 +84,9 @@ def summarise(state: dict, rows: list[dict], y: dict, wall: float, train_seconds
         # its own; forward passes (training and validation) that did so vs that fell back.
         "attention": model_report.get("attention"),
         "attention_forwards": token_report.get("attention_forwards"),
+        # train.cpu_logits: labeled: the output layer and the loss ran at the trained positions only.
+        "labeled_logits": model_report.get("labeled_logits", False),
+        "logits_forwards": token_report.get("logits_forwards"),
         # Processes that trained the model together (launcher): each one's rows and final weights.
         "world_size": token_report.get("world_size", 1),
         "ranks": token_report.get("ranks", []),
@@ -141,7 +145,11 @@ def run(cfg):
     try:
         train_seconds = 0.0
         if not done:
-            training.run_axolotl("preprocess", config_path, env)
+            if training.world_size(cfg) > 1:
+                # Tokenized once before the processes start, as Axolotl advises for several. One
+                # process prepares the data itself in `train` (the same code): a separate preprocess
+                # would start Python, torch and Axolotl once more (~12 s of the CPU default's stage).
+                training.run_axolotl("preprocess", config_path, env)
             t_train = time.time()
             training.run_axolotl("train", config_path, env, launcher=cfg.launcher)
             train_seconds = time.time() - t_train

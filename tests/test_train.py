@@ -311,6 +311,9 @@ def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(trained):
     # train.cpu_attention=sdpa_packed: every forward pass attended its packed rows one by one.
     assert m["attention"] == "qi_sdpa_packed" and m["attention_forwards"]["packed"] > 0
     assert m["attention_forwards"]["stock"] == 0
+    # train.cpu_logits=labeled: every forward pass with labels (training and validation) ran the
+    # output layer at the trained positions only, through Axolotl's trainer and PEFT's wrapper.
+    assert m["labeled_logits"] is True and m["logits_forwards"]["labeled"] > 0 and m["logits_forwards"]["all"] == 0
     lines = (project / "metrics" / "train_loss.csv").read_text().splitlines()
     assert lines[0] == "step,train_loss,val_loss" and len(lines) == 1 + 9  # steps 0 (eval) .. 8
     written = yaml.safe_load((project / "models" / "train" / "axolotl.yaml").read_text())

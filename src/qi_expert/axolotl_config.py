@@ -13,7 +13,8 @@ Two device profiles:
   `train.cpu_attention` (sdpa_packed by default, sdpa or eager: with sample packing Axolotl
   drops the attention mask and transformers builds a block-diagonal mask from position_ids, so
   packed samples do not see each other; sdpa_packed attends each of them on its own instead; no
-  flash attention/xformers), Axolotl's CUDA-only LoRA kernels
+  flash attention/xformers), `train.cpu_logits` (labeled by default: logits and loss at the
+  trained positions only), Axolotl's CUDA-only LoRA kernels
   off, adamw_torch, no pinned memory. `adapter: qlora` still gives real bitsandbytes Linear4bit
   layers on CPU.
 """
@@ -70,6 +71,16 @@ AXOLOTL_ENV = {
 
 
 CPU_ATTENTION = {"sdpa_packed": "sdpa", "sdpa": "sdpa", "eager": "eager"}  # train.cpu_attention -> transformers'
+
+
+CPU_LOGITS = ("labeled", "all")  # train.cpu_logits
+
+
+def cpu_logits(name: str) -> bool:
+    """Whether the plugin computes logits at the trained positions only (train.cpu_logits)."""
+    if name not in CPU_LOGITS:
+        raise ValueError(f"train.cpu_logits: {name!r} is not one of {list(CPU_LOGITS)}")
+    return name == "labeled"
 
 
 def cpu_attention(name: str) -> str:
@@ -196,6 +207,8 @@ def build(cfg: DictConfig, cuda: bool, mlflow: bool = False,
             # the loaded model to qi_expert.attention's function: same result, less work).
             "attn_implementation": cpu_attention(str(tc.cpu_attention)),
             "qi_packed_attention": str(tc.cpu_attention) == "sdpa_packed",
+            # The output layer and the loss at the trained positions only (qi_expert.labeled_logits).
+            "qi_labeled_logits": cpu_logits(str(tc.get("cpu_logits", "all"))),
             "optimizer": "adamw_torch",
             "dataloader_pin_memory": False,
             # Axolotl switches these CUDA/Triton kernels on by itself: "Torch not compiled with CUDA".

@@ -28,9 +28,11 @@ then shuffles the resumed epoch as epoch 0 (measured: 16 steps of 8 per epoch, r
 step 12, losses from step 13 on differ and so does the adapter). The plugin sets the sampler's
 epoch itself at the start of every epoch.
 
-And one for speed: with `qi_packed_attention: true` in the Axolotl YAML (the CPU default's
+And two for speed: with `qi_packed_attention: true` in the Axolotl YAML (the CPU default's
 train.cpu_attention: sdpa_packed), the loaded model attends each packed row on its own
-(qi_expert.attention): the same result as transformers' block-diagonal mask, less work.
+(qi_expert.attention): the same result as transformers' block-diagonal mask, less work. With
+`qi_labeled_logits: true` (train.cpu_logits: labeled), its output layer and loss run on the
+trained positions only (qi_expert.labeled_logits): the same loss and gradients.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from pydantic import BaseModel
 from torch.utils.data import RandomSampler, Sampler
 from transformers import TrainerCallback, set_seed
 
-from qi_expert import attention
+from qi_expert import attention, labeled_logits
 from qi_expert.training import MODEL_REPORT, SKIP_EVAL_ON_START, TOKEN_REPORT
 
 
@@ -57,6 +59,7 @@ class QiArgs(BaseModel):
     """This plugin's keys in the Axolotl YAML (Axolotl validates them with its own config)."""
 
     qi_packed_attention: bool = False
+    qi_labeled_logits: bool = False
 
 
 def _rank() -> int:
@@ -148,6 +151,8 @@ class _TokenReport(TrainerCallback):
             "batch_real": self.counter.batch_real,
             # Forward passes (with a mask) by how they attended: all "packed" when packing is on.
             "attention_forwards": dict(attention.forwards),
+            # Forward passes with labels by where the output layer ran (train.cpu_logits).
+            "logits_forwards": dict(labeled_logits.forwards),
             "world_size": len(ranks),
             "ranks": ranks,
         })
@@ -243,6 +248,7 @@ class ModelReportPlugin(BasePlugin):
 
     def post_model_load(self, cfg, model):
         packed = bool(cfg.qi_packed_attention) and attention.use_packed_attention(model)
+        labeled = bool(cfg.qi_labeled_logits) and labeled_logits.use_labeled_logits(model)
         kinds: Counter = Counter()
         dtypes: Counter = Counter()
         for module in model.modules():
@@ -267,6 +273,7 @@ class ModelReportPlugin(BasePlugin):
             "parameter_dtypes": dict(sorted(dtypes.items())),
             "attention": getattr(model.config, "_attn_implementation", None),
             "packed_attention": packed,
+            "labeled_logits": labeled,
         })
 
     def post_trainer_create(self, cfg, trainer):

@@ -1,7 +1,8 @@
 """Helpers of the train stage: input checks, run Axolotl, resume bookkeeping, read its results.
 
-Axolotl does the training (`python -m axolotl.cli.preprocess` then `python -m axolotl.cli.train`
-on the generated YAML, each in a subprocess); this module only prepares, launches and reads.
+Axolotl does the training (`python -m axolotl.cli.train` on the generated YAML in a subprocess,
+after `python -m axolotl.cli.preprocess` under a launcher with several processes); this module
+only prepares, launches and reads.
 """
 
 from __future__ import annotations
@@ -113,11 +114,12 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
         "environment": _sha_json(axolotl_config.AXOLOTL_ENV),
         "libraries": fingerprint_libraries(),
         # How many processes share each step: a checkpoint of another world size is another run.
-        "world_size": str(_world_size(cfg)),
+        "world_size": str(world_size(cfg)),
     }
 
 
-def _world_size(cfg: DictConfig) -> int:
+def world_size(cfg: DictConfig) -> int:
+    """Processes that train the model together under the launcher (conf/launcher/)."""
     lc = cfg.get("launcher")
     if lc is None or str(lc.program) == "python":
         return 1
@@ -150,7 +152,7 @@ BASE_VAL_SETTINGS = ("base_model", "tokenizer_config", "trust_remote_code", "cha
                      "sample_packing", "eval_sample_packing", "pad_to_sequence_len", "micro_batch_size",
                      "eval_batch_size", "adapter", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs",
                      "lora_target_modules", "bf16", "fp16", "tf32", "attn_implementation",
-                     "qi_packed_attention", "seed", "data_seed")
+                     "qi_packed_attention", "qi_labeled_logits", "seed", "data_seed")
 
 
 def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
