@@ -6,7 +6,7 @@ The base model (models/base, params.yaml) with the default's LoRA (lora_r, lora_
 entry's target modules) and packed attention, as the train stage's Axolotl run has it: frozen
 weights in bf16 under CPU autocast (or fp32), LoRA weights in fp32. The batch is the default's
 shape, micro_batch_size rows of sequence_len tokens, packed from the chat training rows
-(train.train_file) with labels on the assistant turn only (the prompt masked, as
+(train.train_file, shuffled with the config's seed) with labels on the assistant turn only (the prompt masked, as
 roles_to_train: [assistant] does). One model computes logits everywhere (transformers' way), one
 has qi_expert.labeled_logits installed; forward + backward alternate between them `--reps`
 times and the medians are printed with both losses (the same to float rounding).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import statistics
 import sys
 import time
@@ -34,12 +35,15 @@ def packed_batch(tok, rows: list[dict], batch: int, width: int):
 
     ids, pos, labels = torch.full((batch, width), tok.pad_token_id), torch.zeros(batch, width, dtype=torch.long), \
         torch.full((batch, width), -100)
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
     r = 0
     for b in range(batch):
         t = 0
         while r < len(rows):
-            prompt = tok.apply_chat_template(rows[r]["messages"][:-1], add_generation_prompt=True)
-            full = tok.apply_chat_template(rows[r]["messages"])
+            prompt = encode(tok.apply_chat_template(rows[r]["messages"][:-1], tokenize=False, add_generation_prompt=True))
+            full = encode(tok.apply_chat_template(rows[r]["messages"], tokenize=False))
             if t + len(full) > width:
                 break
             ids[b, t:t + len(full)] = torch.tensor(full)
@@ -65,6 +69,7 @@ def main() -> int:
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
                                                 attn_implementation="sdpa")
     rows = [json.loads(line) for line in resolve_path(cfg.train.train_file).read_text().splitlines() if line.strip()]
+    random.Random(int(cfg.seed)).shuffle(rows)  # packs like the trainer's shuffled ones, not the file's first rows
     ids, pos, labels = packed_batch(tok, rows, int(cfg.micro_batch_size), int(cfg.sequence_len))
     count = (torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:] != -100).sum()
 

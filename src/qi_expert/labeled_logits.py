@@ -3,8 +3,7 @@
 A causal LM's forward computes logits for every position, [batch, 1024, 49152] for the CPU
 default, and the loss then ignores every position whose next token is not trained (label -100:
 the system prompt, the user turn, padding). The chat rows train only the assistant turns, so
-more than half of those logits are thrown away, and on this CPU the output layer with its
-cross entropy is the largest single cost of a training step.
+more than half of those logits, and the float32 copy the loss makes of them, are thrown away.
 
 `use_labeled_logits(model)` keeps the model's own forward and loss function and hands them
 fewer rows: a pre-hook on the model reads `labels` and passes the loss the shifted labels of the
@@ -16,17 +15,18 @@ sum over the same tokens divided by the same count (float rounding aside), and s
 gradients; only `outputs.logits` changes shape ([trained tokens, vocab]), which nothing in
 training reads. A call without labels (generation) is untouched.
 
-Measured for the CPU default's shapes (2 x 1,024 positions, 46% of them trained, SmolLM2's
-49,152-token vocabulary, bf16, 2 cores; /tmp microbenchmark of lm_head + cross entropy, forward
-and backward): 1.52-1.78 s a step with every position, 0.67-0.69 s with the trained ones.
+Measured (benchmarks/train_logits.py: the default's model, LoRA and packed batch of chat rows,
+forward + backward alternating between the two ways): see the figure there and in the README.
 Liger's and Apple's fused linear cross entropy (Axolotl plugins) do more, but only on CUDA.
 """
 
 from __future__ import annotations
 
 IGNORE = -100
-# Forward passes with labels by how the output layer ran (the train stage reports it: "all" with
-# the hooks installed means the trainer called the model in a way they do not see).
+ROWS = 256  # the logits' row count is a multiple of this (see select_labels)
+# Forward passes with labels by how the output layer ran (the train stage reports it): "all" when
+# the caller chose its own positions; no "labeled" at all with the hooks installed would mean the
+# trainer calls the model in a way they do not see.
 forwards = {"labeled": 0, "all": 0}
 
 
@@ -58,8 +58,18 @@ def use_labeled_logits(model) -> bool:
             return None
         forwards["labeled"] += 1
         shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:]
-        keep[0] = shifted != IGNORE
-        return args, {**kwargs, "shift_labels": shifted[keep[0]]}
+        mask = shifted != IGNORE
+        # Rounded up to a multiple of ROWS with untrained positions (ignored by the loss), so that
+        # the logits come in a few sizes: with the stage's malloc settings (AXOLOTL_ENV: freed
+        # memory is kept) a new size every step grew the train process to 10 GB over 40 steps.
+        n = int(mask.sum())
+        want = min(mask.numel(), -(-n // ROWS) * ROWS)
+        if want > n:
+            mask = mask.flatten()
+            mask[(~mask).nonzero()[:want - n, 0]] = True
+            mask = mask.view_as(shifted)
+        keep[0] = mask
+        return args, {**kwargs, "shift_labels": shifted[mask]}
 
     def select_rows(module, args):
         mask = keep[0]
