@@ -269,6 +269,11 @@ def test_fingerprint_changes_with_the_plugin_code_and_library_versions(tmp_path,
     changed = training.fingerprint(y, cfg)
     assert changed["plugin"] != fp["plugin"]
     assert {k: v for k, v in changed.items() if k != "plugin"} == {k: v for k, v in fp.items() if k != "plugin"}
+    # ... and so are the functions it installs into the model.
+    patched_logits = tmp_path / "labeled_logits.py"
+    patched_logits.write_text(training.MODEL_PATCHES[1].read_text() + "# changed\n")
+    monkeypatch.setattr(training, "MODEL_PATCHES", (training.MODEL_PATCHES[0], patched_logits))
+    assert training.fingerprint(y, cfg)["plugin"] != changed["plugin"]
     monkeypatch.setattr(axolotl_config, "AXOLOTL_ENV", {**axolotl_config.AXOLOTL_ENV, "PYTHONHASHSEED": "1"})
     assert training.fingerprint(y, cfg)["environment"] != fp["environment"]
 

@@ -92,6 +92,8 @@ def _sha_json(value: Any) -> str:
 
 # The plugin Axolotl loads (axolotl_config.PLUGIN); its code changes what a run computes.
 PLUGIN_SOURCE = Path(__file__).with_name("axolotl_plugin.py")
+# What the plugin installs into the model inside Axolotl: a change to them computes otherwise too.
+MODEL_PATCHES = (Path(__file__).with_name("attention.py"), Path(__file__).with_name("labeled_logits.py"))
 # Libraries whose version changes what a training step computes.
 TRAINING_LIBRARIES = ("axolotl", "torch", "transformers", "peft", "accelerate", "bitsandbytes")
 
@@ -100,7 +102,8 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
     """What a checkpoint was trained with: a rerun resumes only when all of it is unchanged.
 
     Besides the config, data and base model: the plugin that runs inside Axolotl (it seeds the
-    LoRA init and orders the packed batches), the environment of the Axolotl processes and the
+    LoRA init, orders the packed batches and installs qi_expert.attention's and labeled_logits'
+    functions into the model), the environment of the Axolotl processes and the
     training libraries' versions, so a fix to any of them starts afresh instead of resuming the
     old run's last checkpoint.
     """
@@ -110,7 +113,7 @@ def fingerprint(y: dict[str, Any], cfg: DictConfig) -> dict[str, str]:
         "axolotl_config": _sha_json(settings),
         "data": _sha([resolve_path(cfg.train.train_file), resolve_path(cfg.train.val_file)]),
         "base_model": _sha([base / "config.json", base / "SOURCE.json", base / "tokenizer.json"]),
-        "plugin": _sha([PLUGIN_SOURCE]),
+        "plugin": _sha([PLUGIN_SOURCE, *MODEL_PATCHES]),
         "environment": _sha_json(axolotl_config.AXOLOTL_ENV),
         "libraries": fingerprint_libraries(),
         # How many processes share each step: a checkpoint of another world size is another run.
