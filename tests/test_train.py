@@ -154,6 +154,13 @@ def test_cpu_default_yaml_has_cpu_settings():
     # No path of this machine in the generated file: the store reaches Axolotl by environment.
     assert "mlflow_tracking_uri" not in y and str(ROOT) not in axolotl_config.to_yaml(y)
     assert y["auto_resume_from_checkpoints"] is True and y["output_dir"] == "models/train/checkpoints"
+    # The output layer at the trained positions only (train.cpu_logits: labeled); `all` selectable.
+    assert y["qi_labeled_logits"] is True
+    assert axolotl_config.build(compose_conf(["train.cpu_logits=all"]), cuda=False)["qi_labeled_logits"] is False
+    with pytest.raises(ValueError, match="train.cpu_logits: 'some' is not one of"):
+        axolotl_config.build(compose_conf(["train.cpu_logits=some"]), cuda=False)
+    # The GPU entries keep transformers' way (their fused losses are Axolotl plugins of their own).
+    assert "qi_labeled_logits" not in axolotl_config.build(compose_conf(["model=qwen2.5-coder-7b"]), cuda=True)
 
 
 def test_cpu_precision_is_chosen_by_the_cpu_and_fp32_stays_selectable(monkeypatch):
