@@ -693,3 +693,32 @@ def test_header_reader_agrees_with_the_gguf_package(exported):
         reader = GGUFReader(out / name)
         expected = {k: reader.get_field(k).contents() for k in keys if reader.get_field(k) is not None}
         assert len(expected) >= 5 and gguf.gguf_metadata(out / name, keys) == expected
+
+
+def test_base_model_from_a_gguf_parses_it_once_and_writes_what_transformers_writes(exported, tmp_path, monkeypatch):
+    """basemodel.gguf_to_hf (the prepare stage) memoises transformers' repeated GGUF parsing
+    (_one_gguf_parse): one metadata parse instead of two, the same safetensors bytes, and gguf-py
+    as it was afterwards."""
+    import gguf as gguf_py
+
+    from qi_expert import basemodel
+
+    out, _ = exported
+    parses = []
+    real_reader = gguf_py.GGUFReader
+
+    def counting_reader(path, *args, **kwargs):
+        parses.append(Path(path).name)
+        return real_reader(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf_py, "GGUFReader", counting_reader)
+    name_map = gguf_py.get_tensor_name_map
+    basemodel.gguf_to_hf(out / "qi-tiny-f16.gguf", tmp_path / "once")
+    assert parses == ["qi-tiny-f16.gguf"]
+    assert gguf_py.GGUFReader is counting_reader and gguf_py.get_tensor_name_map is name_map  # restored
+
+    parses.clear()
+    monkeypatch.setattr(basemodel, "_one_gguf_parse", contextlib.nullcontext)  # transformers alone
+    basemodel.gguf_to_hf(out / "qi-tiny-f16.gguf", tmp_path / "stock")
+    assert parses == ["qi-tiny-f16.gguf"] * 2
+    assert (tmp_path / "once" / "model.safetensors").read_bytes() == (tmp_path / "stock" / "model.safetensors").read_bytes()
