@@ -245,6 +245,18 @@ def test_compile_errors_are_reported_and_not_run(dev_tasks):
     assert rows[1]["compiled"] and rows[2]["compiled"]
 
 
+def test_a_broken_completion_type_checks_the_same_beside_any_other():
+    """A completion cut off inside a block swallows the `export {}` compile_all appends, and a file
+    without export is a script sharing one global scope with every other script in the program:
+    two of them declaring the same name would each get TS2451, an error the other one caused."""
+    cut_off = "const validateQuote = (q: number) => q;\nfunction f() {\n  const x = 1;\n"
+    alone, _, _ = evaluate.compile_all([cut_off], CORPUS)
+    beside, _, _ = evaluate.compile_all([cut_off, cut_off, "const validateQuote = 2;\n"], CORPUS)
+    assert 2451 not in {d["code"] for d in alone[0]}
+    assert beside[0] == alone[0] and beside[1] == alone[0]
+    assert beside[2] == []
+
+
 # --- sandbox -----------------------------------------------------------------------------------
 
 ISOLATIONS = ["bwrap", "unsafe"]

@@ -57,17 +57,22 @@ def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.j
     packages' exports, info). Empty code gets one "no code" diagnostic."""
     t0 = time.perf_counter()
     # `export {}` keeps each snippet a module: two completions declaring the same global name
-    # must not collide inside the shared program.
+    # must not collide inside the shared program. A completion cut off inside a block or comment
+    # swallows that line, so the compiler is also told to take every file for a module
+    # (moduleDetection: force); without it such a file is a script in one global scope with the
+    # others, and each gets a TS2451 (redeclared name) that another completion caused.
     sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
+    modules = {"moduleDetection": "force"}
     # One program for all (the batching is what makes it fast), except code that would change how
     # the others type-check (`declare global`, `declare module`): each of those in a program alone.
     alone = {k for k, v in sources.items() if compliance_rules.affects_other_files(v)}
     # (isolated: the compiler reads untrusted source, so it runs inside the sandbox too.)
     # The same program lists what the corpus's @qi packages export (graded: API validity).
     diagnostics = typecheck.check({k: v for k, v in sources.items() if k not in alone}, project, tsconfig,
-                                  exports=typecheck.QI_MODULES, isolated=isolated, dependencies=dependencies)
+                                  options=modules, exports=typecheck.QI_MODULES, isolated=isolated,
+                                  dependencies=dependencies)
     for k in sorted(alone):
-        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, isolated=isolated,
+        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, options=modules, isolated=isolated,
                                            dependencies=dependencies))
     exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
     per_code = [diagnostics.get(f"c{i}", []) if code.strip() else [{"code": 0, "line": 0, "message": "no code in the completion"}]
