@@ -56,12 +56,11 @@ def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.j
     """Type-check every code snippet in the corpus project: (diagnostics per snippet, the @qi
     packages' exports, info). Empty code gets one "no code" diagnostic."""
     t0 = time.perf_counter()
-    # `export {}` keeps each snippet a module: two completions declaring the same global name
-    # must not collide inside the shared program. A completion cut off inside a block or comment
-    # swallows that line, so the compiler is also told to take every file for a module
-    # (moduleDetection: force); without it such a file is a script in one global scope with the
-    # others, and each gets a TS2451 (redeclared name) that another completion caused.
-    sources = {f"c{i}": code + "\nexport {};\n" for i, code in enumerate(codes) if code.strip()}
+    # Every snippet is a module (moduleDetection: force): two completions declaring the same
+    # global name must not collide inside the shared program. (An appended `export {}` did this
+    # before; a completion cut off inside a block or comment swallowed it and became a script in
+    # one global scope with the others, each getting a TS2451 that another completion caused.)
+    sources = {f"c{i}": code for i, code in enumerate(codes) if code.strip()}
     modules = {"moduleDetection": "force"}
     # One program for all (the batching is what makes it fast), except code that would change how
     # the others type-check (`declare global`, `declare module`): each of those in a program alone.
