@@ -423,8 +423,12 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
                  "gguf.smoke.exact_tokens=8"]
     cmd = [sys.executable, "stages/gguf_export.py", *overrides]
 
+    scratch = tmp_path / "tmp"  # the stage's TMPDIR: a killed run must leave no model in it
+    scratch.mkdir()
+
     def env(cache: str) -> dict:
-        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "QI_CACHE_DIR": str(tmp_path / cache)}
+        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "QI_CACHE_DIR": str(tmp_path / cache),
+                "TMPDIR": str(scratch)}
 
     def outputs() -> dict[str, bytes]:  # everything but the logs (timings)
         return {p.name: p.read_bytes() for p in sorted((root / "models/gguf").iterdir()) if p.is_file()}
@@ -453,6 +457,7 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     proc.kill()
     proc.communicate(timeout=60)
     assert outputs() == whole
+    assert not list(scratch.rglob("*.safetensors")), "the killed run left its merged model in TMPDIR"
     done = len(list(cached.glob("*.json")))  # the files scored before the kill (side by side: any of them)
 
     rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)
@@ -462,7 +467,7 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     flags = [metrics["quantization_cost"][k]["generation"]["cached"] for k in ("f16", "q8_0", "q4_k_m")]
     assert sum(flags) == done >= 1  # exactly the files finished before the kill come from the cache
     assert outputs() == whole  # byte-identical to the uninterrupted run
-    assert not (root / "models/.gguf.partial").exists()
+    assert not (root / "models/.gguf.partial").exists() and not (root / "models/gguf/.merge-work").exists()
 
 
 FENCE_THEN_TEXT = 'root ::= "```typescript\\nconst a = 1;\\n```\\n" [a-z ]+'

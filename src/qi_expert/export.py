@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,11 @@ def export(base_dir: Path, adapter_dir: Path, out_dir: Path, *, name: str, syste
     metrics: dict = {"model": name, "threads": threads, "outtype": settings.outtype,
                      "merge_dtype": settings.merge_dtype}
 
-    work = Path(tempfile.mkdtemp(prefix="qi-gguf-merged-"))
+    # The merged model (the base model's size: 14 GB for a 7B one) is written inside out_dir, which
+    # the next run empties before anything else: a run killed with SIGKILL, which runs no finally,
+    # left it behind in /tmp, 56 MB for SmolLM2 each time.
+    work = out_dir / ".merge-work"
+    work.mkdir()
     merged_dir = out_dir / "merged-hf" if settings.keep_merged else work / "merged"
     try:
         # 1. merge
