@@ -1,7 +1,6 @@
 """The learning curve: the eval's graded metrics against training steps, from DVC experiments.
 
-    dvc exp run --queue -S max_steps=10 && dvc exp run --queue -S max_steps=40 \
-      && dvc exp run --queue -S max_steps=80 && dvc queue start -j 1   # plus the workspace's 20
+    for steps in 10 20 80 160; do dvc exp run eval -S max_steps=$steps; done   # plus the workspace's 40
     python scripts/learning_curve.py          # -> metrics/learning_curve/<arm>.csv (dvc plots show)
 
 Reads every experiment `dvc exp show --json -A` lists (all commits, their experiments, the workspace), one row per max_steps
