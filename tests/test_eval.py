@@ -246,9 +246,10 @@ def test_compile_errors_are_reported_and_not_run(dev_tasks):
 
 
 def test_a_broken_completion_type_checks_the_same_beside_any_other():
-    """A completion cut off inside a block swallows the `export {}` compile_all appends, and a file
-    without export is a script sharing one global scope with every other script in the program:
-    two of them declaring the same name would each get TS2451, an error the other one caused."""
+    """A completion cut off inside a block has no export of its own, and a file without one is a
+    script sharing one global scope with every other script in the program unless every file is
+    forced to be a module: two of them declaring the same name would each get TS2451, an error the
+    other one caused. (An appended `export {}` was swallowed by the unclosed block.)"""
     cut_off = "const validateQuote = (q: number) => q;\nfunction f() {\n  const x = 1;\n"
     alone, _, _ = evaluate.compile_all([cut_off], CORPUS)
     beside, _, _ = evaluate.compile_all([cut_off, cut_off, "const validateQuote = 2;\n"], CORPUS)
