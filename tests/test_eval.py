@@ -667,6 +667,31 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     assert [r["reference_nll"] for r in rerun] == [r["reference_nll"] for r in results]
 
 
+def test_the_cache_key_covers_the_machine(tmp_path, monkeypatch):
+    """A cache folder shared by machines never hands one machine's numbers to another: the key
+    changes with the processor's instruction sets and with the GPUs torch sees, and only then."""
+    from qi_expert import gencache
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    key = lambda: gencache.key([model], ["prompt"], {"max_new_tokens": 8})  # noqa: E731
+    here = key()
+    assert key() == here
+    cpu = gencache._cpu()
+    assert cpu["machine"] and cpu["flags"]
+    monkeypatch.setattr(gencache, "_cpu", lambda: {**cpu, "flags": "another processor"})
+    assert key() != here
+    monkeypatch.setattr(gencache, "_cpu", lambda: cpu)
+    assert key() == here
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (8, 0))
+    assert gencache.platform()["gpus"] == ["NVIDIA A100-SXM4-80GB sm_80"]
+    assert key() != here
+
+
 def test_params_declare_the_eval_stage():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stage = dvc["stages"]["eval"]

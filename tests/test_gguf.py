@@ -367,11 +367,11 @@ def test_cli_serve_answers_on_localhost(exported):
         assert answer["usage"]["completion_tokens"] <= 3
 
 
-def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
+def test_quantization_cost_is_cached_by_file_content(exported, tokenizer, monkeypatch):
     """The llama.cpp completions of each file are kept by content (the file's bytes, the prompts,
-    the decoding): a rerun after an interruption redoes only the files it had not finished, with
-    the same completions."""
-    from qi_expert import bench, quantcost
+    the decoding, the llama.cpp build): a rerun after an interruption redoes only the files it had
+    not finished, with the same completions."""
+    from qi_expert import bench, llamacpp, quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
@@ -385,6 +385,11 @@ def test_quantization_cost_is_cached_by_file_content(exported, tokenizer):
     # Another prompt is another key: nothing stale is reused.
     _, other = quantcost.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **{**kw, "max_new_tokens": 6})
     assert other["f16"]["generation"]["cached"] is False
+    # Another build of the same llama.cpp version (other instruction sets) decodes to other text.
+    assert "AVX" in llamacpp.build_info() or "CPU" in llamacpp.build_info()
+    monkeypatch.setattr(llamacpp, "build_info", lambda: "CPU : AVX512 = 1 | AVX512_BF16 = 1 |")
+    _, rebuilt = quantcost.score_gguf({"f16": files["f16"]}, tokenizer, tasks, **kw)
+    assert rebuilt["f16"]["generation"]["cached"] is False
 
 
 def test_quantization_cost_files_side_by_side_write_what_one_after_the_other_writes(exported, tokenizer):

@@ -427,6 +427,20 @@ def test_base_val_loss_is_measured_once_and_reused_across_a_sweep(project, tmp_p
     assert skipped not in run_stage(other, "sequence_len=128").stdout
 
 
+def test_the_base_val_key_covers_the_machine(tmp_path, monkeypatch):
+    """The cached step-0 validation loss is another machine's number only if its processor is this one's."""
+    from qi_expert import gencache
+    from qi_expert.config import load_params
+
+    val = tmp_path / "val.chat.jsonl"
+    val.write_text('{"messages": []}\n')
+    cfg = load_params([f"train.val_file={val}", f"model.base_model={tmp_path / 'base'}"])
+    here = training.base_val_key({"sequence_len": 1024}, cfg)
+    assert training.base_val_key({"sequence_len": 1024}, cfg) == here
+    monkeypatch.setattr(gencache, "_cpu", lambda: {"machine": "aarch64", "model": "Neoverse-V2", "flags": "sve2"})
+    assert training.base_val_key({"sequence_len": 1024}, cfg) != here
+
+
 def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monkeypatch):
     """Axolotl handles SIGINT by saving and exiting 0: the stage must not take that for a finished
     run. Here Axolotl "stops" at step 4 of 8: the stage exits non-zero naming the step and how to

@@ -22,6 +22,14 @@ def default_threads(n_threads: int | None = None) -> int:
     return int(n_threads) if n_threads else max(1, os.cpu_count() or 1)
 
 
+def build_info() -> str:
+    """What this llama.cpp was compiled for (its instruction sets and backends, llama_print_system_info):
+    two builds of one version decode the same file to other text."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
 def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
                lora_path: str | Path | None = None, verbose: bool = False, seed: int = 0):
     """A llama_cpp.Llama on CPU; the chat format comes from the GGUF's own chat template."""

@@ -44,7 +44,8 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
     import llama_cpp
 
     settings = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
-                "n_threads": llamacpp.default_threads(n_threads), "llama_cpp": llama_cpp.__version__}
+                "n_threads": llamacpp.default_threads(n_threads), "llama_cpp": llama_cpp.__version__,
+                "llama_cpp_build": llamacpp.build_info()}
     # Cached by content, one file at a time: a rerun after an interruption redoes only the files it
     # had not finished. (Not task by task: llama.cpp reuses the previous prompt's KV cache for the
     # shared system prompt, so a completion depends on the one before it.)

@@ -160,7 +160,8 @@ BASE_VAL_SETTINGS = ("base_model", "tokenizer_config", "trust_remote_code", "cha
 
 def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
     """Content key of the step-0 validation loss: the settings above, the validation file's bytes,
-    the base model's files (gencache.files_digest) and the training libraries' versions."""
+    the base model's files (gencache.files_digest), the training libraries' versions and the machine
+    (gencache.platform)."""
     from qi_expert import gencache
 
     settings = {k: y.get(k) for k in BASE_VAL_SETTINGS}
@@ -170,6 +171,7 @@ def base_val_key(y: dict[str, Any], cfg: DictConfig) -> str:
         "val": _sha([resolve_path(cfg.train.val_file)]),
         "base_model": gencache.files_digest([base]) if base.is_dir() else str(cfg.model.base_model),
         "libraries": fingerprint_libraries(),
+        "platform": gencache.platform(),
     }
     return _sha_json(payload)
 
