@@ -1,0 +1,94 @@
+"""The first training step vs the ones after it: what a fresh process pays before it runs at speed.
+
+    python benchmarks/train_first_step.py [--steps 5] [--precision bf16|fp32]
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/train_first_step.py   # transparent huge pages
+
+The default's model with its LoRA, packed attention and output layer at the trained positions
+(as benchmarks/train_logits.py builds them), forward + backward on `--steps` packed batches of the
+default's shape, each a different shuffle of the chat training rows. Prints each step's forward
+and backward seconds, then the same for a 4 GiB buffer written twice: the first write is the
+kernel handing the process fresh pages (on this VM 1.1-13.7 s for 4 GiB, the second 0.1-0.3 s), which
+is most of what the first step pays on top of the others.
+
+Measured on the 2-core machine, 2026-12-02 (bf16; five runs): step 1's forward 10.1-15.1 s, the
+next ones' 2.0-2.9 s (backward 4.3-6.9 s vs 2.4-5.1 s). A torch.profiler of step 1 against step 2:
+copy_, mul, add and fill_ (writes into new memory) 9.2 s vs 0.8 s, the products 5.7 vs 3.0 s. With
+glibc's transparent huge pages (the second command) step 1's forward took 17.6-21.7 s: the
+kernel's compaction costs more than the faults it saves, so the stages do not set it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import qi_expert  # noqa: E402,F401  (the process's OpenMP and malloc settings, as the stages have them)
+from qi_expert import attention, labeled_logits  # noqa: E402
+from qi_expert.config import load_params, resolve_path  # noqa: E402
+from train_logits import packed_batch  # noqa: E402
+
+
+def first_touch(gib: int = 4) -> tuple[float, float]:
+    """Seconds to write a fresh `gib` GiB buffer, then to write it again."""
+    import torch
+
+    t0 = time.perf_counter()
+    x = torch.empty(gib << 28, dtype=torch.float32)
+    x.fill_(1.0)
+    t1 = time.perf_counter()
+    x.fill_(2.0)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = ap.parse_args()
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_params()
+    base_dir = resolve_path(cfg.model.base_model)
+    bf16 = args.precision == "bf16"
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                 attn_implementation="sdpa")
+    rows = [json.loads(line) for line in resolve_path(cfg.train.train_file).read_text().splitlines() if line.strip()]
+    batches = []
+    for k in range(args.steps):
+        random.Random(int(cfg.seed) + k).shuffle(rows)
+        batches.append(packed_batch(tok, rows, int(cfg.micro_batch_size), int(cfg.sequence_len)))
+    model = get_peft_model(model, LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha),
+                                             target_modules=list(cfg.model.target_modules)))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # PEFT's adapter weights stay fp32, as in the stage
+    attention.use_packed_attention(model.get_base_model())
+    labeled_logits.use_labeled_logits(model)
+    model.train()
+    print(f"{args.precision}, batch {tuple(batches[0][0].shape)}, forward / backward seconds:")
+    for k, (ids, pos, labels) in enumerate(batches, 1):
+        count = (torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:] != -100).sum()
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False, num_items_in_batch=count)
+        t1 = time.perf_counter()
+        out.loss.backward()
+        model.zero_grad()
+        print(f"  step {k}: {t1 - t0:6.2f} / {time.perf_counter() - t1:6.2f}", flush=True)
+    first, second = first_touch()
+    print(f"4 GiB written into fresh memory: {first:.2f} s; written again: {second:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
