@@ -10,8 +10,8 @@ and backward seconds, then the same for a 4 GiB buffer written twice: the first 
 kernel handing the process fresh pages (on this VM 1.1-13.7 s for 4 GiB, the second 0.1-0.3 s), which
 is most of what the first step pays on top of the others.
 
-Measured on the 2-core machine, 2026-12-02 (bf16; five runs): step 1's forward 10.1-15.1 s, the
-next ones' 2.0-2.9 s (backward 4.3-6.9 s vs 2.4-5.1 s). A torch.profiler of step 1 against step 2:
+Measured on the 2-core machine, 2026-12-02 (bf16; six runs): step 1's forward 4.1-15.1 s (10.1-15.1 in five), the
+next ones' 2.0-3.4 s (backward 4.3-6.9 s vs 2.4-5.1 s). A torch.profiler of step 1 against step 2:
 copy_, mul, add and fill_ (writes into new memory) 9.2 s vs 0.8 s, the products 5.7 vs 3.0 s. With
 glibc's transparent huge pages (the second command) step 1's forward took 17.6-21.7 s: the
 kernel's compaction costs more than the faults it saves, so the stages do not set it.
@@ -20,7 +20,6 @@ kernel's compaction costs more than the faults it saves, so the stages do not se
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -30,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qi_expert  # noqa: E402,F401  (the process's OpenMP and malloc settings, as the stages have them)
-from qi_expert import attention, labeled_logits  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
-from train_logits import packed_batch  # noqa: E402
+from qi_expert.config import load_params  # noqa: E402
+from train_logits import load_default, packed_batch, with_lora  # noqa: E402
 
 
 def first_touch(gib: int = 4) -> tuple[float, float]:
@@ -53,28 +51,15 @@ def main() -> int:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = ap.parse_args()
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = load_params()
-    base_dir = resolve_path(cfg.model.base_model)
     bf16 = args.precision == "bf16"
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
-                                                 attn_implementation="sdpa")
-    rows = [json.loads(line) for line in resolve_path(cfg.train.train_file).read_text().splitlines() if line.strip()]
+    tok, base, rows = load_default(cfg, bf16)
     batches = []
     for k in range(args.steps):
         random.Random(int(cfg.seed) + k).shuffle(rows)
         batches.append(packed_batch(tok, rows, int(cfg.micro_batch_size), int(cfg.sequence_len)))
-    model = get_peft_model(model, LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha),
-                                             target_modules=list(cfg.model.target_modules)))
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()  # PEFT's adapter weights stay fp32, as in the stage
-    attention.use_packed_attention(model.get_base_model())
-    labeled_logits.use_labeled_logits(model)
-    model.train()
+    model = with_lora(cfg, base, labeled=True)
     print(f"{args.precision}, batch {tuple(batches[0][0].shape)}, forward / backward seconds:")
     for k, (ids, pos, labels) in enumerate(batches, 1):
         count = (torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:] != -100).sum()

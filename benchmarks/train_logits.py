@@ -53,36 +53,51 @@ def packed_batch(tok, rows: list[dict], batch: int, width: int):
     return ids, pos, labels
 
 
+def load_default(cfg, bf16: bool):
+    """(tokenizer, base model, chat training rows) of the default, the base model in bf16 or fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = resolve_path(cfg.model.base_model)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                attn_implementation="sdpa")
+    rows = [json.loads(line) for line in resolve_path(cfg.train.train_file).read_text().splitlines() if line.strip()]
+    return tok, base, rows
+
+
+def with_lora(cfg, base, labeled: bool):
+    """`base` with the default's LoRA (fp32 adapter weights, as in the stage), packed attention and,
+    when `labeled`, the output layer at the trained positions only; in training mode."""
+    from peft import LoraConfig, get_peft_model
+
+    m = get_peft_model(base, LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha),
+                                        target_modules=list(cfg.model.target_modules)))
+    for p in m.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # PEFT's adapter weights stay fp32, as in the stage
+    attention.use_packed_attention(m.get_base_model())
+    if labeled:
+        labeled_logits.use_labeled_logits(m)
+    return m.train()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = ap.parse_args()
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = load_params()
-    base_dir = resolve_path(cfg.model.base_model)
     bf16 = args.precision == "bf16"
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
-                                                attn_implementation="sdpa")
-    rows = [json.loads(line) for line in resolve_path(cfg.train.train_file).read_text().splitlines() if line.strip()]
+    tok, base, rows = load_default(cfg, bf16)
     random.Random(int(cfg.seed)).shuffle(rows)  # packs like the trainer's shuffled ones, not the file's first rows
     ids, pos, labels = packed_batch(tok, rows, int(cfg.micro_batch_size), int(cfg.sequence_len))
     count = (torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:] != -100).sum()
 
     def model(labeled: bool):
-        m = get_peft_model(copy.deepcopy(base), LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha),
-                                                           target_modules=list(cfg.model.target_modules)))
-        for p in m.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()  # PEFT's adapter weights stay fp32, as in the stage
-        attention.use_packed_attention(m.get_base_model())
-        if labeled:
-            labeled_logits.use_labeled_logits(m)
-        return m.train()
+        return with_lora(cfg, copy.deepcopy(base), labeled)
 
     def step(m) -> tuple[float, float]:
         t0 = time.perf_counter()
