@@ -7,11 +7,11 @@ The default's model with its LoRA, packed attention and output layer at the trai
 (as benchmarks/train_logits.py builds them), forward + backward on `--steps` packed batches of the
 default's shape, each a different shuffle of the chat training rows. Prints each step's forward
 and backward seconds, then the same for a 4 GiB buffer written twice: the first write is the
-kernel handing the process fresh pages (on this VM 1.1-13.7 s for 4 GiB, the second 0.1-0.3 s), which
-is most of what the first step pays on top of the others.
+kernel handing the process fresh pages (on this VM 1.1-16.8 s for 4 GiB, the second 0.1-0.3 s), which
+is most of what the first step pays on top of the others when it pays much.
 
-Measured on the 2-core machine, 2026-12-02 (bf16; six runs): step 1's forward 4.1-15.1 s (10.1-15.1 in five), the
-next ones' 2.0-3.4 s (backward 4.3-6.9 s vs 2.4-5.1 s). A torch.profiler of step 1 against step 2:
+Measured on the 2-core machine, 2026-12-02 (bf16; seven runs): step 1's forward 4.1-15.1 s (10.1-15.1 in five, 4.1 and 4.7 in the
+last two), the next ones' 2.0-3.4 s (backward 4.3-6.9 s vs 2.4-5.1 s). A torch.profiler of step 1 against step 2:
 copy_, mul, add and fill_ (writes into new memory) 9.2 s vs 0.8 s, the products 5.7 vs 3.0 s. With
 glibc's transparent huge pages (the second command) step 1's forward took 17.6-21.7 s: the
 kernel's compaction costs more than the faults it saves, so the stages do not set it.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qi_expert  # noqa: E402,F401  (the process's OpenMP and malloc settings, as the stages have them)
 from qi_expert.config import load_params  # noqa: E402
-from train_logits import load_default, packed_batch, with_lora  # noqa: E402
+from train_logits import load_default, packed_batch, timed_step, with_lora  # noqa: E402
 
 
 def first_touch(gib: int = 4) -> tuple[float, float]:
@@ -50,7 +50,6 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = ap.parse_args()
-    import torch
 
     cfg = load_params()
     bf16 = args.precision == "bf16"
@@ -61,15 +60,9 @@ def main() -> int:
         batches.append(packed_batch(tok, rows, int(cfg.micro_batch_size), int(cfg.sequence_len)))
     model = with_lora(cfg, base, labeled=True)
     print(f"{args.precision}, batch {tuple(batches[0][0].shape)}, forward / backward seconds:")
-    for k, (ids, pos, labels) in enumerate(batches, 1):
-        count = (torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:] != -100).sum()
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False, num_items_in_batch=count)
-        t1 = time.perf_counter()
-        out.loss.backward()
-        model.zero_grad()
-        print(f"  step {k}: {t1 - t0:6.2f} / {time.perf_counter() - t1:6.2f}", flush=True)
+    for k, batch in enumerate(batches, 1):
+        forward, backward, _ = timed_step(model, *batch, bf16)
+        print(f"  step {k}: {forward:6.2f} / {backward:6.2f}", flush=True)
     first, second = first_touch()
     print(f"4 GiB written into fresh memory: {first:.2f} s; written again: {second:.2f} s")
     return 0
