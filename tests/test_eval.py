@@ -580,8 +580,11 @@ def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
     decoder = generate.generation_model(model, "bf16")
     assert next(decoder.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
     assert generate.generation_model(model, "fp32") is model
-    # Every linear layer's weight prepacked once for oneDNN: the same products as the plain bf16 copy.
-    assert not any(type(m) is torch.nn.Linear for m in decoder.modules())
+    # Every linear layer's weight prepacked once for oneDNN where oneDNN runs bf16 on this processor
+    # (AVX512 BW/VL/DQ or AVX-NE-CONVERT): the same products as the plain bf16 copy. Elsewhere (an
+    # AVX2-only CPU) the plain bf16 layers: test_bf16_decoding_without_onednn_bf16 forces that case.
+    prepacked = basemodel.onednn_bf16_supported()
+    assert any(type(m) is torch.nn.Linear for m in decoder.modules()) is not prepacked
     plain = copy.deepcopy(model).to(torch.bfloat16)
     ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
     with torch.inference_mode():
@@ -596,6 +599,29 @@ def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
     cont = generate.generate(decoder, tokenizer, prompts, batch_size=2, continuous=True, **kw)
     static = generate.generate(decoder, tokenizer, prompts, batch_size=3, continuous=False, **kw)
     assert cont.completions == static.completions and all(n == [10] for n in cont.new_tokens)
+
+
+def test_bf16_decoding_without_onednn_bf16(tiny_model, monkeypatch):
+    """A processor whose oneDNN cannot run bf16 (AVX2 only: torch's mkldnn_reorder_linear_weight
+    would raise) decodes on the plain bf16 layers, unprepacked; and eval.cpu_precision=bf16 on a CPU
+    without bf16 instructions stops with one line naming the parameter and what the CPU lacks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qi_expert import config
+
+    monkeypatch.setattr(basemodel, "onednn_bf16_supported", lambda: False)
+    base, _ = tiny_model
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    decoder = generate.generation_model(model, "bf16")
+    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 for m in linears)
+    with torch.inference_mode():
+        assert decoder(input_ids=torch.tensor([[1, 2, 3]])).logits.isfinite().all()
+    monkeypatch.setattr(basemodel, "cpu_bf16_supported", lambda: False)
+    assert basemodel.cpu_precision("auto", "eval.cpu_precision") == "fp32"
+    with pytest.raises(config.StageError, match=r"^eval.cpu_precision=bf16: this CPU has no bf16 instructions"):
+        basemodel.cpu_precision("bf16", "eval.cpu_precision")
 
 
 @pytest.mark.slow

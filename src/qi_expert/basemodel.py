@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from qi_expert.config import resolve_path
+from qi_expert.config import StageError, resolve_path
 
 MANIFEST = "SOURCE.json"
 CPU_ALTERNATIVE = "smollm2-135m"
@@ -51,16 +51,31 @@ def cpu_bf16_supported() -> bool:
     return bool(amx or avx512bf16)
 
 
+def onednn_bf16_supported() -> bool:
+    """Can oneDNN run bf16 kernels here (its own check: AVX512 BW+VL+DQ or AVX-NE-CONVERT)? The
+    prepacked bf16 linear layers (generate.prepack_linears) need it; on an AVX2-only processor
+    torch's `mkldnn_reorder_linear_weight` stops with a RuntimeError instead."""
+    import torch
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
+class PrecisionError(StageError, ValueError):
+    """A precision this processor cannot run, or an unknown one (one line, no traceback)."""
+
+
 def cpu_precision(choice: str, key: str = "train.cpu_precision") -> str:
     """The CPU precision for `choice` (auto | bf16 | fp32) of config key `key`: auto is bf16 where
-    the CPU has bf16 instructions, else fp32. bf16 asked for on a CPU without them is an error."""
+    the CPU has bf16 instructions, else fp32. bf16 asked for on a CPU without them is an error
+    naming `key` and what the processor lacks (measured on an AVX2-only machine: auto chose fp32)."""
     if choice not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"{key} must be auto, bf16 or fp32, not {choice!r}")
+        raise PrecisionError(f"{key} must be auto, bf16 or fp32, not {choice!r}")
     if choice == "auto":
         return "bf16" if cpu_bf16_supported() else "fp32"
     if choice == "bf16" and not cpu_bf16_supported():
-        raise ValueError(f"{key}=bf16: this CPU has no bf16 instructions (AVX512-BF16 "
-                         "or AMX), bf16 would be emulated and slower than fp32; use auto or fp32")
+        raise PrecisionError(f"{key}=bf16: this CPU has no bf16 instructions (AVX512-BF16 "
+                             "or AMX), bf16 would be emulated and slower than fp32; use auto or fp32")
     return choice
 
 

@@ -99,6 +99,12 @@ def check_code(codes: Sequence[str], *, project: Path, tsconfig: str = "tsconfig
     return rows
 
 
+# How a test run's verdict is reached (recorded per task in metrics/eval.json): "isolated", the
+# task's test with its assertions and expected values in one sandboxed process, the completion in
+# another, values crossing between them only as data (sandbox.Sandbox.run_isolated).
+VERDICT = "isolated"
+
+
 def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Path, tsconfig: str = "tsconfig.json",
           timeout: float = 10, memory_mb: int = 512,
           try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
@@ -136,8 +142,10 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
     info["module_format"] = module_format
     with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=info["isolation"],
                          module_format=module_format, dependencies=dependencies) as sb:
-        results = sb.run_tests([job for _, job in jobs])
+        # The test runs in its own process and sandbox, the completion in another (Sandbox.run_isolated).
+        results = sb.run_isolated([job for _, job in jobs])
     info["test_seconds"] = round(time.perf_counter() - t0, 3)
+    info["verdict"] = VERDICT
     by_item = {i: r for (i, _), r in zip(jobs, results)}
     for i, row in enumerate(rows):
         r = by_item.get(i)
@@ -146,7 +154,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         else:
             d = r.to_dict()
             d.pop("seconds")  # keep results.jsonl reproducible
-            row["test"] = d
+            row["test"] = {**d, "verdict": VERDICT}
         # A tampering completion never counts as passed, whatever its test run reported.
         row["passed"] = row["test"]["status"] == "pass" and not row["compliance"]["tampering"]
         row["forbidden_found"] = row["compliance"]["forbidden_found"]

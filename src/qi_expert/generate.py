@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from qi_expert import decoding, formatting, retrieval, transformers_backend
+from qi_expert import basemodel, decoding, formatting, retrieval, transformers_backend
 
 # A fenced block: ```ts / ```typescript / ``` ... ```; the closing fence may be missing when the
 # model ran out of tokens.
@@ -133,10 +133,11 @@ def _prepacked_linear_class():
 
 def prepack_linears(model):
     """Every bf16 nn.Linear of `model` on CPU swapped for a prepacked one (_prepacked_linear_class);
-    `model` as it is where torch has no oneDNN."""
+    `model` as it is where oneDNN cannot run bf16 on this processor (an AVX2-only CPU: the plain
+    bf16 layers still run, emulated)."""
     import torch
 
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+    if not (basemodel.onednn_bf16_supported() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

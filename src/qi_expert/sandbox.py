@@ -59,6 +59,10 @@ from qi_expert import node
 from qi_expert.config import ROOT
 
 EMITTER = Path(__file__).with_name("tsemit.cjs")
+# The isolated verdict (Sandbox.run_isolated): the completion (host.cjs) and the test (judge.cjs) in
+# two processes, two sandboxes, joined by two pipes through membrane.cjs.
+JS_DIR = Path(__file__).with_name("sandbox_js")
+ISOLATED_JS = ("membrane.cjs", "host.cjs", "judge.cjs", "guard.cjs", "esm-hooks.mjs")
 OUTPUT_LIMIT_BYTES = 8 << 20  # RLIMIT_FSIZE: stdout/stderr files and anything the test writes
 MESSAGE_CHARS = 4000  # how much of stdout/stderr a result keeps (after the verdict)
 NPROC_LIMIT = 256  # processes of the sandbox's user (`nobody` under root): no fork bomb
@@ -419,6 +423,8 @@ class Sandbox:
                         self.read_paths.append(entry.resolve())
                 break
         (runtime / "netblock.js").write_text(NET_BLOCK, encoding="utf-8")
+        for script in ISOLATED_JS:  # the isolated verdict's two runners, their membrane and guard
+            shutil.copyfile(JS_DIR / script, runtime / script)
         (runtime / "esm-hooks.mjs").write_text(ESM_HOOKS % {"denied": json.dumps(list(DENIED_MODULES))}, encoding="utf-8")
         (self.root / "runs").mkdir()
         for p in [runtime, *runtime.rglob("*")]:  # readable by `nobody`, whatever the umask
@@ -436,8 +442,10 @@ class Sandbox:
         d = self.root / "runs" / name
         d.mkdir(parents=True, exist_ok=False)
         (d / "node_modules").symlink_to(self.root / "runtime" / "node_modules")
-        if os.geteuid() == 0:
-            os.chown(d, NOBODY, NOBODY)  # the run folder is the one place the sandbox writes
+        if os.geteuid() == 0 and self.isolation == "bwrap":
+            # The run folder is the one place the sandbox writes (as `nobody`). Unsafe isolation runs
+            # as root mapped into a user namespace, which may write only what root owns.
+            os.chown(d, NOBODY, NOBODY)
         return d
 
     # -- running ------------------------------------------------------------------------
@@ -560,6 +568,115 @@ class Sandbox:
             # On Ctrl+C / SIGTERM (config.stage_entry) the tests not yet started are dropped; running
             # ones end within their timeout and `run` kills their process groups.
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+    # -- the isolated verdict -------------------------------------------------------------
+    def run_isolated(self, jobs: Sequence[tuple[str, str, str]]) -> list[RunResult]:
+        """[(name, solution_ts, test_ts)] -> one RunResult each: the verdict decided outside the code under test.
+
+        The completion runs alone in its sandbox (host.cjs: its module and nothing else); the test
+        runs in a second sandbox (judge.cjs), with the completion's exports reached through two pipes
+        (membrane.cjs). The test file, its expected values, its assertions and the nonce that marks a
+        finished test are never in the completion's sandbox, and nothing crosses but serialised
+        values and requests, so the completion cannot rewrite what judges it. The result's stdout is
+        the completion's output then the test's; stderr the test's failure then the completion's.
+        """
+        assert self.root is not None, "use Sandbox as a context manager"
+        ext = ".mjs" if self.module_format == "esm" else ".js"
+        pairs, files = [], []
+        for name, solution, test in jobs:
+            code_dir, judge_dir = self.run_dir(name), self.run_dir(f"{name}.judge")
+            pairs.append((code_dir, judge_dir))
+            files.append({"source": solution, "out": str(code_dir / f"solution{ext}"), "fileName": str(code_dir / "solution.ts")})
+            files.append({"source": test, "out": str(judge_dir / f"test{ext}"), "fileName": str(judge_dir / "test.ts"),
+                          "track": True})
+        if files:
+            emit(files, writable=[self.root / "runs"] if self.isolation == "bwrap" else (), format=self.module_format)
+        pool = ThreadPoolExecutor(self.workers)
+        try:
+            return list(pool.map(lambda pair: self.run_pair(*pair), pairs))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_pair(self, code_dir: Path, judge_dir: Path) -> RunResult:
+        """The completion in `code_dir` and the test in `judge_dir`, each under every limit of `run`."""
+        runtime = self.root / "runtime"
+        fmt = self.module_format
+        to_code, from_judge = os.pipe()  # judge -> completion
+        to_judge, from_code = os.pipe()  # completion -> judge
+        for fd in (to_code, from_judge, to_judge, from_code):
+            os.set_blocking(fd, False)
+        nonce = "qi-eval-done-" + secrets.token_hex(12)
+        t0 = time.perf_counter()
+        code = self._spawn(code_dir, [str(runtime / "host.cjs"), str(to_code), str(from_code), fmt], (to_code, from_code))
+        judge = self._spawn(judge_dir, [str(runtime / "judge.cjs"), str(to_judge), str(from_judge), fmt], (to_judge, from_judge))
+        for fd in (to_code, from_judge, to_judge, from_code):
+            os.close(fd)  # each end now lives only in its process: a process that ends closes its pipes
+        timed_out = False
+        try:
+            try:
+                judge.stdin.write((nonce + "\n").encode())
+                judge.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            code.stdin.close()
+            try:
+                judge_code = judge.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(judge)
+                judge_code = judge.wait()
+        finally:
+            for proc in (judge, code):
+                _kill_group(proc)
+                proc.wait()
+        seconds = time.perf_counter() - t0
+        for proc in (judge, code):
+            for f in proc.qi_outputs:
+                f.close()
+        passed = judge_code == 0 and _contains(judge_dir / ".stdout", nonce)
+        outs = [_read_capped(d / ".stdout") for d in (code_dir, judge_dir)]
+        errs = [_read_capped(d / ".stderr") for d in (judge_dir, code_dir)]
+        stdout = "\n".join(o for o in outs if o).replace(nonce, "").rstrip()
+        stderr = "\n".join(self._clean(e) for e in errs if e)
+        stdout, stderr = (x.replace(str(self.root), "<sandbox>") for x in (stdout, stderr))
+        if passed:
+            return RunResult("pass", judge_code, seconds, stdout, stderr)
+        # What stopped the completion's process says more than the judge's failure it caused.
+        code_exit = code.returncode
+        if code_exit in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or _hit_file_limit(code_dir) or _hit_file_limit(judge_dir):
+            return RunResult("output_limit", judge_code, seconds, stdout,
+                             stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit")
+        if code_exit in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            return RunResult("cpu", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit")
+        if _out_of_memory(code_exit, errs[1]) and not timed_out:
+            return RunResult("memory", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap")
+        if timed_out:
+            return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s")
+        if judge_code == 0:
+            stderr += "\nqi-eval: exited 0 without finishing the test"
+        return RunResult("fail", judge_code, seconds, stdout, stderr)
+
+    def _spawn(self, workdir: Path, argv: list[str], fds: tuple[int, int]) -> subprocess.Popen:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
+        cmd = self.command(workdir, argv[0])[:-1] + argv
+        out, err = (workdir / ".stdout").open("wb"), (workdir / ".stderr").open("wb")
+        try:
+            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                    start_new_session=True, pass_fds=fds,
+                                    preexec_fn=None if shutil.which("prlimit") else self._preexec)
+        except BaseException:
+            out.close()
+            err.close()
+            raise
+        proc.qi_outputs = (out, err)
+        return proc
+
+    @staticmethod
+    def _clean(stderr: str) -> str:
+        return "\n".join(l for l in stderr.splitlines()
+                         if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l
+                         and "SecurityWarning: The flag --allow-worker" not in l)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

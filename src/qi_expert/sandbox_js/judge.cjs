@@ -1,0 +1,93 @@
+"use strict";
+// The judge: runs the task's test in its own process and sandbox, with the completion's exports
+// reached only through the membrane (membrane.cjs); prints the run's nonce when the test module
+// loaded completely and every top-level promise it started settled without a rejection.
+//
+//   node judge.cjs READ_FD WRITE_FD commonjs|esm   (the nonce on stdin; cwd: the judge's folder)
+//
+// Nothing of the completion runs here: what it returns arrives as data rebuilt from this
+// process's own built-ins, or as handles whose every use is a request to the completion's process.
+// So the assertions, the promise tracking below and the exit path answer only to the test.
+const fs = require("fs");
+const path = require("path");
+const { types } = require("util");
+const { createMembrane } = require("./membrane.cjs");
+
+const writeSync = fs.writeSync;
+const [readFd, writeFd] = process.argv.slice(2, 4).map(Number);
+const esm = process.argv[4] === "esm";
+// The nonce arrives on stdin; once read it is in no file, argument or environment variable.
+const NONCE = fs.readFileSync(0, "utf8").trim();
+if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\n"); process.exit(5); }
+if (esm) require("module").register(require("url").pathToFileURL(path.join(__dirname, "esm-hooks.mjs")).href);
+require("./guard.cjs").install();
+
+// While a promise of the completion is pending here, poll the pipe for its settlement (and for the
+// completion's calls back into the test meanwhile).
+let pumping = null;
+const membrane = createMembrane("j", readFd, writeFd, {
+  onPending: (n) => {
+    if (n > 0 && pumping === null) pumping = setInterval(() => membrane.pump(), 1);
+    else if (n === 0 && pumping !== null) { clearInterval(pumping); pumping = null; }
+  },
+});
+
+// The completion's module, as the test imports it: a stub in this folder that hands over what the
+// completion's process exported (or throws what its loading threw).
+const hello = membrane.waitFor("h", 1e9);
+const SOLUTION = Symbol.for("qi-eval.solution");
+globalThis[SOLUTION] = hello === null
+  ? { ok: false, error: new Error("qi-eval: the completion's process ended before its module loaded") }
+  : hello.ok ? { ok: true, exports: Object.fromEntries(hello.value) } : { ok: false, error: hello.value };
+const names = hello && hello.ok ? hello.value.map(([name]) => name) : [];
+if (!globalThis[SOLUTION].ok) {  // said here too: an ES-module test fails on its missing imports first
+  const e = globalThis[SOLUTION].error;
+  writeSync(2, "qi-eval: the completion's module did not load: " + (e && e.stack ? e.stack : String(e)) + "\n");
+}
+const stub = 'const s = globalThis[Symbol.for("qi-eval.solution")];\nif (!s.ok) throw s.error;\n';
+if (esm) {
+  const exportable = names.filter((n) => /^[A-Za-z_$][\w$]*$/.test(n) && n !== "default");
+  fs.writeFileSync("solution.mjs", stub + exportable.map((n) => `export const ${n} = s.exports[${JSON.stringify(n)}];\n`).join("")
+    + (names.includes("default") ? 'export default s.exports["default"];\n' : ""));
+} else {
+  fs.writeFileSync("solution.js", stub + "module.exports = s.exports;\n");
+}
+
+let pending = 0;
+let loaded = false;
+let rejected = false;
+const then = Promise.prototype.then;
+const failed = (error) => {
+  rejected = true;
+  process.exitCode = 1;
+  writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\n");
+};
+// The test's top-level expressions (tsemit.cjs wraps them): a native promise of this realm is
+// waited for; nothing else is.
+const track = (value) => {
+  if (types.isPromise(value)) {
+    pending += 1;
+    Reflect.apply(then, value, [() => { pending -= 1; }, (error) => { pending -= 1; failed(error); }]);
+  }
+  return value;
+};
+Object.defineProperty(globalThis, "__qiTrack", { value: track, writable: false, configurable: false });
+process.on("exit", (code) => {
+  if (code !== 0 || rejected) return;
+  if (!loaded) {
+    writeSync(2, "qi-eval: the process exited before the test finished loading\n");
+    process.exitCode = 4;
+  } else if (pending) {
+    writeSync(2, "qi-eval: the test's async body never settled (a promise was left pending)\n");
+    process.exitCode = 3;
+  } else {
+    writeSync(1, "\n" + NONCE + "\n");
+  }
+});
+if (esm) {
+  Reflect.apply(then, import(require("url").pathToFileURL(path.resolve("test.mjs")).href), [
+    () => { loaded = true; }, (error) => { loaded = true; failed(error); }]);
+} else {
+  require(path.resolve("test.js"));
+  loaded = true;
+}
