@@ -370,6 +370,8 @@ def run_eval(cfg, log=print) -> tuple[list[dict], dict]:
     metrics["module_format"] = info["module_format"]
     timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
     metrics["isolation"] = info["isolation"]
+    # Which verdict decided each task (every task's test runs apart from the completion today).
+    metrics["verdict_by_task"] = {t["id"]: info.get("verdict", VERDICT) for t in tasks}
     if info["isolation"] != "bwrap":
         log(f"eval: WARNING: model-written code ran WITHOUT OS-level isolation ({info['isolation']}, eval.sandbox=unsafe)")
     metrics["qi_exports"] = info["qi_exports"]

@@ -32,6 +32,71 @@ const { types } = require("util");
 
 const WELL_KNOWN = ["iterator", "asyncIterator", "toPrimitive", "toStringTag", "hasInstance"];
 const ERRORS = { Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError };
+// The realm's own built-ins (constructors, prototypes, their methods, globalThis, process) never
+// cross: each is named by its path and the other side uses its own of that name (or undefined).
+// Otherwise a live object's `__proto__` or `constructor` would hand the completion the judge's
+// Object.prototype to pollute, or its Function to evaluate code with.
+const INTRINSIC_ROOTS = ["Object", "Function", "Array", "Promise", "Reflect", "JSON", "Math", "Symbol", "String",
+  "Number", "Boolean", "BigInt", "Date", "RegExp", "Map", "Set", "WeakMap", "WeakSet", "WeakRef", "Proxy",
+  "ArrayBuffer", "SharedArrayBuffer", "DataView", "Atomics", "Uint8Array", "Int8Array", "Uint16Array", "Int16Array",
+  "Uint32Array", "Int32Array", "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array", "Intl",
+  "Error", "TypeError", "RangeError", "SyntaxError", "ReferenceError", "EvalError", "URIError", "AggregateError",
+  "eval", "globalThis", "process", "console", "Buffer", "queueMicrotask", "setTimeout", "setInterval",
+  "setImmediate", "clearTimeout", "clearInterval", "structuredClone", "require", "module"];
+
+function intrinsics() {
+  const byPath = new Map();
+  const byValue = new Map();
+  const add = (path, value) => {
+    if (value === null || (typeof value !== "object" && typeof value !== "function") || byValue.has(value)) return;
+    byValue.set(value, path);
+    byPath.set(path, value);
+  };
+  const members = (path, value) => {
+    if (value === null || (typeof value !== "object" && typeof value !== "function")) return;
+    for (const key of Reflect.ownKeys(value)) {
+      const d = Reflect.getOwnPropertyDescriptor(value, key);
+      const name = path + "." + (typeof key === "symbol" ? "@" + String(key.description) : key);
+      if (d && "value" in d) add(name, d.value);
+      if (d && d.get) add(name + "#get", d.get);
+      if (d && d.set) add(name + "#set", d.set);
+    }
+  };
+  for (const root of INTRINSIC_ROOTS) {
+    let value;
+    try { value = root === "require" || root === "module" ? undefined : globalThis[root]; } catch { value = undefined; }
+    add(root, value);
+    members(root, value);
+    if (typeof value === "function" && value.prototype) { add(root + ".prototype", value.prototype); members(root + ".prototype", value.prototype); }
+  }
+  // Prototypes reached only through instances.
+  const hidden = {
+    "%IteratorPrototype%": Object.getPrototypeOf(Object.getPrototypeOf([][Symbol.iterator]())),
+    "%ArrayIteratorPrototype%": Object.getPrototypeOf([][Symbol.iterator]()),
+    "%MapIteratorPrototype%": Object.getPrototypeOf(new Map()[Symbol.iterator]()),
+    "%SetIteratorPrototype%": Object.getPrototypeOf(new Set()[Symbol.iterator]()),
+    "%StringIteratorPrototype%": Object.getPrototypeOf(""[Symbol.iterator]()),
+    "%AsyncFunction%": Object.getPrototypeOf(async function () {}).constructor,
+    "%AsyncFunction.prototype%": Object.getPrototypeOf(async function () {}),
+    "%GeneratorFunction%": Object.getPrototypeOf(function* () {}).constructor,
+    "%Generator.prototype%": Object.getPrototypeOf(function* () {}).prototype,
+    "%AsyncGeneratorFunction%": Object.getPrototypeOf(async function* () {}).constructor,
+  };
+  for (const [path, value] of Object.entries(hidden)) { add(path, value); members(path, value); }
+  return { byPath, byValue };
+}
+
+// What evaluates code or reaches the whole realm: a value the other side names so arrives as
+// undefined, lest a test that calls a function the completion gave it run the judge's own eval.
+const UNSHARED = new Set(["eval", "Function", "%AsyncFunction%", "%GeneratorFunction%", "%AsyncGeneratorFunction%",
+  "globalThis", "process", "require", "module"]);
+
+// A constructor's prototype: shared live and never changed from the other side.
+const isPrototype = (o) => {
+  const d = Reflect.getOwnPropertyDescriptor(o, "constructor");
+  return d !== undefined && "value" in d && typeof d.value === "function" && d.value.prototype === o;
+};
+
 const INTEGRITY = (o) => (Object.isFrozen(o) ? 3 : Object.isSealed(o) ? 2 : Object.isExtensible(o) ? 0 : 1);
 
 function createMembrane(side, readFd, writeFd, options = {}) {
@@ -57,7 +122,8 @@ function createMembrane(side, readFd, writeFd, options = {}) {
   let nextRequest = 1;
   let buffered = "";
   let closed = false;
-  let known = new Set();  // ids of owned objects whose full form the other side has
+  const known = new Set();  // ids of owned objects whose full form the other side has
+  const builtins = intrinsics();
 
   // ---- the pipe ------------------------------------------------------------------------------
   function write(text) {
@@ -115,7 +181,7 @@ function createMembrane(side, readFd, writeFd, options = {}) {
     const proto = Object.getPrototypeOf(value);
     const isArray = Array.isArray(value);
     if (isArray ? proto !== Array.prototype : proto !== Object.prototype && proto !== null) return false;
-    if (types.isProxy(value)) return false;
+    if (types.isProxy(value) || isPrototype(value)) return false;
     const descriptors = Object.getOwnPropertyDescriptors(value);
     for (const key of Reflect.ownKeys(descriptors)) {
       if (typeof key === "symbol") return false;
@@ -157,6 +223,7 @@ function createMembrane(side, readFd, writeFd, options = {}) {
       default: break;
     }
     if (value === null) return null;
+    if (builtins.byValue.has(value)) return ["I", builtins.byValue.get(value)];
     if (mirrorId.has(value)) return ["R", mirrorId.get(value)];  // the receiver's own object
     let id = ownedId.get(value);
     if (id !== undefined && known.has(id)) return ["m", id];
@@ -242,6 +309,7 @@ function createMembrane(side, readFd, writeFd, options = {}) {
       case "b": return BigInt(form[1]);
       case "y": return Symbol(String(form[1]));
       case "Y": if (!WELL_KNOWN.includes(form[1])) fail("symbol"); return Symbol[form[1]];
+      case "I": return UNSHARED.has(form[1]) ? undefined : builtins.byPath.get(String(form[1]));
       case "R": if (!owned.has(id)) fail("unknown own object " + id); return owned.get(id);
       case "m": if (!mirrors.has(id)) fail("unknown object " + id); return mirrors.get(id);
       default: break;
@@ -360,6 +428,9 @@ function createMembrane(side, readFd, writeFd, options = {}) {
     const key = message.k === null ? undefined : decode(message.k);
     const value = decode(message.v);
     applyUpdates(message.u);
+    if ((message.op === "set" || message.op === "delete") && (isPrototype(target) || typeof target === "function")) {
+      throw new TypeError("qi-eval: a prototype is not changed from the other realm");
+    }
     switch (message.op) {
       case "get": return Reflect.get(target, key);
       case "set": return Reflect.set(target, key, value);
