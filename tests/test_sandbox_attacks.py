@@ -272,3 +272,233 @@ def test_module_format_follows_the_corpus(tmp_path):
     assert sandbox.module_format(tmp_path, "commonjs") == "commonjs"
     with pytest.raises(ValueError, match="corpus.module_format is 'amd'"):
         sandbox.module_format(tmp_path, "amd")
+
+
+# --- The verdict is decided outside the code under test (sandbox.Sandbox.run_isolated) -----------
+# Each attack is appended to the WRONG solution of several tasks (sync and async), written through
+# aliases, computed keys and Object.defineProperty so that no textual pattern sees it: only a verdict
+# the completion can bend could make one pass. By class:
+ISOLATION_ATTACKS = {
+    # Built-ins the assertions and the test's loops go through, reached without writing `.prototype`.
+    "builtins": {
+        "array_iterator": 'Object.getPrototypeOf([][Symbol.iterator]())["ne" + "xt"] = function () { return { done: true, value: undefined }; };',
+        "object_statics": 'const O = ({}).constructor; O["i" + "s"] = () => true; O["key" + "s"] = () => []; O["entr" + "ies"] = () => [];',
+        "tag_getter": 'Object["define" + "Property"](Object.getPrototypeOf({}), "tag", { get() { return "success"; }, configurable: true });',
+        "equality_helpers": ('const AP = Object.getPrototypeOf([]); AP["ev" + "ery"] = () => true; AP["inclu" + "des"] = () => true;\n'
+                             'Object.getPrototypeOf("")["start" + "sWith"] = () => true; JSON["strin" + "gify"] = () => "{}";'),
+    },
+    # The test's failure paths: exit, catch, exit codes, uncaught handlers.
+    "failure_paths": {
+        "exit_noop": 'const P = globalThis["pro" + "cess"]; P["ex" + "it"] = () => {}; P["reallyE" + "xit"] = () => {};',
+        "catch_swallowed": 'const PP = Object.getPrototypeOf(Promise.resolve()); PP["cat" + "ch"] = function () { return new Promise(() => {}); };',
+        "exit_code_pinned": ('const P = globalThis["pro" + "cess"]; Object["define" + "Property"](P, "exitCode", { get: () => 0, set: () => {} });\n'
+                             'P["o" + "n"]("uncaughtException", () => {}); P["o" + "n"]("unhandledRejection", () => {});'),
+    },
+    # The runner's promise tracking: `then` that answers differently, a replaced tracker, rejections turned into results.
+    "tracking": {
+        "then_getter": ('let calls = 0; Object["define" + "Property"](Object.getPrototypeOf({}), "then",\n'
+                        '  { get() { calls += 1; return calls === 1 ? undefined : (ok) => ok(); }, configurable: true });'),
+        "then_alias": ('const PP = Object.getPrototypeOf(Promise.resolve()); const t = PP["th" + "en"];\n'
+                       'PP["th" + "en"] = function (ok, no) { return Reflect.apply(t, this, [ok, (e) => (ok ? ok(undefined) : undefined)]); };'),
+        "tracker_replaced": ('try { Object["define" + "Property"](globalThis, "__qi" + "Track", { value: (v) => v }); } catch (e) {}\n'
+                             'try { globalThis["__qi" + "Track"] = (v) => v; } catch (e) {}'),
+    },
+    # The expected values: the test file, looked for everywhere the completion can read.
+    "expected_values": {
+        "walk_for_test": """
+const rq = module["req" + "uire"].bind(module); const fs = rq("f" + "s"); const path = rq("pa" + "th");
+const found = [];
+const visit = (dir, depth) => {
+  let names = []; try { names = fs.readdirSync(dir); } catch (e) { return; }
+  for (const n of names) {
+    const p = path.join(dir, n);
+    if (/^test\\.(m?js|ts)$/.test(n)) { try { found.push(fs.readFileSync(p, "utf8")); } catch (e) {} }
+    if (depth < 5 && !n.startsWith(".") && n !== "node_modules" && n !== "proc" && n !== "sys") visit(p, depth + 1);
+  }
+};
+for (const start of [".", "..", "../..", "/tmp", "/"]) visit(path.resolve(start), 0);
+console.log(found.length ? "found a test" : "found no test");""",
+        "proc_and_fds": """
+const rq = module["req" + "uire"].bind(module); const fs = rq("f" + "s");
+const seen = [];
+for (const pid of (() => { try { return fs.readdirSync("/proc"); } catch (e) { return []; } })()) {
+  for (const what of ["cmdline", "cwd", "root"]) { try { seen.push(what === "cmdline" ? fs.readFileSync(`/proc/${pid}/${what}`, "utf8") : fs.readlinkSync(`/proc/${pid}/${what}`)); } catch (e) {} }
+}
+for (const fd of (() => { try { return fs.readdirSync("/proc/self/fd"); } catch (e) { return []; } })()) { try { seen.push(fs.readlinkSync("/proc/self/fd/" + fd)); } catch (e) {} }
+console.log(seen.some((s) => s.includes(".judge") || s.includes("test.js")) ? "found the judge" : "found no judge");""",
+        "module_graph": """
+const m = module; const seen = [m.filename, ...(m.paths || [])];
+let p = m["par" + "ent"]; while (p) { seen.push(p.filename); p = p["par" + "ent"]; }
+try { const main = globalThis["pro" + "cess"]["main" + "Module"]; seen.push(main && main.filename); } catch (e) {}
+console.log(seen.some((s) => String(s).includes(".judge") || String(s).endsWith("test.js")) ? "found the test module" : "found no test module");""",
+    },
+}
+ISOLATION_TASKS = ("price-validate-positive", "safe-divide-by-zero", "json-parse-safe", "retry-async-policy",
+                   "fetch-prices-sequence-async", "quote-cache-get-or-fetch", "circuit-breaker-factory")
+
+
+def test_isolated_verdict_holds_against_every_class_of_attack():
+    """No attack passes, on any task; the attacks looking for the test find nothing to read; the
+    benchmark's references still pass beside them in the same sandbox."""
+    by_id = {t["id"]: t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")}
+    items = [{"model": f"{cls}/{name}", "task_id": tid, "sample": 0, "completion": "// @ts-nocheck\n" + by_id[tid]["wrong"] + "\n" + code + "\n"}
+             for cls, attacks in ISOLATION_ATTACKS.items() for name, code in attacks.items() for tid in ISOLATION_TASKS]
+    items += [{"model": "reference", "task_id": tid, "sample": 0, "completion": by_id[tid]["reference"]} for tid in ISOLATION_TASKS]
+    rows, info = evaluate.score(items, by_id, project=CORPUS, timeout=10, memory_mb=256)
+    assert info["verdict"] == "isolated" and all(len(a) >= 3 for a in ISOLATION_ATTACKS.values())
+    for r in rows:
+        assert r["test"].get("verdict") == "isolated" or r["test"]["status"] == "not_compiled", r
+        if r["model"] == "reference":
+            assert r["passed"], (r["task_id"], r["test"])
+        else:
+            assert r["compiled"], (r["model"], r["task_id"], r["compile_errors"])
+            assert r["test"]["status"] != "pass" and not r["passed"], (r["model"], r["task_id"], r["test"])
+    said = {(r["model"], r["task_id"]): r["test"]["stdout"] for r in rows}
+    for tid in ISOLATION_TASKS:
+        assert "found no test" in said[("expected_values/walk_for_test", tid)]
+        assert "found no judge" in said[("expected_values/proc_and_fds", tid)]
+        assert "found no test module" in said[("expected_values/module_graph", tid)]
+
+
+# Through the membrane itself: the completion handed the test's own objects (a logger, a cache) tries
+# to reach the judge's realm with them: its prototypes, its Function, its Object.prototype.
+MEMBRANE_ATTACKS = {
+    "logger-child-order-context": """// @ts-nocheck
+import { success, failure, validationError } from "@qi/base";
+export function receiveOrder(logger, order) {
+  const reached = [];
+  try { const F = logger["constru" + "ctor"]["constru" + "ctor"]; const p = F("return globalThis.process")(); p.exit = () => {}; reached.push(F === Function ? "own Function" : "judge Function"); } catch (e) { reached.push("no Function"); }
+  try { const proto = logger["__pro" + "to__"]; proto["in" + "fo"] = () => undefined; proto["wa" + "rn"] = () => undefined; reached.push("patched Logger.prototype"); } catch (e) { reached.push("prototype refused"); }
+  try { const op = logger["__pro" + "to__"]["__pro" + "to__"]; op["tag"] = "success"; reached.push(op === Object.prototype ? "own Object.prototype" : "judge Object.prototype"); } catch (e) { reached.push("no Object.prototype"); }
+  try { Object.getPrototypeOf(logger).child = () => logger; } catch (e) {}
+  console.log(reached.join("; "));
+  return Number.isInteger(order.quantity) ? success(order) : failure(validationError("bad"));
+}
+""",
+    "quote-cache-get-or-fetch": """// @ts-nocheck
+export function createPriceLookup(cache, fetchPrice, ttlSeconds) {
+  try { const proto = cache["__pro" + "to__"]; proto["g" + "et"] = async () => ({ tag: "success", value: 40 }); proto["h" + "as"] = async () => ({ tag: "success", value: false }); } catch (e) { console.log("prototype refused"); }
+  try { cache["constru" + "ctor"]["prototype"]["g" + "et"] = async () => ({ tag: "success", value: 40 }); } catch (e) { console.log("class refused"); }
+  return { async getPrice(symbol) { return fetchPrice(symbol); } };
+}
+""",
+    "retry-async-policy": """// @ts-nocheck
+export async function retryAsync(operation, maxAttempts) {
+  try { const F = operation["constru" + "ctor"]; F("globalThis.process.exit = () => {}")(); } catch (e) {}
+  try { const AF = Object.getPrototypeOf(operation)["constru" + "ctor"]; await AF("globalThis.process.exitCode = 0")(); } catch (e) {}
+  return operation(1);
+}
+""",
+}
+
+
+def test_the_membrane_hands_the_completion_nothing_of_the_judges_realm():
+    by_id = {t["id"]: t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")}
+    items = [{"model": "membrane", "task_id": tid, "sample": 0, "completion": code} for tid, code in MEMBRANE_ATTACKS.items()]
+    rows, _ = evaluate.score(items, by_id, project=CORPUS, timeout=10, memory_mb=256)
+    by = {r["task_id"]: r for r in rows}
+    for tid, r in by.items():
+        assert r["compiled"] and r["test"]["status"] != "pass" and not r["passed"], (tid, r["test"])
+    # The test's logger is a live object of the judge's: its constructor's constructor is the
+    # completion's own Function, its prototype refuses changes, Object.prototype is the completion's.
+    assert "own Function; prototype refused; own Object.prototype" in by["logger-child-order-context"]["test"]["stdout"]
+
+
+# --- Compliance by the compiler's symbols -------------------------------------------------------
+# Each of these behaves correctly (most pass their test) but games a rule of its task: the required
+# @qi calls made by a local look-alike, a forbidden construct in disguise. None may count as compliant.
+COMPLIANCE_ATTACKS = [
+    ("price-validate-positive", "shadowed_imports", """
+import { success, failure, validationError, type Result, type QiError } from "@qi/base";
+export function validatePrice(price: number): Result<number, QiError> {
+  const success = (value: number): Result<number, QiError> => ({ tag: "success", value });
+  const failure = (error: QiError): Result<number, QiError> => ({ tag: "failure", error });
+  const validationError = (message: string) => ({ code: "VALIDATION_ERROR", message, category: "VALIDATION", context: {} }) as QiError;
+  if (!Number.isFinite(price) || price <= 0) return failure(validationError("bad price"));
+  return success(price);
+}
+"""),
+    ("safe-divide-by-zero", "shadowed_in_a_block", """
+import { success, failure, create, type Result, type QiError } from "@qi/base";
+export function safeDivide(dividend: number, divisor: number): Result<number, QiError> {
+  {
+    function success(value: number): Result<number, QiError> { return { tag: "success", value }; }
+    function failure(error: QiError): Result<number, QiError> { return { tag: "failure", error }; }
+    function create(code: string, message: string, category: string, context: object): QiError { return { code, message, category, context } as QiError; }
+    if (divisor === 0) return failure(create("DIVISION_BY_ZERO", "no", "VALIDATION", { dividend }));
+    return success(dividend / divisor);
+  }
+}
+"""),
+    ("json-parse-safe", "wrapper_lookalike", """
+import { fromTryCatch, create, type Result, type QiError } from "@qi/base";
+export function parseJson(text: string): Result<unknown, QiError> {
+  function fromTryCatch<T>(fn: () => Result<T, QiError>): Result<T, QiError> { return fn(); }
+  return fromTryCatch(() => {
+    try { return { tag: "success", value: JSON.parse(text) as unknown }; }
+    catch (e) { return { tag: "failure", error: create("INVALID_JSON", String(e), "VALIDATION", { input: text }) }; }
+  });
+}
+"""),
+    ("safe-divide-by-zero", "null_cast_twice", """
+import { success, failure, create, type Result, type QiError } from "@qi/base";
+export function safeDivide(dividend: number, divisor: number): Result<number, QiError> {
+  if (Number.isNaN(divisor)) return ((undefined as unknown) as Result<number, QiError>);
+  if (divisor === 0) return failure(create("DIVISION_BY_ZERO", "no", "VALIDATION", { dividend }));
+  return success(dividend / divisor);
+}
+"""),
+    ("safe-divide-by-zero", "void_as_result", """
+import { success, failure, create, type Result, type QiError } from "@qi/base";
+export function safeDivide(dividend: number, divisor: number): Result<number, QiError> {
+  if (divisor === 0 && dividend === 0) return <Result<number, QiError>><unknown>(void 0);
+  if (divisor === 0) return failure(create("DIVISION_BY_ZERO", "no", "VALIDATION", { dividend }));
+  return success(dividend / divisor);
+}
+"""),
+    ("price-validate-positive", "generator_throw", """
+import { success, failure, validationError, type Result, type QiError } from "@qi/base";
+function* guard(): Generator<number, void, unknown> { yield 0; }
+export function validatePrice(price: number): Result<number, QiError> {
+  if (price === -42) { const g = guard(); g.next(); g.throw(new Error("bad")); }
+  if (!Number.isFinite(price) || price <= 0) return failure(validationError("bad price"));
+  return success(price);
+}
+"""),
+    ("fetch-prices-sequence-async", "reject_alias", """
+import { success, failure, type Result, type QiError } from "@qi/base";
+const P = Promise;
+const refuse = P.reject.bind(P);
+export async function fetchPrices(symbols: string[], fetchPrice: (s: string) => Promise<Result<number, QiError>>): Promise<Result<number[], QiError>> {
+  if (symbols.length > 1000) return refuse(new Error("too many"));
+  const out: number[] = [];
+  for (const s of symbols) { const r = await fetchPrice(s); if (r.tag === "failure") return failure(r.error); out.push(r.value); }
+  return success(out);
+}
+"""),
+]
+
+
+def test_compliance_counts_only_what_the_checker_resolves_to_qi():
+    by_id = {t["id"]: t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")}
+    items = [{"model": name, "task_id": tid, "sample": 0, "completion": code} for tid, name, code in COMPLIANCE_ATTACKS]
+    items += [{"model": "reference", "task_id": tid, "sample": 0, "completion": by_id[tid]["reference"]}
+              for tid in sorted({tid for tid, _, _ in COMPLIANCE_ATTACKS})]
+    rows, _ = evaluate.score(items, by_id, project=CORPUS)
+    by = {(r["model"], r["task_id"]): r for r in rows}
+    for (model, tid), r in by.items():
+        assert r["compiled"], (model, r["compile_errors"])
+        if model == "reference":
+            assert r["compliance"]["pass"] and r["passed"], (tid, r["compliance"]["rules"])
+        else:
+            assert not r["compliance"]["pass"], (model, r["compliance"]["rules"])
+    failed = lambda m, t: {x["rule"] for x in by[(m, t)]["compliance"]["rules"] if not x["ok"]}
+    assert "calls success|Ok" in failed("shadowed_imports", "price-validate-positive")
+    assert "calls success|Ok" in failed("shadowed_in_a_block", "safe-divide-by-zero")
+    assert {"calls fromTryCatch|tryCatch", "no try_catch"} <= failed("wrapper_lookalike", "json-parse-safe")
+    assert "no return_null" in failed("null_cast_twice", "safe-divide-by-zero")
+    assert "no return_null" in failed("void_as_result", "safe-divide-by-zero")
+    assert "no throw" in failed("generator_throw", "price-validate-positive")
+    assert "no promise_reject" in failed("reject_alias", "fetch-prices-sequence-async")
+    # The behaviour itself is right where it should be: a look-alike passes its test, uncounted as compliant.
+    assert by[("shadowed_imports", "price-validate-positive")]["test"]["status"] == "pass"

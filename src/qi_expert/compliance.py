@@ -268,17 +268,36 @@ def affects_other_files(code: str) -> bool:
 
 # --- the verdict -----------------------------------------------------------------------------------
 
-def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED) -> dict:
-    """Rules of the task on the AST: required @qi calls present (by binding), forbidden constructs absent, no tampering."""
+def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
+               facts: Mapping | None = None) -> dict:
+    """Rules of the task: required @qi calls present, forbidden constructs absent, no tampering.
+
+    With `facts` (the type checker's view of the code: typecheck.check(facts=...)), a required call
+    counts only where the checker resolves its callee to a @qi declaration (shadowing, redeclared
+    imports and aliases resolved by the compiler, not by name), and the checker's forbidden
+    constructs (a generator's `throw`, `Promise.reject` through an alias, null cast into a Result,
+    try/catch outside a @qi wrapper by symbol) join the AST's. Without them (code that did not
+    reach the compiler), the binding rules on the AST alone.
+    """
     root = tsast.parse(code).root_node
     b = Bindings(root)
     called: set[str] = set()
-    for n in tsast.walk(root):
-        if n.type in ("call_expression", "new_expression"):
-            name = b.callee(n)
-            if name:
-                called.add(name)
     findings = forbidden_constructs(code, root, b, try_catch_allowed_in)
+    if facts is not None:
+        called = {c["name"] for c in facts.get("qi_calls", [])}
+        seen = {(f["rule"], f["line"]) for f in findings if f["rule"] != "try_catch"}
+        findings = [f for f in findings if f["rule"] != "try_catch"]  # the checker decides wrappers by symbol
+        for f in facts.get("forbidden", []):
+            if (f["rule"], f["line"]) not in seen:
+                seen.add((f["rule"], f["line"]))
+                findings.append({"rule": f["rule"], "line": f["line"]})
+        findings.sort(key=lambda f: (f["line"], f["rule"]))
+    else:
+        for n in tsast.walk(root):
+            if n.type in ("call_expression", "new_expression"):
+                name = b.callee(n)
+                if name:
+                    called.add(name)
     found = defaultdict(list)
     for f in findings:
         found[f["rule"]].append(f["line"])

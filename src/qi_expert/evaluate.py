@@ -51,10 +51,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # --- scoring ---------------------------------------------------------------------------------
 
 def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.json", *,
-                dependencies: Path | None = None,
-                isolated: bool = True) -> tuple[list[list[dict]], dict[str, list[str]], dict]:
+                dependencies: Path | None = None, isolated: bool = True,
+                try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
+                ) -> tuple[list[list[dict]], dict[str, list[str]], dict]:
     """Type-check every code snippet in the corpus project: (diagnostics per snippet, the @qi
-    packages' exports, info). Empty code gets one "no code" diagnostic."""
+    packages' exports, info). Empty code gets one "no code" diagnostic. info["facts"] holds, per
+    snippet, its @qi calls and forbidden constructs by the checker's symbols (tscheck.cjs)."""
     t0 = time.perf_counter()
     # Every snippet is a module (moduleDetection: force): two completions declaring the same
     # global name must not collide inside the shared program. (An appended `export {}` did this
@@ -69,15 +71,19 @@ def compile_all(codes: Sequence[str], project: Path, tsconfig: str = "tsconfig.j
     # The same program lists what the corpus's @qi packages export (graded: API validity).
     diagnostics = typecheck.check({k: v for k, v in sources.items() if k not in alone}, project, tsconfig,
                                   options=modules, exports=typecheck.QI_MODULES, isolated=isolated,
-                                  dependencies=dependencies)
+                                  dependencies=dependencies, facts=list(try_catch_allowed_in))
+    facts = diagnostics.pop("__facts__", {})
     for k in sorted(alone):
-        diagnostics.update(typecheck.check({k: sources[k]}, project, tsconfig, options=modules, isolated=isolated,
-                                           dependencies=dependencies))
+        one = typecheck.check({k: sources[k]}, project, tsconfig, options=modules, isolated=isolated,
+                              dependencies=dependencies, facts=list(try_catch_allowed_in))
+        facts.update(one.pop("__facts__", {}))
+        diagnostics.update(one)
     exports = {m: [e["name"] for e in entries or []] for m, entries in diagnostics.pop("__exports__").items()}
     per_code = [diagnostics.get(f"c{i}", []) if code.strip() else [{"code": 0, "line": 0, "message": "no code in the completion"}]
                 for i, code in enumerate(codes)]
     info = {"compiled_alone": len(alone), "compile_seconds": round(time.perf_counter() - t0, 3),
-            "qi_exports": {m: len(v) for m, v in exports.items()}}
+            "qi_exports": {m: len(v) for m, v in exports.items()},
+            "facts": [facts.get(f"c{i}") for i in range(len(codes))]}
     return per_code, exports, info
 
 
@@ -87,12 +93,12 @@ def check_code(codes: Sequence[str], *, project: Path, tsconfig: str = "tsconfig
     """Code written outside the benchmark (a served completion): compiled, the forbidden
     constructs found, the graded fields; no test to run. Same compiler program and rules as score()."""
     isolated = sandbox.isolation_mode(isolation) == "bwrap"
-    diagnostics, exports, _ = compile_all(codes, project, tsconfig, isolated=isolated)
-    rule = {"required_calls": [], "forbidden": list(forbidden)}
     allowed = tuple(try_catch_allowed_in)
+    diagnostics, exports, info = compile_all(codes, project, tsconfig, isolated=isolated, try_catch_allowed_in=allowed)
+    rule = {"required_calls": [], "forbidden": list(forbidden)}
     rows = []
-    for code, diags in zip(codes, diagnostics):
-        c = compliance(code, rule, allowed)
+    for code, diags, facts in zip(codes, diagnostics, info["facts"]):
+        c = compliance(code, rule, allowed, facts)
         rows.append({"compiled": bool(code.strip()) and not diags, "n_compile_errors": len(diags),
                      "compile_errors": diags[:MAX_DIAGNOSTICS], "forbidden_found": c["forbidden_found"],
                      "graded": graded.grade(code, diags, exports)})
@@ -119,7 +125,8 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
     info: dict = {"isolation": sandbox.isolation_mode(isolation)}  # fails closed before any work
     codes = [generate.extract_code(it["completion"] or "", tasks[it["task_id"]].get("entry")) for it in items]
     diagnostics, exports, compile_info = compile_all(codes, project, tsconfig, isolated=info["isolation"] == "bwrap",
-                                                     dependencies=dependencies)
+                                                     dependencies=dependencies, try_catch_allowed_in=allowed)
+    facts = compile_info.pop("facts")
     info.update(compile_info)
     rows = []
     jobs = []
@@ -132,7 +139,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
             "sample": it.get("sample", 0), "prompt": it.get("prompt", ""), "completion": it["completion"] or "",
             "code": code, "new_tokens": it.get("new_tokens"),
             "compiled": compiled, "compile_errors": diags[:MAX_DIAGNOSTICS], "n_compile_errors": len(diags),
-            "compliance": compliance(code, task, allowed),
+            "compliance": compliance(code, task, allowed, facts[i]),
             "graded": graded.grade(code, diags, exports),
             **{k: it[k] for k in ("reference_nll", "retrieved") if k in it},
         })

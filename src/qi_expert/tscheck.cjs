@@ -91,6 +91,12 @@ function main(input) {
     });
     virtual.delete(exportsFile);
   }
+  if (input.facts) {
+    const checker = program.getTypeChecker();
+    out.__facts__ = {};
+    for (const [file] of virtual) out.__facts__[names.get(file)] = facts(program, checker, program.getSourceFile(file),
+      new Set(input.facts.try_catch_allowed || []));
+  }
   for (const [file] of virtual) {
     const sf = program.getSourceFile(file);
     const name = names.get(file);
@@ -102,6 +108,84 @@ function main(input) {
     }));
   }
   return out;
+}
+
+// What a snippet does by the compiler's symbols, not by its names (compliance.py): the @qi calls
+// whose callee the checker resolves to a declaration in the corpus's @qi sources (aliases followed;
+// a local function or a redeclared name that shadows an import is not @qi's), and the forbidden
+// constructs in any spelling the checker can see: `throw` statements, a generator's or iterator's
+// `throw` method, `Promise.reject` reached through an alias, null/undefined returned (under any
+// cast) from a function typed to return a Result, and try/catch outside a function handed to one
+// of the allowed @qi wrappers (by symbol).
+function facts(program, checker, sf, tryCatchAllowed) {
+  const qiCalls = [];
+  const forbidden = [];
+  const line = (node) => sf.getLineAndCharacterOfPosition(node.getStart(sf)).line + 1;
+  const resolved = (expr) => {
+    const at = ts.isPropertyAccessExpression(expr) ? expr.name : ts.isElementAccessExpression(expr) ? expr.argumentExpression : expr;
+    let symbol = checker.getSymbolAtLocation(at);
+    if (symbol && symbol.flags & ts.SymbolFlags.Alias) symbol = checker.getAliasedSymbol(symbol);
+    return symbol;
+  };
+  const origin = (symbol) => {
+    const decl = symbol && (symbol.declarations || [])[0];
+    if (!decl) return null;
+    const file = decl.getSourceFile();
+    if (file === sf) return "local";
+    if (file.hasNoDefaultLib || /[\\/]typescript[\\/]lib[\\/]lib\.[^\\/]*\.d\.ts$/.test(file.fileName)) return "lib";
+    if (/[\\/]node_modules[\\/]/.test(file.fileName)) return "package";
+    return "qi";
+  };
+  const owner = (symbol) => {
+    const decl = symbol && (symbol.declarations || [])[0];
+    const parent = decl && decl.parent;
+    return parent && (ts.isInterfaceDeclaration(parent) || ts.isClassDeclaration(parent)) && parent.name ? parent.name.text : "";
+  };
+  const strip = (e) => {
+    while (e && (ts.isParenthesizedExpression(e) || ts.isAsExpression(e) || ts.isTypeAssertionExpression(e)
+                 || ts.isNonNullExpression(e) || (ts.isSatisfiesExpression && ts.isSatisfiesExpression(e)))) e = e.expression;
+    return e;
+  };
+  const enclosingFunction = (node) => {
+    for (let p = node.parent; p; p = p.parent) if (ts.isFunctionLike(p)) return p;
+    return null;
+  };
+  const returnsResult = (fn) => {
+    const signature = fn && checker.getSignatureFromDeclaration(fn);
+    return Boolean(signature) && /\bResult\b/.test(checker.typeToString(checker.getReturnTypeOfSignature(signature)));
+  };
+  const inAllowedWrapper = (node) => {
+    for (let p = node.parent; p; p = p.parent) {
+      if (ts.isFunctionLike(p) && p.parent && ts.isCallExpression(p.parent) && p.parent.arguments.includes(p)) {
+        const symbol = resolved(p.parent.expression);
+        if (origin(symbol) === "qi" && tryCatchAllowed.has(symbol.name)) return true;
+      }
+    }
+    return false;
+  };
+  const visit = (node) => {
+    if (ts.isCallExpression(node) || ts.isNewExpression(node)) {
+      const symbol = resolved(node.expression);
+      if (origin(symbol) === "qi") qiCalls.push({ name: symbol.name, line: line(node) });
+    }
+    // Any reference, called or not (`Promise.reject.bind(Promise)`, `const t = it.throw`).
+    if (ts.isPropertyAccessExpression(node) || (ts.isElementAccessExpression(node) && ts.isStringLiteralLike(node.argumentExpression))) {
+      const symbol = resolved(node);
+      if (origin(symbol) === "lib" && symbol.name === "throw" && /Generator|Iterator/.test(owner(symbol))) forbidden.push({ rule: "throw", line: line(node) });
+      else if (origin(symbol) === "lib" && symbol.name === "reject" && owner(symbol) === "PromiseConstructor") forbidden.push({ rule: "promise_reject", line: line(node) });
+    }
+    if (ts.isThrowStatement(node)) forbidden.push({ rule: "throw", line: line(node) });
+    if (ts.isTryStatement(node) && !inAllowedWrapper(node)) forbidden.push({ rule: "try_catch", line: line(node) });
+    if (ts.isReturnStatement(node) && node.expression) {
+      const value = strip(node.expression);
+      const empty = value.kind === ts.SyntaxKind.NullKeyword || ts.isVoidExpression(value)
+        || (ts.isIdentifier(value) && value.text === "undefined" && origin(checker.getSymbolAtLocation(value)) !== "local");
+      if (empty && returnsResult(enclosingFunction(node))) forbidden.push({ rule: "return_null", line: line(node) });
+    }
+    ts.forEachChild(node, visit);
+  };
+  visit(sf);
+  return { qi_calls: qiCalls, forbidden };
 }
 
 let data = "";

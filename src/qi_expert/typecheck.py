@@ -38,7 +38,7 @@ QI_MODULES = ("@qi/base", "@qi/core")
 def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.json",
           options: Mapping | None = None, timeout: float = 900,
           exports: Sequence[str] = (), isolated: bool = False,
-          dependencies: Path | None = None) -> dict[str, list[dict]]:
+          dependencies: Path | None = None, facts: Sequence[str] | None = None) -> dict[str, list[dict]]:
     """Diagnostics per snippet name ([] = compiles), all snippets in one compiler program.
 
     Snippets are placed inside `project` (virtually; nothing is written there), so its
@@ -47,12 +47,15 @@ def check(sources: Mapping[str, str], project: Path, tsconfig: str = "tsconfig.j
     modules' export lists as the same compiler program resolves them. `isolated` (untrusted
     sources: model completions) runs the compiler inside the eval's bubblewrap sandbox, reading only
     the project, TypeScript and this checker. `dependencies` (a node_modules folder outside the
-    checkout: npmdeps.install) resolves the npm packages the corpus imports.
+    checkout: npmdeps.install) resolves the npm packages the corpus imports. With `facts` (the @qi
+    wrappers a try/catch may sit in), the result also holds "__facts__": {name: {qi_calls, forbidden}},
+    what each snippet calls and does by the checker's symbols (tscheck.cjs, `facts`).
     """
     if not sources and not exports:
         return {}
     payload = json.dumps({"project": str(project), "tsconfig": tsconfig, "options": dict(options or {}),
                           "files": dict(sources), "exports": list(exports),
+                          "facts": None if facts is None else {"try_catch_allowed": list(facts)},
                           "node_modules": str(Path(dependencies).resolve()) if dependencies else None})
     # A scrubbed environment: the compiler needs none of the caller's variables (tokens, keys).
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "NODE_PATH": str(node_modules().resolve())}
