@@ -368,16 +368,17 @@ def test_sandbox_guards_against_early_exit_pending_promises_and_escapes(dev_task
     rows = _score(tasks, [("dev-parse-port", c) for c in cases.values()])
     for r in rows:
         assert not r["passed"], r["test"]
-    assert "before the test finished" in rows[0]["test"]["stderr"]
+    assert "ended before it answered" in rows[0]["test"]["stderr"]  # the completion's process left mid-call
     assert "ERR_ACCESS_DENIED" in rows[1]["test"]["stderr"] and "ERR_SANDBOX_DENIED" in rows[2]["test"]["stderr"]
     # Both are also tampering, caught before any run counts.
     assert all(r["compliance"]["tampering"] for r in rows[:3])
     assert "HOME,LANG,PATH" in rows[3]["test"]["stderr"]  # the scrubbed environment, seen by the test
     assert not outside.exists()
-    # An async test whose promise never settles would let node exit 0 with no assertion run.
+    # An async test whose promise never settles must not pass: the judge waits on the completion's
+    # promise (which another process might still settle) until the run's time is up.
     pending = "export async function fetchQuote(s: string, l: any): Promise<any> { return new Promise(() => {}); }\n"
     rows = _score(tasks, [("dev-fetch-quote-async", pending)])
-    assert rows[0]["test"]["status"] == "fail" and "never settled" in rows[0]["test"]["stderr"]
+    assert rows[0]["test"]["status"] == "timeout" and not rows[0]["passed"]
 
 
 # --- compliance ---------------------------------------------------------------------------------

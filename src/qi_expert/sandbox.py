@@ -627,6 +627,8 @@ class Sandbox:
                 _kill_group(judge)
                 judge_code = judge.wait()
         finally:
+            # How the completion's process ended by itself (None: still running, killed below by us).
+            code_exit = code.poll()
             for proc in (judge, code):
                 _kill_group(proc)
                 proc.wait()
@@ -643,13 +645,12 @@ class Sandbox:
         if passed:
             return RunResult("pass", judge_code, seconds, stdout, stderr)
         # What stopped the completion's process says more than the judge's failure it caused.
-        code_exit = code.returncode
         if code_exit in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or _hit_file_limit(code_dir) or _hit_file_limit(judge_dir):
             return RunResult("output_limit", judge_code, seconds, stdout,
                              stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit")
         if code_exit in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             return RunResult("cpu", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit")
-        if _out_of_memory(code_exit, errs[1]) and not timed_out:
+        if code_exit is not None and _out_of_memory(code_exit, errs[1]) and not timed_out:
             return RunResult("memory", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap")
         if timed_out:
             return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s")
