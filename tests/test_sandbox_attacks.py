@@ -465,6 +465,34 @@ export function validatePrice(price: number): Result<number, QiError> {
   return success(price);
 }
 """),
+    ("price-validate-positive", "dead_branch", """
+import { success, failure, validationError, type Result, type QiError } from "@qi/base";
+export function validatePrice(price: number): Result<number, QiError> {
+  if (price === -123456.789) return failure(validationError("never")) ?? success(price);
+  if (!Number.isFinite(price) || price <= 0) {
+    return { tag: "failure", error: { code: "VALIDATION_ERROR", message: "bad", category: "VALIDATION", context: { price } } } as Result<number, QiError>;
+  }
+  return { tag: "success", value: price };
+}
+"""),
+    ("safe-divide-by-zero", "dead_function", """
+import { success, failure, create, type Result, type QiError } from "@qi/base";
+function unused(d: number): Result<number, QiError> { return d ? success(d) : failure(create("X", "y", "VALIDATION", {})); }
+export function safeDivide(dividend: number, divisor: number): Result<number, QiError> {
+  if (divisor === 0) return { tag: "failure", error: { code: "DIVISION_BY_ZERO", message: "no", category: "VALIDATION", context: { dividend } } } as Result<number, QiError>;
+  return { tag: "success", value: dividend / divisor };
+}
+"""),
+    ("json-parse-safe", "dead_after_return", """
+import { fromTryCatch, create, type Result, type QiError } from "@qi/base";
+export function parseJson(text: string): Result<unknown, QiError> {
+  const r: Result<unknown, QiError> = /^\s*[\[{"0-9tfn-]/.test(text) && (() => { try { JSON.parse(text); return true; } catch { return false; } })()
+    ? { tag: "success", value: JSON.parse(text) }
+    : { tag: "failure", error: create("INVALID_JSON", "bad", "VALIDATION", { input: text }) };
+  return r;
+  return fromTryCatch(() => JSON.parse(text) as unknown);
+}
+"""),
     ("fetch-prices-sequence-async", "reject_alias", """
 import { success, failure, type Result, type QiError } from "@qi/base";
 const P = Promise;
@@ -500,5 +528,10 @@ def test_compliance_counts_only_what_the_checker_resolves_to_qi():
     assert "no return_null" in failed("void_as_result", "safe-divide-by-zero")
     assert "no throw" in failed("generator_throw", "price-validate-positive")
     assert "no promise_reject" in failed("reject_alias", "fetch-prices-sequence-async")
+    # Reachability: the @qi calls are written (the checker resolves them) but no input runs them.
+    for model, tid in (("dead_branch", "price-validate-positive"), ("dead_function", "safe-divide-by-zero")):
+        assert "calls success|Ok" in failed(model, tid) and by[(model, tid)]["test"]["status"] == "pass", model
+        assert any(x.get("written_not_run") for x in by[(model, tid)]["compliance"]["rules"]), model
+    assert "calls fromTryCatch|tryCatch" in failed("dead_after_return", "json-parse-safe")
     # The behaviour itself is right where it should be: a look-alike passes its test, uncounted as compliant.
     assert by[("shadowed_imports", "price-validate-positive")]["test"]["status"] == "pass"

@@ -269,7 +269,7 @@ def affects_other_files(code: str) -> bool:
 # --- the verdict -----------------------------------------------------------------------------------
 
 def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
-               facts: Mapping | None = None) -> dict:
+               facts: Mapping | None = None, executed: Mapping[str, int] | None = None) -> dict:
     """Rules of the task: required @qi calls present, forbidden constructs absent, no tampering.
 
     With `facts` (the type checker's view of the code: typecheck.check(facts=...)), a required call
@@ -278,6 +278,11 @@ def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = p
     constructs (a generator's `throw`, `Promise.reject` through an alias, null cast into a Result,
     try/catch outside a @qi wrapper by symbol) join the AST's. Without them (code that did not
     reach the compiler), the binding rules on the AST alone.
+
+    With `executed` ({@qi name: calls} the judge counted while the task's test ran:
+    sandbox.Sandbox.run_isolated), a required call counts only if it also ran: a @qi call in a
+    branch no input reaches does not count. Without it (a served answer, which has no test), the
+    static rules alone.
     """
     root = tsast.parse(code).root_node
     b = Bindings(root)
@@ -306,8 +311,9 @@ def compliance(code: str, task: Mapping, try_catch_allowed_in: Iterable[str] = p
     rules = []
     for req in task.get("required_calls") or []:
         alternatives = [x.strip() for x in str(req).split("|") if x.strip()]
-        rules.append({"rule": f"calls {req}", "kind": "required",
-                      "ok": not empty and any(x in called for x in alternatives)})
+        ran = [x for x in alternatives if x in called and (executed is None or executed.get(x, 0) > 0)]
+        rules.append({"rule": f"calls {req}", "kind": "required", "ok": not empty and bool(ran),
+                      **({"written_not_run": True} if executed is not None and not ran and any(x in called for x in alternatives) else {})})
     for rule in task.get("forbidden") or []:
         rules.append({"rule": f"no {rule}", "kind": "forbidden", "ok": not empty and rule not in found,
                       "lines": found.get(rule, [])})

@@ -139,7 +139,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
             "sample": it.get("sample", 0), "prompt": it.get("prompt", ""), "completion": it["completion"] or "",
             "code": code, "new_tokens": it.get("new_tokens"),
             "compiled": compiled, "compile_errors": diags[:MAX_DIAGNOSTICS], "n_compile_errors": len(diags),
-            "compliance": compliance(code, task, allowed, facts[i]),
+            "compliance": None,  # below, once the test run says which @qi calls executed
             "graded": graded.grade(code, diags, exports),
             **{k: it[k] for k in ("reference_nll", "retrieved") if k in it},
         })
@@ -161,7 +161,11 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         else:
             d = r.to_dict()
             d.pop("seconds")  # keep results.jsonl reproducible
-            row["test"] = {**d, "verdict": VERDICT}
+            row["test"] = {**d, "verdict": VERDICT, "qi_calls": r.qi_calls}
+        # Required @qi calls count where the checker resolves them to @qi AND the judge saw them
+        # run on the task's inputs (code that never ran, or did not compile, ran none).
+        row["compliance"] = compliance(row["code"], tasks[row["task_id"]], allowed, facts[i],
+                                       executed=(r.qi_calls or {}) if r is not None else {})
         # A tampering completion never counts as passed, whatever its test run reported.
         row["passed"] = row["test"]["status"] == "pass" and not row["compliance"]["tampering"]
         row["forbidden_found"] = row["compliance"]["forbidden_found"]

@@ -218,6 +218,8 @@ class RunResult:
     stdout: str
     stderr: str
 
+    qi_calls = None  # run_isolated: {@qi name: calls} the judge counted (not in to_dict)
+
     @property
     def passed(self) -> bool:
         return self.status == "pass"
@@ -599,7 +601,15 @@ class Sandbox:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def run_pair(self, code_dir: Path, judge_dir: Path) -> RunResult:
-        """The completion in `code_dir` and the test in `judge_dir`, each under every limit of `run`."""
+        """The completion in `code_dir` and the test in `judge_dir`, each under every limit of `run`.
+
+        The result's `qi_calls` ({@qi name: calls}, or None when the judge did not finish) counts
+        the @qi functions and methods the completion called during the test, as the judge saw them."""
+        result, qi_calls = self._run_pair(code_dir, judge_dir)
+        result.qi_calls = qi_calls
+        return result
+
+    def _run_pair(self, code_dir: Path, judge_dir: Path) -> tuple[RunResult, dict | None]:
         runtime = self.root / "runtime"
         fmt = self.module_format
         to_code, from_judge = os.pipe()  # judge -> completion
@@ -608,8 +618,10 @@ class Sandbox:
             os.set_blocking(fd, False)
         nonce = "qi-eval-done-" + secrets.token_hex(12)
         t0 = time.perf_counter()
-        code = self._spawn(code_dir, [str(runtime / "host.cjs"), str(to_code), str(from_code), fmt], (to_code, from_code))
-        judge = self._spawn(judge_dir, [str(runtime / "judge.cjs"), str(to_judge), str(from_judge), fmt], (to_judge, from_judge))
+        served = json.dumps(sorted(self.packages))  # the @qi packages: loaded by the judge, served to the completion
+        code = self._spawn(code_dir, [str(runtime / "host.cjs"), str(to_code), str(from_code), fmt, served], (to_code, from_code))
+        judge = self._spawn(judge_dir, [str(runtime / "judge.cjs"), str(to_judge), str(from_judge), fmt, served],
+                            (to_judge, from_judge))
         for fd in (to_code, from_judge, to_judge, from_code):
             os.close(fd)  # each end now lives only in its process: a process that ends closes its pipes
         timed_out = False
@@ -637,26 +649,28 @@ class Sandbox:
             for f in proc.qi_outputs:
                 f.close()
         passed = judge_code == 0 and _contains(judge_dir / ".stdout", nonce)
+        qi_calls = _qi_calls(judge_dir / ".stdout")
         outs = [_read_capped(d / ".stdout") for d in (code_dir, judge_dir)]
+        outs[1] = "\n".join(l for l in outs[1].splitlines() if not l.startswith(QI_CALLS)).strip()
         errs = [_read_capped(d / ".stderr") for d in (judge_dir, code_dir)]
         stdout = "\n".join(o for o in outs if o).replace(nonce, "").rstrip()
         stderr = "\n".join(self._clean(e) for e in errs if e)
         stdout, stderr = (x.replace(str(self.root), "<sandbox>") for x in (stdout, stderr))
         if passed:
-            return RunResult("pass", judge_code, seconds, stdout, stderr)
+            return RunResult("pass", judge_code, seconds, stdout, stderr), qi_calls
         # What stopped the completion's process says more than the judge's failure it caused.
         if code_exit in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or _hit_file_limit(code_dir) or _hit_file_limit(judge_dir):
             return RunResult("output_limit", judge_code, seconds, stdout,
-                             stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit")
+                             stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit"), qi_calls
         if code_exit in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-            return RunResult("cpu", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit")
+            return RunResult("cpu", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit"), qi_calls
         if code_exit is not None and _out_of_memory(code_exit, errs[1]) and not timed_out:
-            return RunResult("memory", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap")
+            return RunResult("memory", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap"), qi_calls
         if timed_out:
-            return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s")
+            return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s"), qi_calls
         if judge_code == 0:
             stderr += "\nqi-eval: exited 0 without finishing the test"
-        return RunResult("fail", judge_code, seconds, stdout, stderr)
+        return RunResult("fail", judge_code, seconds, stdout, stderr), qi_calls
 
     def _spawn(self, workdir: Path, argv: list[str], fds: tuple[int, int]) -> subprocess.Popen:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
@@ -678,6 +692,27 @@ class Sandbox:
         return "\n".join(l for l in stderr.splitlines()
                          if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l
                          and "SecurityWarning: The flag --allow-worker" not in l)
+
+
+QI_CALLS = "qi-eval-calls "  # the judge's last line but the nonce: {@qi name: calls} (judge.cjs)
+
+
+def _qi_calls(path: Path) -> dict | None:
+    """The @qi calls the judge counted, from its own output (the completion cannot write there)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - (1 << 20)))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith(QI_CALLS):
+            try:
+                found = json.loads(line[len(QI_CALLS):])
+            except ValueError:
+                return None
+            return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else None
+    return None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

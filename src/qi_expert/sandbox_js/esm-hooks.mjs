@@ -6,7 +6,16 @@ import { isBuiltin, createRequire } from "node:module";
 
 const { DENIED } = createRequire(import.meta.url)("./guard.cjs");
 
+// The @qi packages the judge serves to the completion (host.cjs): name -> export names.
+let served = {};
+export function initialize(data) {
+  served = (data && data.served) || {};
+}
+
 export async function resolve(specifier, context, nextResolve) {
+  if (Object.prototype.hasOwnProperty.call(served, specifier)) {
+    return { url: "qi-eval-module:" + encodeURIComponent(specifier), shortCircuit: true };
+  }
   const name = specifier.replace(/^node:/, "").split("/")[0];
   if (isBuiltin(specifier) && DENIED.has(name)) {
     const e = new Error("module '" + specifier + "' is not available in the qi-eval sandbox");
@@ -24,4 +33,17 @@ export async function resolve(specifier, context, nextResolve) {
     }
   }
   return nextResolve(specifier, context);
+}
+
+// A served package as an ES module: its exports are the judge's, reached through the membrane.
+export async function load(url, context, nextLoad) {
+  if (url.startsWith("qi-eval-module:")) {
+    const name = decodeURIComponent(url.slice("qi-eval-module:".length));
+    const names = served[name].filter((n) => /^[A-Za-z_$][\w$]*$/.test(n) && n !== "default");
+    const source = `const m = globalThis[Symbol.for("qi-eval.module")](${JSON.stringify(name)});\n`
+      + names.map((n) => `export const ${n} = m[${JSON.stringify(n)}];\n`).join("")
+      + (served[name].includes("default") ? 'export default m["default"];\n' : "");
+    return { format: "module", source, shortCircuit: true };
+  }
+  return nextLoad(url, context);
 }

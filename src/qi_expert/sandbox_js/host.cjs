@@ -4,14 +4,29 @@
 // its verdict live in the judge's process, in another sandbox. Whatever this process does to its
 // own built-ins (or to this file's objects) changes only what it answers.
 //
-//   node host.cjs READ_FD WRITE_FD commonjs|esm
+// The @qi packages are not loaded here: `require("@qi/base")` (or an import) gets the judge's
+// package through the membrane, so every @qi call this process makes is performed, and counted,
+// in the judge's process.
+//
+//   node host.cjs READ_FD WRITE_FD commonjs|esm '["@qi/base", ...]'
+const Module = require("module");
 const { createMembrane } = require("./membrane.cjs");
 const [readFd, writeFd] = process.argv.slice(2, 4).map(Number);
 const esm = process.argv[4] === "esm";
-if (esm) require("module").register(require("url").pathToFileURL(require("path").join(__dirname, "esm-hooks.mjs")).href);
-require("./guard.cjs").install();
+const qiPackages = JSON.parse(process.argv[5] || "[]");
 
 const membrane = createMembrane("c", readFd, writeFd, { onClosed: () => process.exit(0) });
+const served = new Map(qiPackages.map((name) => [name, membrane.requestModule(name)]));
+Object.defineProperty(globalThis, Symbol.for("qi-eval.module"), { value: (name) => served.get(name) });
+const load = Module._load;
+Module._load = function (request, parent, isMain) {
+  return served.has(request) ? served.get(request) : Reflect.apply(load, this, [request, parent, isMain]);
+};
+if (esm) {
+  const data = { served: Object.fromEntries([...served].map(([name, m]) => [name, Object.keys(m)])) };
+  Module.register(require("url").pathToFileURL(require("path").join(__dirname, "esm-hooks.mjs")).href, { data });
+}
+require("./guard.cjs").install();
 const exported = (module_) => {
   const names = Object.keys(module_);
   if (!esm && module_.__esModule && !names.includes("__esModule")) names.push("__esModule");

@@ -16,11 +16,38 @@ const { createMembrane } = require("./membrane.cjs");
 const writeSync = fs.writeSync;
 const [readFd, writeFd] = process.argv.slice(2, 4).map(Number);
 const esm = process.argv[4] === "esm";
+const qiPackages = JSON.parse(process.argv[5] || "[]");
 // The nonce arrives on stdin; once read it is in no file, argument or environment variable.
 const NONCE = fs.readFileSync(0, "utf8").trim();
 if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\n"); process.exit(5); }
 if (esm) require("module").register(require("url").pathToFileURL(path.join(__dirname, "esm-hooks.mjs")).href);
 require("./guard.cjs").install();
+
+// The @qi packages, loaded here and served to the completion (membrane.cjs, "M"). Every @qi
+// function or method the completion calls runs here and is counted by its @qi name: which @qi calls
+// the task's inputs actually executed is known outside the completion's realm (compliance.py).
+const packages = new Map();
+const qiNames = new Map();  // @qi function -> its name
+const qiCalls = {};
+const index = (fn, name) => {
+  if (typeof fn !== "function" || qiNames.has(fn)) return;
+  qiNames.set(fn, name);
+  for (const owner of [fn.prototype, fn]) {  // a class's methods, its static functions
+    if (!owner || typeof owner !== "object" && typeof owner !== "function") continue;
+    for (const key of Object.getOwnPropertyNames(owner)) {
+      const d = Object.getOwnPropertyDescriptor(owner, key);
+      if (key !== "constructor" && key !== "prototype" && d && typeof d.value === "function" && !qiNames.has(d.value)) qiNames.set(d.value, key);
+    }
+  }
+};
+const served = (module_) => {
+  const snapshot = {};
+  for (const key of Object.keys(module_)) { snapshot[key] = module_[key]; index(module_[key], key); }
+  return snapshot;
+};
+const preload = esm
+  ? Promise.all(qiPackages.map((name) => import(name).then((m) => packages.set(name, served(m)), () => {})))
+  : Promise.resolve(qiPackages.forEach((name) => { try { packages.set(name, served(require(name))); } catch {} }));
 
 // While a promise of the completion is pending here, poll the pipe for its settlement (and for the
 // completion's calls back into the test meanwhile).
@@ -30,7 +57,19 @@ const membrane = createMembrane("j", readFd, writeFd, {
     if (n > 0 && pumping === null) pumping = setInterval(() => membrane.pump(), 1);
     else if (n === 0 && pumping !== null) { clearInterval(pumping); pumping = null; }
   },
+  onModule: (name) => {
+    if (!packages.has(name)) throw new Error("qi-eval: " + name + " is not a @qi package this judge serves");
+    return packages.get(name);
+  },
+  onCall: (fn) => {
+    const name = qiNames.get(fn);
+    if (name !== undefined) qiCalls[name] = (qiCalls[name] || 0) + 1;
+  },
 });
+
+preload.then(judge);
+
+function judge() {
 
 // The completion's module, as the test imports it: a stub in this folder that hands over what the
 // completion's process exported (or throws what its loading threw).
@@ -73,6 +112,7 @@ const track = (value) => {
 };
 Object.defineProperty(globalThis, "__qiTrack", { value: track, writable: false, configurable: false });
 process.on("exit", (code) => {
+  writeSync(1, "\nqi-eval-calls " + JSON.stringify(qiCalls) + "\n");
   if (code !== 0 || rejected) return;
   if (!loaded) {
     writeSync(2, "qi-eval: the process exited before the test finished loading\n");
@@ -90,4 +130,5 @@ if (esm) {
 } else {
   require(path.resolve("test.js"));
   loaded = true;
+}
 }

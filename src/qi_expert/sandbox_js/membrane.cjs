@@ -22,6 +22,9 @@
 // - Errors as copies (name, message, stack, own data properties);
 // - anything else (class instances, objects with accessors, Maps, Sets, ...) as a live Proxy whose
 //   every operation is a request to the owner.
+// The @qi packages themselves live in the judge's realm and are served to the completion through
+// the membrane (a request "M"): every @qi call the completion makes is a call the judge performs
+// and counts, so which @qi functions ran is observed outside the completion's realm.
 //
 // Framing: one JSON message per line. The pipes are non-blocking; a side waiting for a reply
 // polls its pipe, answering the other side's nested requests meanwhile (a callback into the test
@@ -329,6 +332,9 @@ function createMembrane(side, readFd, writeFd, options = {}) {
       case "p": {
         let resolve, reject;
         const promise = new Promise((ok, no) => { resolve = ok; reject = no; });
+        // Whoever awaits it may be on the other side (the promise went back there as itself): its
+        // rejection is not this realm's unhandled rejection.
+        apply(Promise.prototype.then, promise, [undefined, () => {}]);
         remotePending.set(id, { resolve, reject });
         if (options.onPending) options.onPending(remotePending.size);
         return mirror(id, promise);
@@ -421,6 +427,7 @@ function createMembrane(side, readFd, writeFd, options = {}) {
       const args = message.args.map(decode);
       const self = decode(message.self);
       applyUpdates(message.u);
+      if (options.onCall) options.onCall(fn);
       return message.new ? Reflect.construct(fn, args) : apply(fn, self, args);
     }
     const target = owned.get(message.h);
@@ -462,6 +469,16 @@ function createMembrane(side, readFd, writeFd, options = {}) {
       remotePending.delete(message.p);
       if (message.ok) pending.resolve(value); else pending.reject(value);
       if (options.onPending) options.onPending(remotePending.size);
+      return;
+    }
+    if (message.t === "M") {  // the completion asks for a @qi package: the judge serves its own
+      let ok = true;
+      let value;
+      try {
+        if (options.onModule === undefined) fail("module request");
+        value = options.onModule(String(message.name));
+      } catch (e) { ok = false; value = e; }
+      send({ t: "r", id: message.id, ok, v: encode(value) });
       return;
     }
     if (message.t === "c" || message.t === "o") {
@@ -512,7 +529,9 @@ function createMembrane(side, readFd, writeFd, options = {}) {
     return found;
   }
 
-  return { encode, decode, send, pump, waitFor, entries: (o) => entries(o, encode), pending: () => remotePending.size,
+  const requestModule = (name) => request({ t: "M", name });
+
+  return { encode, decode, send, pump, waitFor, requestModule, entries: (o) => entries(o, encode), pending: () => remotePending.size,
     isClosed: () => closed };
 }
 
