@@ -60,7 +60,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
                          "completions) or generate (the first of gguf.quant_eval.files)")
     return quantcost.score_gguf(
         files, AutoTokenizer.from_pretrained(tokenizer_dir), tasks, system_prompt=str(cfg.format.system_prompt),
-        max_new_tokens=int(ec.max_new_tokens), project=resolve_path(cfg.corpus.root),
+        max_new_tokens=int(ec.max_new_tokens), no_repeat_ngram=int(ec.no_repeat_ngram), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
         try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
         n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows, cache=bool(ec.cache),

@@ -534,6 +534,46 @@ def test_repetition_detector():
     assert decoding.repeating([1, 2] * 24)
 
 
+def test_ngram_bans_match_transformers_processor():
+    """decoding.ngram_bans (one implementation for both backends) bans what transformers'
+    NoRepeatNGramLogitsProcessor bans, on random sequences with many repeats."""
+    import random
+
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    rng = random.Random(3)
+    for n in (1, 2, 3, 5, 8):
+        for _ in range(40):
+            seq = [rng.randrange(6) for _ in range(rng.randrange(0, 60))]
+            scores = torch.zeros(1, 6)
+            expected = set(torch.nonzero(NoRepeatNGramLogitsProcessor(n)(torch.tensor([seq], dtype=torch.long), scores)[0]
+                                         == float("-inf")).flatten().tolist()) if seq else set()
+            assert decoding.ngram_bans(seq, n) == expected, (n, seq)
+    assert decoding.ngram_bans([1, 2, 3, 1, 2], 3) == {3} and decoding.ngram_bans([1, 2, 3], 0) == set()
+
+
+def test_no_repeat_ngram_decoding_never_repeats(tiny_model):
+    """eval.no_repeat_ngram: no n-gram appears twice in a greedy completion, continuous or static."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, _ = tiny_model
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    prompts = [generate.render_prompt(tokenizer, t, "You write @qi code.") for t in yaml.safe_load(TASKS_YAML)]
+    policy = decoding.StopPolicy(40, frozenset(), None, backend_eos=False, no_repeat_ngram=3)
+    for continuous in (True, False):
+        backend = transformers_backend.Transformers(model, batch_size=2, continuous=continuous, pad_id=tokenizer.pad_token_id)
+        out = backend.decode(decoding.encode(tokenizer, prompts), policy)
+        for toks in out.tokens:
+            grams = [tuple(toks[i:i + 3]) for i in range(len(toks) - 2)]
+            assert len(toks) == 40 and len(grams) == len(set(grams))
+    free = transformers_backend.Transformers(model, batch_size=2, pad_id=tokenizer.pad_token_id).decode(
+        decoding.encode(tokenizer, prompts), decoding.StopPolicy(40, frozenset(), None, backend_eos=False))
+    assert any(len({tuple(t[i:i + 3]) for i in range(len(t) - 2)}) < len(t) - 2 for t in free.tokens)  # the test bites
+
+
 @pytest.mark.slow
 def test_generation_matches_transformers_generate(tiny_model):
     """Continuous batching with the shared-prefix cache gives model.generate's greedy tokens."""

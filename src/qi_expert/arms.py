@@ -70,6 +70,7 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     timing["load_seconds"] = round(time.perf_counter() - t0, 2)
     blocks, hits = (contexts(store, tasks, ec.retrieval) if store is not None else ([""] * len(tasks), None))
     settings = {"max_new_tokens": int(ec.max_new_tokens), "batch_size": int(ec.batch_size),
+                **({"no_repeat_ngram": int(ec.no_repeat_ngram)} if int(ec.no_repeat_ngram) else {}),
                 "n_samples": int(ec.n_samples), "temperature": float(ec.temperature), "seed": int(cfg.seed)}
     base_folder = Path(base) if isinstance(base, Path) else None
     # Decoding precision on CPU (eval.cpu_precision): bf16 where the CPU has it, on a copy of the
@@ -128,7 +129,8 @@ def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, an
     if hit is not None:
         return decoding.Generation(hit["completions"], hit["new_tokens"], hit["seconds"], {**hit["stats"], "cached": True},
                                    answer_nll=hit.get("answer_nll"))
-    policy = decoding.StopPolicy.eval(tokenizer, settings["max_new_tokens"], model=model)
+    policy = decoding.StopPolicy.eval(tokenizer, settings["max_new_tokens"], model=model,
+                                      no_repeat_ngram=settings.get("no_repeat_ngram", 0))
     backend = transformers_backend.Transformers(model, batch_size=settings["batch_size"], pad_id=tokenizer.pad_token_id)
     gen = decoding.complete(backend, tokenizer, prompts, policy, n_samples=settings["n_samples"],
                             temperature=settings["temperature"], seed=settings["seed"], answers=answers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -30,3 +31,20 @@ def load_tasks(path: Path) -> list[dict]:
 def contamination_sources(tasks: list[dict]) -> list[str]:
     """The code a training row must not copy: every reference solution and every test."""
     return [t[k] for t in tasks for k in ("reference", "test") if t.get(k)]
+
+
+DEV_FRACTION = 3  # one task in three, within each category
+
+
+def split(tasks: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(dev, test): settings are chosen on dev (decoding, retrieval), figures reported on test.
+
+    Fixed by the task ids alone (a hash, not the file's order), stratified by category: the first
+    third of each category's tasks in hash order is dev. A task added later falls where its hash
+    puts it, and no other task moves."""
+    rank = lambda t: hashlib.sha256(f"qi-bench-split:{t['id']}".encode()).hexdigest()
+    dev_ids: set[str] = set()
+    for category in sorted({t["category"] for t in tasks}):
+        members = sorted((t for t in tasks if t["category"] == category), key=rank)
+        dev_ids |= {t["id"] for t in members[: -(-len(members) // DEV_FRACTION)]}
+    return [t for t in tasks if t["id"] in dev_ids], [t for t in tasks if t["id"] not in dev_ids]

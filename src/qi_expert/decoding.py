@@ -46,6 +46,21 @@ def repeating(tokens: Sequence[int]) -> bool:
     return False
 
 
+def ngram_bans(tokens: Sequence[int], n: int) -> set[int]:
+    """The tokens that would repeat an n-gram already in `tokens` (no_repeat_ngram_size, as
+    transformers' NoRepeatNGramLogitsProcessor has it, over the generated tokens only: the prompt's
+    names must stay free to reuse). Written here once for both backends: llama.cpp has no such
+    sampler, and the quantization cost must decode its GGUFs under the eval's own rules."""
+    if n <= 0 or len(tokens) < n - 1:
+        return set()
+    if n == 1:
+        return set(tokens)
+    prefix = list(tokens[len(tokens) - (n - 1):])
+    first = prefix[0]
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1)
+            if tokens[i] == first and list(tokens[i:i + n - 1]) == prefix}
+
+
 def _fence_token_ids(tokenizer) -> frozenset[int]:
     """Ids of the tokens holding a backtick: only they can close a code fence."""
     return frozenset(i for t, i in tokenizer.get_vocab().items() if "`" in t)
@@ -93,18 +108,26 @@ def stop_ids(model, tokenizer) -> list[int]:
 
 @dataclass(frozen=True)
 class StopPolicy:
-    """When a row stops. `backend_eos`: also at the backend's own end-of-generation id."""
+    """When a row stops, and what it may not say next. `backend_eos`: also at the backend's own
+    end-of-generation id. `no_repeat_ngram`: a token that would repeat an n-gram the row already
+    wrote is never chosen (0: off), so greedy decoding cannot enter a loop (eval.no_repeat_ngram)."""
     max_new_tokens: int
     eos: frozenset[int] = frozenset()
     check: Callable[[list[int]], str | None] | None = None
     backend_eos: bool = True
+    no_repeat_ngram: int = 0
 
     @classmethod
     def eval(cls, tokenizer, max_new_tokens: int, *, model=None, stop_at_fence: bool = True,
-             stop_on_repetition: bool = True) -> "StopPolicy":
+             stop_on_repetition: bool = True, no_repeat_ngram: int = 0) -> "StopPolicy":
         """The eval's rules: end of turn, max_new_tokens, a closed code fence, a degenerate loop."""
         return cls(int(max_new_tokens), frozenset(stop_ids(model, tokenizer)),
-                   stop_checker(tokenizer, stop_at_fence=stop_at_fence, stop_on_repetition=stop_on_repetition))
+                   stop_checker(tokenizer, stop_at_fence=stop_at_fence, stop_on_repetition=stop_on_repetition),
+                   no_repeat_ngram=int(no_repeat_ngram))
+
+    def banned(self, tokens: Sequence[int]) -> set[int]:
+        """The tokens this row may not choose next."""
+        return ngram_bans(tokens, self.no_repeat_ngram) if self.no_repeat_ngram else set()
 
     @classmethod
     def fixed(cls, n: int) -> "StopPolicy":

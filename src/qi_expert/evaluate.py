@@ -143,7 +143,9 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
             "graded": graded.grade(code, diags, exports),
             **{k: it[k] for k in ("reference_nll", "retrieved") if k in it},
         })
-        if compiled:
+        if code.strip():
+            # Code with type errors runs too (transpiled as it is), only to observe which @qi calls
+            # its inputs execute (compliance); its verdict stays "not_compiled", never passed.
             jobs.append((i, (f"c{i}", code, task["test"])))
     t0 = time.perf_counter()
     info["module_format"] = module_format
@@ -158,12 +160,15 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         r = by_item.get(i)
         if r is None:
             row["test"] = {"status": "not_compiled", "exit_code": None, "stdout": "", "stderr": ""}
+        elif not row["compiled"]:
+            row["test"] = {"status": "not_compiled", "exit_code": None, "stdout": "", "stderr": "",
+                           "ran_as_transpiled": r.status, "qi_calls": r.qi_calls}
         else:
             d = r.to_dict()
             d.pop("seconds")  # keep results.jsonl reproducible
             row["test"] = {**d, "verdict": VERDICT, "qi_calls": r.qi_calls}
         # Required @qi calls count where the checker resolves them to @qi AND the judge saw them
-        # run on the task's inputs (code that never ran, or did not compile, ran none).
+        # run on the task's inputs (code that never ran ran none).
         row["compliance"] = compliance(row["code"], tasks[row["task_id"]], allowed, facts[i],
                                        executed=(r.qi_calls or {}) if r is not None else {})
         # A tampering completion never counts as passed, whatever its test run reported.

@@ -80,8 +80,10 @@ class LlamaCpp:
             if not self.reuse_prefix:
                 llm.reset()
             if policy.max_new_tokens > 0:
+                # The stop policy's no-repeat n-grams, as the transformers backend applies them.
+                processors = _banning(policy, out) if policy.no_repeat_ngram else None
                 for token in llm.generate(list(ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                          reset=True):
+                                          reset=True, logits_processor=processors):
                     if not out:
                         first_token_seconds.append(time.perf_counter() - row_start)
                     if int(token) in eos:
@@ -96,6 +98,18 @@ class LlamaCpp:
             reasons.append(reason)
         return decoding.Decoded(tokens, reasons, time.perf_counter() - start,
                                 {"first_token_seconds": [round(s, 4) for s in first_token_seconds]})
+
+
+def _banning(policy: decoding.StopPolicy, out: list[int]):
+    """llama.cpp logits processors: -inf for the tokens the row `out` may not say next."""
+    from llama_cpp import LogitsProcessorList
+
+    def process(input_ids, scores):
+        banned = policy.banned(out)
+        if banned:
+            scores[list(banned)] = -float("inf")
+        return scores
+    return LogitsProcessorList([process])
 
 
 def _messages(system_prompt: str | None, prompt: str) -> list[dict]:

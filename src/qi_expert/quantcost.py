@@ -20,7 +20,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
                memory_mb: int = 512, try_catch_allowed_in: Iterable[str] = patterns.DEFAULT_TRY_CATCH_ALLOWED,
                n_ctx: int = 2048, n_threads: int | None = None, reference_rows: Sequence[Mapping] | None = None,
                reference_name: str = "tuned", isolation: str = "bwrap", cache: bool = True,
-               module_format: str = "commonjs", dependencies: Path | None = None,
+               module_format: str = "commonjs", dependencies: Path | None = None, no_repeat_ngram: int = 0,
                log=print) -> tuple[list[dict], dict]:
     """The eval benchmark on GGUF files {kind: path}: greedy completions through llama.cpp, scored.
 
@@ -44,6 +44,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
     import llama_cpp
 
     settings = {"backend": "llama.cpp", "max_new_tokens": int(max_new_tokens), "n_ctx": n_ctx,
+                **({"no_repeat_ngram": int(no_repeat_ngram)} if no_repeat_ngram else {}),
                 "n_threads": llamacpp.default_threads(n_threads), "llama_cpp": llama_cpp.__version__,
                 "llama_cpp_build": llamacpp.build_info()}
     # Cached by content, one file at a time: a rerun after an interruption redoes only the files it
@@ -57,7 +58,7 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
     started = time.perf_counter()
     fresh: dict[str, decoding.Generation] = {}
     for kind, gen in _generate_files({k: files[k] for k in missing}, tokenizer, prompts, int(max_new_tokens),
-                                     n_ctx=n_ctx, threads=settings["n_threads"]):
+                                     n_ctx=n_ctx, threads=settings["n_threads"], no_repeat_ngram=int(no_repeat_ngram)):
         fresh[kind] = gen
         if keys[kind]:  # as each file is done: a rerun after an interruption skips it
             gencache.store(keys[kind], {"completions": gen.completions, "new_tokens": gen.new_tokens,
@@ -95,10 +96,10 @@ def score_gguf(files: Mapping[str, Path], tokenizer, tasks: Sequence[Mapping], *
 
 
 def _generate_one(path: Path, tokenizer, prompts: Sequence[str], max_new_tokens: int, n_ctx: int,
-                  n_threads: int) -> decoding.Generation:
+                  n_threads: int, no_repeat_ngram: int = 0) -> decoding.Generation:
     """One GGUF's greedy completions through llama.cpp under the eval's stop policy (+ the GGUF's own
     end-of-generation id). Module level: it also runs in a worker process."""
-    policy = decoding.StopPolicy.eval(tokenizer, max_new_tokens)
+    policy = decoding.StopPolicy.eval(tokenizer, max_new_tokens, no_repeat_ngram=no_repeat_ngram)
     llm = llamacpp.load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
     try:
         gen = decoding.complete(llamacpp.LlamaCpp(llm), tokenizer, prompts, policy)
@@ -114,7 +115,7 @@ def _generate_job(job: tuple) -> tuple[str, decoding.Generation]:
 
 
 def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str], max_new_tokens: int, *,
-                    n_ctx: int, threads: int) -> Iterator[tuple[str, decoding.Generation]]:
+                    n_ctx: int, threads: int, no_repeat_ngram: int = 0) -> Iterator[tuple[str, decoding.Generation]]:
     """(kind, completions) of every file as each is done: side by side in worker processes, the
     `threads` shared among them.
 
@@ -129,13 +130,13 @@ def _generate_files(files: Mapping[str, Path], tokenizer, prompts: Sequence[str]
     """
     if len(files) <= 1 or threads < 2:
         for kind, path in files.items():
-            yield kind, _generate_one(path, tokenizer, prompts, max_new_tokens, n_ctx, threads)
+            yield kind, _generate_one(path, tokenizer, prompts, max_new_tokens, n_ctx, threads, no_repeat_ngram)
         return
     import multiprocessing
     import os
 
     workers = min(len(files), threads)
-    jobs = [(kind, path, tokenizer, list(prompts), max_new_tokens, n_ctx, max(1, threads // workers))
+    jobs = [(kind, path, tokenizer, list(prompts), max_new_tokens, n_ctx, max(1, threads // workers), no_repeat_ngram)
             for kind, path in files.items()]
     with multiprocessing.get_context("spawn").Pool(workers, initializer=lifetime.die_with, initargs=(os.getpid(),)) as pool:
         yield from pool.imap_unordered(_generate_job, jobs)

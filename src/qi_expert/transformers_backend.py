@@ -21,11 +21,17 @@ from qi_expert import attention, decoding, refloss
 
 
 def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list[str], *, eos: set[int],
-                 stop_check, max_new_tokens: int, sample: bool, temperature: float, generator):
+                 stop_check, max_new_tokens: int, sample: bool, temperature: float, generator, ban=None):
     """One decoding step's token per running row (arg-max, or sampled at `temperature`), appended to
-    its row; a row that stops gets its reason. Returns (the tokens, positions of the rows going on)."""
+    its row; a row that stops gets its reason. `ban(tokens) -> ids` a row may not choose (the stop
+    policy's no-repeat n-grams). Returns (the tokens, positions of the rows going on)."""
     import torch
 
+    if ban is not None:
+        for j, row in enumerate(rows):
+            banned = ban(tokens[row])
+            if banned:
+                logits[j, list(banned)] = float("-inf")
     if sample:
         probs = torch.softmax(logits.float() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -46,7 +52,7 @@ def _next_tokens(logits, rows: list[int], tokens: list[list[int]], reasons: list
 
 
 def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[int], sample: bool,
-            temperature: float, generator, stop_check, marks: list | None = None,
+            temperature: float, generator, stop_check, marks: list | None = None, ban=None,
             score: Sequence | None = None, score_rows: Sequence[int] = (), pad_id: int = 0,
             scored: dict | None = None) -> tuple[list[list[int]], list[str]]:
     """Greedy/sampled decoding of one left-padded batch with a KV cache.
@@ -74,7 +80,7 @@ def _decode(model, input_ids, attention_mask, *, max_new_tokens: int, eos: set[i
     for _ in range(max_new_tokens):
         nxt, keep = _next_tokens(logits, rows, tokens, reasons, eos=eos, stop_check=stop_check,
                                  max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
-                                 generator=generator)
+                                 generator=generator, ban=ban)
         if not keep:
             break
         if len(keep) < len(rows):
@@ -259,7 +265,7 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 
 def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: int, max_new_tokens: int,
                        eos: set[int], pad_id: int, sample: bool, temperature: float, generator,
-                       stop_check, device, score: Sequence | None = None,
+                       stop_check, device, score: Sequence | None = None, ban=None,
                        scored: dict | None = None) -> tuple[list[list[int]], list[str], dict]:
     """Continuous batching over all rows: a finished row leaves at once and its slot is refilled.
 
@@ -311,7 +317,7 @@ def _decode_continuous(model, encoded: Sequence[Sequence[int]], *, batch_size: i
             stats["prefill_tokens"] += sum(len(encoded[r]) - prefix for r in new)
         nxt, keep = _next_tokens(running.logits, running.ids, tokens, reasons, eos=eos, stop_check=stop_check,
                                  max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
-                                 generator=generator)
+                                 generator=generator, ban=ban)
         nxt = nxt[keep] if len(keep) < len(nxt) else nxt
         running.keep(keep)
         if not running:
@@ -364,6 +370,7 @@ class Transformers:
         score = [answers[r] for r in order] if answers is not None else None
         scored: dict = {"nll": {}, "seconds": 0.0}
         stop_check = policy.check or (lambda toks: None)
+        ban = policy.banned if policy.no_repeat_ngram else None
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed) if sample else None
         t0 = time.perf_counter()
@@ -372,7 +379,7 @@ class Transformers:
                 toks, reasons, stats = _decode_continuous(
                     model, encoded, batch_size=batch_size, max_new_tokens=policy.max_new_tokens, eos=eos,
                     pad_id=pad_id, sample=sample, temperature=temperature, generator=generator, stop_check=stop_check,
-                    device=device, score=score, scored=scored)
+                    device=device, score=score, scored=scored, ban=ban)
                 stats["mode"] = "continuous"
             else:
                 toks, reasons, first_token_seconds = [], [], []
@@ -387,7 +394,7 @@ class Transformers:
                         mask[r, width - len(e):] = 1
                     t, why = _decode(model, ids.to(device), mask.to(device), max_new_tokens=policy.max_new_tokens,
                                      eos=eos, sample=sample, temperature=temperature, generator=generator,
-                                     stop_check=stop_check, marks=marks, score=score,
+                                     stop_check=stop_check, marks=marks, score=score, ban=ban,
                                      score_rows=range(b, b + len(chunk)), pad_id=pad_id, scored=scored)
                     toks += t
                     reasons += why
