@@ -676,7 +676,7 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     stage.run(cfg)
 
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
-    arms = ["base", "base+retrieval", "tuned", "tuned+retrieval"]
+    arms = ["base", "base+retrieval", "base+verify", "tuned", "tuned+retrieval", "tuned+verify"]
     assert metrics["mode"] == "model" and metrics["models"] == arms
     assert metrics["benchmark_tasks"] == 3
     for m in arms:
@@ -691,11 +691,20 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     assert metrics["retrieval"]["contaminated_examples_shown"] == 0 and metrics["retrieval"]["api_per_task"] > 0
     assert set(metrics["delta"]) >= {"pass@1", "compile_rate", "compliance_rate", "forbidden_rate", "by_category"}
     assert set(metrics["paired"]) == {"tuned vs base", "base+retrieval vs base", "tuned+retrieval vs tuned",
-                                      "tuned+retrieval vs base", "tuned vs base+retrieval"}
+                                      "tuned+retrieval vs base", "tuned vs base+retrieval", "tuned+verify vs tuned",
+                                      "base+verify vs base", "tuned+verify vs base+verify"}
+    # The verified arms: the greedy answer, 3 samples and a repair turn for every task whose
+    # candidates the checks reject (a tiny random model's all are), one answer per task, the cost.
+    for arm in ("base+verify", "tuned+verify"):
+        v = metrics[arm]["generation"]["verify"]
+        assert v["n"] == 4 and v["candidates_per_task"] == 5 and v["rounds_per_task"] == 1
+        assert [p["after"] for p in v["curve"]] == ["greedy", "4 candidates", "repair round 1"]
+        assert v["curve"][-1]["tokens_per_task"] == v["tokens_per_task"] > v["curve"][0]["tokens_per_task"]
     ref = metrics["paired"]["tuned vs base"]["reference_loss"]
     assert ref["n"] == 3 and ref["test"] == "sign" and ref["ci95"][0] <= ref["delta"] <= ref["ci95"][1]
     results = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
-    assert len(results) == 12
+    assert len(results) == 18
+    assert all(r["verify"]["candidates"] == 5 and r["verify"]["tokens"] > 12 for r in results if r["model"].endswith("+verify"))
     by = {(r["model"], r["task_id"]): r for r in results}
     first = results[0]["task_id"]
     # Same prompt for base and tuned, built through the chat template with the project's system prompt.

@@ -19,6 +19,7 @@ from qi_expert import basemodel, decoding, gencache, generate, refloss, retrieva
 
 MODELS = ("base", "tuned")
 RETRIEVAL = "retrieval"
+VERIFY = "verify"
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Arm:
     name: str
     model: str  # base | tuned
     retrieval: bool
+    verify: bool = False  # candidates checked by the compiler and the rules before one is the answer
 
 
 def parse_arms(names: Sequence[str], *, adapter) -> list[Arm]:
@@ -34,12 +36,12 @@ def parse_arms(names: Sequence[str], *, adapter) -> list[Arm]:
     for raw in names:
         name = str(raw)
         model, *extras = name.split("+")
-        if model not in MODELS or any(e != RETRIEVAL for e in extras) or len(extras) > 1:
+        if model not in MODELS or any(e not in (RETRIEVAL, VERIFY) for e in extras) or len(set(extras)) != len(extras):
             raise ValueError(f"eval.arms: unknown arm {name!r}; arms are {', '.join(MODELS)}, "
-                             f"optionally with +{RETRIEVAL} (e.g. tuned+{RETRIEVAL})")
+                             f"optionally with +{RETRIEVAL} and/or +{VERIFY} (e.g. tuned+{RETRIEVAL}+{VERIFY})")
         if model == "tuned" and not adapter:
             raise ValueError(f"eval.arms has {name!r} but eval.adapter is null: drop the tuned arms or set the adapter")
-        arms.append(Arm(name, model, bool(extras)))
+        arms.append(Arm(name, model, RETRIEVAL in extras, VERIFY in extras))
     if len({a.name for a in arms}) != len(arms):
         raise ValueError(f"eval.arms names an arm twice: {list(names)}")
     return sorted(arms, key=lambda a: MODELS.index(a.model))
@@ -109,14 +111,103 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
         nll = gen.answer_nll
         if answers is not None:  # scored with the generation (its `cached` and `precision` hold for both)
             timing[f"reference_loss_seconds.{arm.name}"] = gen.stats.get("reference_loss_seconds")
+        if arm.verify:
+            gen, info["verify"] = _verified(decoder, tokenizer, tasks, messages, prompts, gen, settings, cfg,
+                                            cache=cache, folders=folders, precision=precision, log=log)
         items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
                   "new_tokens": gen.new_tokens[i][s], "reference_nll": nll[i] if nll else None,
-                  **({"retrieved": hits[i]} if arm.retrieval and hits else {})}
+                  **({"retrieved": hits[i]} if arm.retrieval and hits else {}),
+                  **({"verify": info["verify"]["per_task"][i]} if arm.verify else {})}
                  for i, (t, p) in enumerate(zip(tasks, prompts)) for s, c in enumerate(gen.completions[i])]
+        if arm.verify:
+            del info["verify"]["per_task"]
         out[arm.name] = {"items": items, "generation": info}
     del model, decoder
     out["_timing"] = timing
     return out
+
+
+def _verified(decoder, tokenizer, tasks: Sequence[dict], messages: list[list[dict]], prompts: list[str],
+              greedy: decoding.Generation, settings: dict, cfg, *, cache: bool, folders: list, precision: str,
+              log=print) -> tuple[decoding.Generation, dict]:
+    """A verified arm's answers: the greedy completion, then for the tasks it does not settle
+    eval.verify.n - 1 seeded samples, then up to eval.verify.rounds repair turns; every candidate is
+    judged by verify.check (the compiler and the rules, never the task's test) and the first that
+    passes is the answer (else the one with the fewest problems). Returns the answers (one per task)
+    and their cost: per task, and a curve of the static figures against the tokens spent."""
+    from qi_expert import npmdeps, sandbox, verify
+    from qi_expert.config import resolve_path
+
+    vc = cfg.eval.verify
+    n, rounds = int(vc.n), int(vc.rounds)
+    project = resolve_path(cfg.corpus.root)
+    deps = npmdeps.install(project, log=lambda *_: None) if cfg.corpus.install_dependencies else None
+    isolated = sandbox.isolation_mode(str(cfg.eval.sandbox)) == "bwrap"
+    entries = [t.get("entry") for t in tasks]
+
+    def judge(texts: list[str], which: list[int]) -> list[dict]:
+        return verify.check([generate.extract_code(c, entries[i]) for c, i in zip(texts, which)], project=project,
+                            tsconfig=str(cfg.corpus.tsconfig), try_catch_allowed_in=cfg.validate.try_catch_allowed_in,
+                            isolated=isolated, dependencies=deps)
+
+    def add(gen: decoding.Generation, which: list[int], stage: str) -> None:
+        texts = [c for cs in gen.completions for c in cs]
+        owners = [i for i, cs in zip(which, gen.completions) for _ in cs]
+        counts = [n_ for ns in gen.new_tokens for n_ in ns]
+        for i, text, v, n_tok in zip(owners, texts, judge(texts, owners), counts):
+            candidates[i].append(text)
+            verdicts[i].append(v)
+            spent[i]["tokens"] += n_tok
+            spent[i]["seconds"] += gen.seconds * n_tok / max(1, gen.total_new_tokens)
+        curve.append(point(stage))
+
+    def point(stage: str) -> dict:
+        chosen = [verdicts[i][verify.choose(verdicts[i])] for i in range(len(tasks))]
+        return {"after": stage, "tokens_per_task": round(sum(s["tokens"] for s in spent) / len(tasks), 1),
+                "compiles": round(sum(c["compiled"] for c in chosen) / len(tasks), 4),
+                "checks_pass": round(sum(c["ok"] for c in chosen) / len(tasks), 4)}
+
+    candidates: list[list[str]] = [[] for _ in tasks]
+    verdicts: list[list[dict]] = [[] for _ in tasks]
+    spent = [{"tokens": 0, "seconds": 0.0, "rounds": 0} for _ in tasks]
+    curve: list[dict] = []
+    add(greedy, list(range(len(tasks))), "greedy")
+    open_ = [i for i in range(len(tasks)) if not verdicts[i][0]["ok"]]
+    if n > 1 and open_:
+        sampled = _generate_cached(decoder, tokenizer, [prompts[i] for i in open_],
+                                   {**settings, "n_samples": n - 1, "temperature": float(vc.temperature)},
+                                   answers=None, cache=cache, folders=folders, precision=precision)
+        add(sampled, open_, f"{n} candidates")
+    for r in range(rounds):
+        open_ = [i for i in range(len(tasks)) if not any(v["ok"] for v in verdicts[i])]
+        if not open_:
+            break
+        turns = []
+        for i in open_:
+            best = verify.choose(verdicts[i])
+            turns.append(tokenizer.apply_chat_template(
+                messages[i] + verify.repair_turn(candidates[i][best], verdicts[i][best], entries[i]),
+                tokenize=False, add_generation_prompt=True))
+            spent[i]["rounds"] += 1
+        repaired = _generate_cached(decoder, tokenizer, turns, {**settings, "n_samples": 1}, answers=None, cache=cache,
+                                    folders=folders, precision=precision)
+        add(repaired, open_, f"repair round {r + 1}")
+    picks = [verify.choose(v) for v in verdicts]
+    answers = [[candidates[i][k]] for i, k in enumerate(picks)]
+    new_tokens = [[spent[i]["tokens"]] for i in range(len(tasks))]
+    seconds = sum(s["seconds"] for s in spent)
+    per_task = [{"candidates": len(candidates[i]), "rounds": spent[i]["rounds"], "tokens": spent[i]["tokens"],
+                 "seconds": round(spent[i]["seconds"], 2), "chosen": picks[i], "checks_pass": verdicts[i][picks[i]]["ok"]}
+                for i in range(len(tasks))]
+    cost = {"n": n, "rounds": rounds, "temperature": float(vc.temperature),
+            "candidates_per_task": round(sum(p["candidates"] for p in per_task) / len(tasks), 2),
+            "rounds_per_task": round(sum(p["rounds"] for p in per_task) / len(tasks), 2),
+            "tokens_per_task": round(sum(p["tokens"] for p in per_task) / len(tasks), 1),
+            "seconds_per_task": round(seconds / len(tasks), 2), "curve": curve, "per_task": per_task}
+    log(f"eval: verify: {cost['candidates_per_task']} candidates and {cost['rounds_per_task']} repair rounds a task, "
+        f"{cost['tokens_per_task']} tokens, {cost['seconds_per_task']} s; the checks pass for "
+        f"{sum(p['checks_pass'] for p in per_task)} of {len(tasks)}")
+    return decoding.Generation(answers, new_tokens, seconds, {**greedy.stats, "verified": True}), cost
 
 
 def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, answers: list | None, cache: bool,

@@ -141,7 +141,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
             "compiled": compiled, "compile_errors": diags[:MAX_DIAGNOSTICS], "n_compile_errors": len(diags),
             "compliance": None,  # below, once the test run says which @qi calls executed
             "graded": graded.grade(code, diags, exports),
-            **{k: it[k] for k in ("reference_nll", "retrieved") if k in it},
+            **{k: it[k] for k in ("reference_nll", "retrieved", "verify") if k in it},
         })
         if code.strip():
             # Code with type errors runs too (transpiled as it is), only to observe which @qi calls
@@ -256,7 +256,10 @@ def paired_comparison(a_rows: Sequence[Mapping], b_rows: Sequence[Mapping], seed
 def comparisons(arm_names: Sequence[str]) -> list[tuple[str, str]]:
     """The pairs an eval reports (a - b): what tuning adds, what retrieval adds, and both together."""
     wanted = [("tuned", "base"), ("base+retrieval", "base"), ("tuned+retrieval", "tuned"),
-              ("tuned+retrieval", "base"), ("tuned", "base+retrieval")]
+              ("tuned+retrieval", "base"), ("tuned", "base+retrieval"),
+              # what checking before answering adds, on each model, and the fine-tune's share under it
+              ("tuned+verify", "tuned"), ("base+verify", "base"), ("tuned+verify", "base+verify"),
+              ("tuned+retrieval+verify", "tuned+retrieval")]
     return [(a, b) for a, b in wanted if a in arm_names and b in arm_names]
 
 
