@@ -519,6 +519,43 @@ def test_served_model_answers_like_the_trained_one_to_the_openai_client(exported
         assert fenced.choices[0].message.content.rstrip().endswith("```")
 
 
+QI_ANSWER = ('root ::= "```typescript\\nimport { success, type Result, type QiError } from \\"@qi/base\\";\\n'
+             'export function keep(x: number): Result<number, QiError> { return success(x); }\\n```\\n"')
+THROWING_ANSWER = ('root ::= "```typescript\\nexport function keep(x: number): number '
+                   '{ if (x < 0) { throw new Error(\\"negative\\"); } return x; }\\n```\\n"')
+
+
+def test_served_answers_are_checked_before_they_are_returned(exported):
+    """`qi-expert serve` checks a non-streamed answer's code (compiler + @qi rules) before returning
+    it, tries more candidates and a repair turn while it fails, and says so in its headers; the
+    openai client gets the answer and the headers."""
+    import openai
+
+    out, _ = exported
+    port = _free_port()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+    user = {"role": "user", "content": "Keep a number in a Result"}
+    with _served(out / "qi-tiny-q8_0.gguf", port, "--n-ctx", "512", "--verify-candidates", "2", "--verify-rounds", "1"):
+        def ask(grammar):
+            raw = client.chat.completions.with_raw_response.create(model="m", messages=[user], max_tokens=80,
+                                                                   temperature=0, extra_body={"grammar": grammar})
+            return {k: raw.headers.get(f"x-qi-{k}") for k in ("compiled", "violations", "rounds")}, raw.parse()
+
+        headers, good = ask(QI_ANSWER)
+        assert headers == {"compiled": "true", "violations": "none", "rounds": "1"}  # passed at once
+        assert "success(x)" in good.choices[0].message.content
+        headers, bad = ask(THROWING_ANSWER)
+        # Two candidates and a repair turn, all rejected (the grammar forces the same throw): the best is returned.
+        assert headers == {"compiled": "true", "violations": "throw", "rounds": "3"}
+        assert "throw new Error" in bad.choices[0].message.content
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=[user], max_tokens=2, temperature=0)
+        assert raw.headers.get("x-qi-compiled") == "no-code" and raw.headers.get("x-qi-rounds") == "1"
+    with _served(out / "qi-tiny-q8_0.gguf", port, "--n-ctx", "512", "--no-verify"):
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=[user], max_tokens=80, temperature=0,
+                                                               extra_body={"grammar": THROWING_ANSWER})
+        assert raw.headers.get("x-qi-compiled") is None and "throw" in raw.parse().choices[0].message.content
+
+
 CONTINUE_CHECK = """
 import { readFileSync } from "node:fs";
 import { parseConfigYaml, validateConfigYaml } from "@continuedev/config-yaml";

@@ -99,13 +99,22 @@ def cmd_serve(args) -> int:
     path, manifest = _model(args)
     system = _system_prompt(args, manifest)
     log_dir = Path(args.log_dir) if args.log_dir else None
+    verification = None
+    if not args.no_verify:
+        checks = _check_settings()
+        verification = serving.Verification(checks["project"], checks["tsconfig"], candidates=args.verify_candidates,
+                                            rounds=args.verify_rounds, budget_seconds=args.verify_budget,
+                                            try_catch_allowed_in=checks["try_catch_allowed_in"])
     app, name = serving.create_app(path, manifest, system_prompt=system, alias=args.alias,
                                    n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048),
                                    n_threads=llamacpp.default_threads(args.threads), lora_path=args.lora,
                                    host=args.host, port=args.port, log_dir=log_dir,
-                                   eval_stops=not args.no_eval_stops)
+                                   eval_stops=not args.no_eval_stops, verification=verification)
     how = ("requests without a system message get the trained one" if system
            else "no system prompt is added")
+    how += ("; answers checked before they are returned (up to "
+            f"{args.verify_candidates} candidates, {args.verify_rounds} repair turn(s), {args.verify_budget:g} s)"
+            if verification else "; answers returned unchecked (--no-verify)")
     if log_dir is not None:
         from qi_expert import monitor
 
@@ -238,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--check-every", type=float, default=30.0, help="seconds between checks of logged answers")
     srv.add_argument("--no-eval-stops", action="store_true",
                      help="do not stop at the closing code fence or a repetition loop (the eval's rules)")
+    srv.add_argument("--no-verify", action="store_true",
+                     help="return answers unchecked (by default a non-streamed answer's code is compiled and "
+                          "checked against the @qi rules first, resampled and repaired while it fails)")
+    srv.add_argument("--verify-candidates", type=int, default=3, help="answers tried before repair turns (default %(default)s)")
+    srv.add_argument("--verify-rounds", type=int, default=1, help="repair turns after the candidates (default %(default)s)")
+    srv.add_argument("--verify-budget", type=float, default=60.0,
+                     help="seconds after which the best answer so far is returned (default %(default)s)")
     srv.set_defaults(func=cmd_serve)
 
     rep = sub.add_parser("report", help="adherence of the served answers (checks what the server had not)")
