@@ -42,9 +42,10 @@ def main() -> int:
     precision = basemodel.cpu_precision(str(ec.cpu_precision), "eval.cpu_precision")
     decoder = generate.generation_model(model, precision)
     prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
+    budget = bench.token_budget(ec.max_new_tokens, tasks, tokenizer, float(ec.budget_quantile))
     rows = []
     for n in args.sizes:
-        policy = decoding.StopPolicy.eval(tokenizer, int(ec.max_new_tokens), model=decoder, no_repeat_ngram=n)
+        policy = decoding.StopPolicy.eval(tokenizer, budget, model=decoder, no_repeat_ngram=n)
         backend = transformers_backend.Transformers(decoder, batch_size=int(ec.batch_size), pad_id=tokenizer.pad_token_id)
         t0 = time.perf_counter()
         gen = decoding.complete(backend, tokenizer, prompts, policy)
@@ -60,7 +61,7 @@ def main() -> int:
                "tokens": gen.total_new_tokens, "seconds": seconds}
         rows.append(row)
         print(f"no_repeat_ngram={n}: {row}", flush=True)
-    print(f"\n{args.arm} arm, {len(tasks)} {args.split} tasks, {precision}, max_new_tokens {ec.max_new_tokens}\n")
+    print(f"\n{args.arm} arm, {len(tasks)} {args.split} tasks, {precision}, max_new_tokens {budget}\n")
     print("| no_repeat_ngram | loops | closed fence | hit the budget | compiled | passed | complies | type errors / completion | tokens | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -33,7 +33,7 @@ def main() -> int:
     runs = {}
     for precision in ("fp32", "bf16"):
         decoder = generate.generation_model(model, precision)
-        runs[precision] = generate.generate(decoder, tok, prompts, max_new_tokens=int(cfg.eval.max_new_tokens),
+        runs[precision] = generate.generate(decoder, tok, prompts, max_new_tokens=bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)),
                                             batch_size=int(cfg.eval.batch_size))
     print(f"{args.model} model, {len(tasks)} tasks")
     for precision, gen in runs.items():

@@ -38,7 +38,7 @@ def main() -> int:
         store = retrieval.Store(resolve_path(cfg.eval.retrieval.store))
         context, _ = arms.contexts(store, tasks, cfg.eval.retrieval)
     prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
-    max_new = int(args.max_new_tokens or cfg.eval.max_new_tokens)
+    max_new = int(args.max_new_tokens or bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)))
     plain = copy.deepcopy(model).to(torch.bfloat16)
     prepacked = generate.generation_model(model, "bf16")
     print(f"{len(prompts)} {args.arm} prompts, greedy, at most {max_new} new tokens, bf16")

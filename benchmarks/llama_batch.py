@@ -181,10 +181,10 @@ def main() -> None:
            for t in tasks]
     stop, eos = decoding.stop_checker(tok), decoding.stop_ids(None, tok)
     path = gguf.default_model(resolve_path("models/gguf"), args.quantization)
-    batched, _, s_b = complete_batched(path, ids, int(cfg.eval.max_new_tokens), stop_ids=eos, stop_check=stop,
+    batched, _, s_b = complete_batched(path, ids, bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)), stop_ids=eos, stop_check=stop,
                                        parallel=args.parallel, n_threads=llamacpp.default_threads())
     llm = llamacpp.load_llama(path)
-    policy = decoding.StopPolicy(int(cfg.eval.max_new_tokens), frozenset(eos), stop)
+    policy = decoding.StopPolicy(bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)), frozenset(eos), stop)
     one = llamacpp.LlamaCpp(llm).decode(ids, policy)
     single, s_1 = one.tokens, one.seconds
     for name, toks, s in ((f"{args.parallel} at once", batched, s_b), ("one at a time", single, s_1)):

@@ -39,7 +39,7 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.model.base_model))
     prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
     threads = os.cpu_count() or 1
-    n_ctx, max_new = int(cfg.gguf.n_ctx), int(cfg.eval.max_new_tokens)
+    n_ctx, max_new = int(cfg.gguf.n_ctx), bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tokenizer, float(cfg.eval.budget_quantile))
     results = {}
     for way, run in (("one after the other", lambda: {k: quantcost._generate_one(p, tokenizer, prompts, max_new, n_ctx, threads)
                                                          for k, p in files.items()}),

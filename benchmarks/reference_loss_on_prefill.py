@@ -81,7 +81,7 @@ def main() -> int:
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
     model, tok = generate.load_model(resolve_path(cfg.model.base_model))
     decoder = generate.generation_model(model, basemodel.cpu_precision(str(ec.cpu_precision), "eval.cpu_precision"))
-    policy = decoding.StopPolicy.eval(tok, int(ec.max_new_tokens), model=decoder)
+    policy = decoding.StopPolicy.eval(tok, bench.token_budget(ec.max_new_tokens, bench.load_tasks(resolve_path(ec.benchmark)), tok, float(ec.budget_quantile)), model=decoder)
     backend = transformers_backend.Transformers(decoder, batch_size=int(ec.batch_size), pad_id=tok.pad_token_id)
     print("| prompts | way | generation s | reference loss s | total s | same completions | mean NLL | largest per-task difference |")
     print("|---|---|---|---|---|---|---|---|")

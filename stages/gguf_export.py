@@ -58,9 +58,13 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
     elif qc.reference != "generate":
         raise ValueError(f"gguf.quant_eval.reference is {qc.reference!r}: eval (the eval stage's tuned "
                          "completions) or generate (the first of gguf.quant_eval.files)")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    # The eval's budget, measured on the same benchmark with the same tokenizer (eval.max_new_tokens: auto).
+    budget = bench.token_budget(ec.max_new_tokens, bench.load_tasks(resolve_path(ec.benchmark)), tokenizer,
+                                float(ec.budget_quantile))
     return quantcost.score_gguf(
-        files, AutoTokenizer.from_pretrained(tokenizer_dir), tasks, system_prompt=str(cfg.format.system_prompt),
-        max_new_tokens=int(ec.max_new_tokens), no_repeat_ngram=int(ec.no_repeat_ngram), project=resolve_path(cfg.corpus.root),
+        files, tokenizer, tasks, system_prompt=str(cfg.format.system_prompt),
+        max_new_tokens=budget, no_repeat_ngram=int(ec.no_repeat_ngram), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
         try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
         n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows, cache=bool(ec.cache),

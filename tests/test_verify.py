@@ -30,3 +30,18 @@ def test_check_choose_and_repair_turn():
     # Every benchmark reference passes the checks: they ask nothing a correct @qi answer lacks.
     refs = [t["reference"] for t in TASKS.values()]
     assert all(v["ok"] for v in verify.check(refs, project=CORPUS))
+
+
+def test_token_budget_covers_the_reference_solutions():
+    """eval.max_new_tokens: auto is the quantile of the references' lengths as fenced answers."""
+    import pytest
+
+    class Words:  # a tokenizer whose tokens are words
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    tasks = [{"reference": " ".join(["w"] * n)} for n in range(1, 101)]  # 1..100 words (+2 fence tokens)
+    assert bench.token_budget("auto", tasks, Words(), 0.95) == 97 and bench.token_budget("auto", tasks, Words(), 1.0) == 102
+    assert bench.token_budget(384, tasks, Words()) == 384 and bench.token_budget("512", tasks, Words()) == 512
+    with pytest.raises(ValueError, match="eval.max_new_tokens is 'lots'"):
+        bench.token_budget("lots", tasks, Words())

@@ -71,7 +71,11 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     model, tokenizer = generate.load_model(base, requires_cuda=bool(cfg.model.requires_cuda), bf16=bool(cfg.model.bf16))
     timing["load_seconds"] = round(time.perf_counter() - t0, 2)
     blocks, hits = (contexts(store, tasks, ec.retrieval) if store is not None else ([""] * len(tasks), None))
-    settings = {"max_new_tokens": int(ec.max_new_tokens), "batch_size": int(ec.batch_size),
+    from qi_expert import bench
+
+    budget = bench.token_budget(ec.max_new_tokens, list(tasks), tokenizer, float(ec.budget_quantile))
+    timing["max_new_tokens"] = budget
+    settings = {"max_new_tokens": budget, "batch_size": int(ec.batch_size),
                 **({"no_repeat_ngram": int(ec.no_repeat_ngram)} if int(ec.no_repeat_ngram) else {}),
                 "n_samples": int(ec.n_samples), "temperature": float(ec.temperature), "seed": int(cfg.seed)}
     base_folder = Path(base) if isinstance(base, Path) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import yaml
@@ -48,3 +49,20 @@ def split(tasks: list[dict]) -> tuple[list[dict], list[dict]]:
         members = sorted((t for t in tasks if t["category"] == category), key=rank)
         dev_ids |= {t["id"] for t in members[: -(-len(members) // DEV_FRACTION)]}
     return [t for t in tasks if t["id"] in dev_ids], [t for t in tasks if t["id"] not in dev_ids]
+
+
+def token_budget(setting, tasks: list[dict], tokenizer, quantile: float = 0.95, param: str = "eval.max_new_tokens") -> int:
+    """eval.max_new_tokens: a number as it is, or `auto`: the `quantile` of the reference solutions'
+    lengths in this model's tokens, each written as the model answers (one fenced block), so that a
+    model writing as much as the reference has room to finish (the 384 of before covered 61% of
+    them in SmolLM2's tokens; the 95% quantile is 784)."""
+    if str(setting) != "auto":
+        try:
+            return int(setting)
+        except (TypeError, ValueError):
+            raise ValueError(f"{param} is {setting!r}: a number of tokens, or auto") from None
+    lengths = sorted(len(tokenizer(f"```typescript\n{t['reference'].strip()}\n```", add_special_tokens=False)["input_ids"])
+                     for t in tasks if t.get("reference"))
+    if not lengths:
+        raise ValueError(f"{param}=auto needs reference solutions in the benchmark to measure")
+    return lengths[min(len(lengths) - 1, math.ceil(quantile * len(lengths)) - 1)]
