@@ -535,3 +535,16 @@ def test_compliance_counts_only_what_the_checker_resolves_to_qi():
     assert "calls fromTryCatch|tryCatch" in failed("dead_after_return", "json-parse-safe")
     # The behaviour itself is right where it should be: a look-alike passes its test, uncounted as compliant.
     assert by[("shadowed_imports", "price-validate-positive")]["test"]["status"] == "pass"
+
+
+def test_es_module_tests_import_the_solution_the_nodenext_way():
+    """`import { f } from "./solution.js"` (NodeNext's convention, 31 of the real checkout's 183
+    relative imports) resolves in the ES-module runner as TypeScript resolves it: to the .mjs emitted."""
+    task = {**TASK, "test": TASK["test"].replace('from "./solution"', 'from "./solution.js"')}
+    assert 'from "./solution.js"' in task["test"]
+    items = [{"model": m, "task_id": TASK["id"], "sample": 0, "completion": c}
+             for m, c in (("reference", TASK["reference"]), ("wrong", TASK["wrong"]))]
+    for fmt in ("esm", "commonjs"):
+        rows, _ = evaluate.score(items, {TASK["id"]: task}, project=CORPUS, module_format=fmt)
+        by = {r["model"]: r for r in rows}
+        assert by["reference"]["passed"] and not by["wrong"]["passed"], (fmt, by["reference"]["test"])

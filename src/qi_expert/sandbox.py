@@ -137,28 +137,10 @@ LOAD_ESM = """import("./test.mjs").then(() => { loaded = true; }, (error) => {
   process.exitCode = 1;
   writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\\n");
 });"""
-# ES modules do not go through Module._load: a resolve hook (registered before the runner denies
-# `module`) refuses the same built-ins, and resolves extensionless relative specifiers
-# (`./solution`, a package's `./result`) as TypeScript's bundler resolution does.
+# ES modules do not go through Module._load: the resolve hook of sandbox_js/esm-hooks.mjs (registered
+# before the runner denies `module`) refuses the same built-ins and resolves relative specifiers as
+# TypeScript does (extensionless, and `.js` written for the emitted `.mjs`).
 PRELUDE_ESM = 'require("module").register(require("url").pathToFileURL(%s).href);'
-ESM_HOOKS = """\
-import { isBuiltin } from "node:module";
-const DENIED = new Set(%(denied)s);
-export async function resolve(specifier, context, nextResolve) {
-  const name = specifier.replace(/^node:/, "").split("/")[0];
-  if (isBuiltin(specifier) && DENIED.has(name)) {
-    const e = new Error("module '" + specifier + "' is not available in the qi-eval sandbox");
-    e.code = "ERR_SANDBOX_DENIED";
-    throw e;
-  }
-  if (/^\\.\\.?\\//.test(specifier) && !/\\.(m?js|cjs|json)$/.test(specifier)) {
-    for (const ending of [".mjs", ".js", "/index.js"]) {
-      try { return await nextResolve(specifier + ending, context); } catch {}
-    }
-  }
-  return nextResolve(specifier, context);
-}
-"""
 MODULE_FORMATS = ("commonjs", "esm")
 
 
@@ -425,9 +407,8 @@ class Sandbox:
                         self.read_paths.append(entry.resolve())
                 break
         (runtime / "netblock.js").write_text(NET_BLOCK, encoding="utf-8")
-        for script in ISOLATED_JS:  # the isolated verdict's two runners, their membrane and guard
+        for script in ISOLATED_JS:  # the two runners, their membrane, the guard and the ES-module hooks
             shutil.copyfile(JS_DIR / script, runtime / script)
-        (runtime / "esm-hooks.mjs").write_text(ESM_HOOKS % {"denied": json.dumps(list(DENIED_MODULES))}, encoding="utf-8")
         (self.root / "runs").mkdir()
         for p in [runtime, *runtime.rglob("*")]:  # readable by `nobody`, whatever the umask
             if not p.is_symlink():
