@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what is missing first (scripts/setup.sh).
-.PHONY: setup repro test bench exps
+.PHONY: setup repro test bench exps report
 
 # Stage commands in dvc.yaml say `python`: make it this project's virtual environment.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -22,3 +22,7 @@ bench: setup
 EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(model\.name|lora_r|lora_alpha|learning_rate)$$|val_loss_final$$|^(base|tuned)(\+retrieval)?\.(compile_rate|pass@1|graded\.reference_loss)$$
 exps:
 	.venv/bin/dvc exp show --no-pager --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
+
+# The README's eval table, rewritten from metrics/eval.json (tests/test_readme.py checks they agree).
+report: setup
+	.venv/bin/python scripts/eval_table.py --readme

@@ -19,14 +19,20 @@ default and the only one the eval accepts without an explicit opt-in):
   reads only in the run folder and the compiled packages, writes only in the run folder, no child
   processes, workers or native add-ons (node says it is no security boundary: bubblewrap is).
 
-Verdicts the code under test cannot forge: a test passes when node exits 0 AND stdout holds the
-run's nonce, which the runner prints only after the test module loaded completely and every
-top-level promise settled. The nonce reaches the runner on stdin (read and consumed before the
-test loads: no file, argument or environment variable holds it), and before the test loads the
-runner freezes node:assert, keeps its own references to Promise.prototype.then and its tracking
-hook, and makes the modules a completion has no business with (child_process, net, dgram, dns,
-http, worker_threads, v8, inspector, vm, ...) throw on require. The nonce is looked for in the whole
-output before the output is cut for the results.
+Verdicts decided outside the code under test (run_isolated, the eval's): the completion runs alone
+in one sandbox (sandbox_js/host.cjs) and the task's test in another (judge.cjs), two processes
+joined by two pipes through a membrane (membrane.cjs) that rebuilds every value from the receiving
+side's own built-ins. The test file, its expected values, node:assert, the promise tracking and the
+exit path are in the judge's process only. The @qi packages are loaded in the judge too and served
+to the completion through the membrane, so the judge counts the @qi calls the completion makes
+(RunResult.qi_calls: compliance by what runs). A test passes when the judge exits 0 AND its stdout
+holds the run's nonce, which it prints only after the test module loaded completely and every
+top-level promise settled; the nonce reaches the judge on stdin. The nonce is looked for in the
+whole output before the output is cut for the results.
+
+run_tests keeps the in-realm runner (runner.cjs: the test and the code in one process, node:assert
+frozen, the denied modules refused by guard.cjs) for the validate stage's variants, whose unit sits
+inside the test module itself.
 
 `isolation="unsafe"` (eval.sandbox=unsafe) is the explicit opt-in for machines without bubblewrap:
 `unshare -rnp` (or, where that fails, a preload that replaces the network modules) and node's
@@ -35,8 +41,9 @@ permission model only; the eval prints it and records it in its metrics and MLfl
 Limits are applied with the `prlimit` command (util-linux) rather than a preexec_fn, which is not
 safe in a multi-threaded parent (tests run from a thread pool).
 
-One module of ~560 lines on purpose: it is the project's one security boundary, and a reviewer
-should read all of it (the bwrap command, the limits, the runner and its verdict) in one place.
+One module of ~600 lines on purpose (with its JavaScript in sandbox_js/): it is the project's one
+security boundary, and a reviewer should read all of it (the bwrap command, the limits, the runners
+and their verdicts) in one place.
 """
 
 from __future__ import annotations
@@ -62,85 +69,13 @@ EMITTER = Path(__file__).with_name("tsemit.cjs")
 # The isolated verdict (Sandbox.run_isolated): the completion (host.cjs) and the test (judge.cjs) in
 # two processes, two sandboxes, joined by two pipes through membrane.cjs.
 JS_DIR = Path(__file__).with_name("sandbox_js")
-ISOLATED_JS = ("membrane.cjs", "host.cjs", "judge.cjs", "guard.cjs", "esm-hooks.mjs")
+# run_tests (the validate stage's variants): the in-realm runner.cjs. netblock.cjs: the network block
+# of isolation "unsafe (preload)". The modules every runner refuses: guard.cjs.
+RUNTIME_JS = ("membrane.cjs", "host.cjs", "judge.cjs", "runner.cjs", "guard.cjs", "esm-hooks.mjs", "netblock.cjs")
 OUTPUT_LIMIT_BYTES = 8 << 20  # RLIMIT_FSIZE: stdout/stderr files and anything the test writes
 MESSAGE_CHARS = 4000  # how much of stdout/stderr a result keeps (after the verdict)
 NPROC_LIMIT = 256  # processes of the sandbox's user (`nobody` under root): no fork bomb
 
-RUNNER = """\
-"use strict";
-// qi-eval sandbox runner: harden, load the test, wait for its top-level promises, print the nonce.
-const fs = require("fs");
-const Module = require("module");
-const writeSync = fs.writeSync;
-const then = Promise.prototype.then;
-const apply = Reflect.apply;
-// The nonce arrives on stdin; once read it is in no file, argument or environment variable.
-const NONCE = fs.readFileSync(0, "utf8").trim();
-%(prelude)s
-if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\\n"); process.exit(5); }
-// What the test asserts with cannot be patched by the code under test.
-const assert = require("assert");
-Object.freeze(assert); Object.freeze(assert.strict); Object.freeze(assert.AssertionError.prototype);
-const DENIED = new Set(%(denied)s);
-const load = Module._load;
-const guardedLoad = function (request, parent, isMain) {
-  const name = String(request).replace(/^node:/, "").split("/")[0];
-  if (DENIED.has(name)) {
-    const e = new Error("module '" + request + "' is not available in the qi-eval sandbox");
-    e.code = "ERR_SANDBOX_DENIED";
-    throw e;
-  }
-  return apply(load, this, [request, parent, isMain]);
-};
-Object.defineProperty(Module, "_load", { value: guardedLoad, writable: false, configurable: false });
-for (const key of ["binding", "_linkedBinding", "dlopen"]) {
-  Object.defineProperty(process, key, { value: undefined, writable: false, configurable: false });
-}
-let pending = 0;
-let loaded = false;
-let rejected = false;
-const track = (value) => {
-  if (value && typeof value.then === "function") {
-    pending += 1;
-    apply(then, value, [() => { pending -= 1; }, (error) => {
-      pending -= 1;
-      rejected = true;
-      process.exitCode = 1;
-      writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\\n");
-    }]);
-  }
-  return value;
-};
-Object.defineProperty(globalThis, "__qiTrack", { value: track, writable: false, configurable: false });
-process.on("exit", (code) => {
-  if (code !== 0 || rejected) return;
-  if (!loaded) {
-    writeSync(2, "qi-eval: the process exited before the test finished loading\\n");
-    process.exitCode = 4;
-  } else if (pending) {
-    writeSync(2, "qi-eval: the test's async body never settled (a promise was left pending)\\n");
-    process.exitCode = 3;
-  } else {
-    writeSync(1, "\\n" + NONCE + "\\n");
-  }
-});
-%(load)s
-"""
-
-# How the runner loads the test: CommonJS, or (an ES-module corpus) as an ES module, whose top-level
-# `await` is awaited by the import itself; a rejected import is a failed test.
-LOAD_COMMONJS = 'require("./test.js");\nloaded = true;'
-LOAD_ESM = """import("./test.mjs").then(() => { loaded = true; }, (error) => {
-  loaded = true;
-  rejected = true;
-  process.exitCode = 1;
-  writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\\n");
-});"""
-# ES modules do not go through Module._load: the resolve hook of sandbox_js/esm-hooks.mjs (registered
-# before the runner denies `module`) refuses the same built-ins and resolves relative specifiers as
-# TypeScript does (extensionless, and `.js` written for the emitted `.mjs`).
-PRELUDE_ESM = 'require("module").register(require("url").pathToFileURL(%s).href);'
 MODULE_FORMATS = ("commonjs", "esm")
 
 
@@ -155,38 +90,6 @@ def module_format(project: Path, setting: str = "auto", param: str = "corpus.mod
         return "esm" if json.loads(manifest.read_text(encoding="utf-8")).get("type") == "module" else "commonjs"
     except (OSError, ValueError):
         return "commonjs"
-
-# Node modules the code under test may not load at run time (the runner keeps the ones it needs).
-DENIED_MODULES = ("child_process", "cluster", "worker_threads", "net", "dgram", "dns", "http", "https", "http2",
-                  "tls", "inspector", "v8", "vm", "module", "repl", "trace_events", "wasi")
-
-NET_BLOCK = """\
-"use strict";
-// qi-eval fallback network block (used only where `unshare -rn` is not available).
-const deny = (what) => function () {
-  const e = new Error("network access is disabled in the qi-eval sandbox (" + what + ")");
-  e.code = "ERR_SANDBOX_NETWORK";
-  throw e;
-};
-const patch = (mod, names) => {
-  const m = require(mod);
-  for (const n of names) if (typeof m[n] === "function") m[n] = deny(mod + "." + n);
-  return m;
-};
-const net = patch("net", ["connect", "createConnection", "createServer"]);
-net.Socket.prototype.connect = deny("net.Socket.connect");
-patch("tls", ["connect", "createServer"]);
-patch("http", ["request", "get", "createServer"]);
-patch("https", ["request", "get", "createServer"]);
-patch("http2", ["connect", "createServer", "createSecureServer"]);
-patch("dgram", ["createSocket"]);
-patch("dns", ["lookup", "resolve", "resolve4", "resolve6", "resolveAny", "lookupService"]);
-const dnsp = require("dns").promises;
-for (const n of ["lookup", "resolve", "resolve4", "resolve6", "resolveAny"]) dnsp[n] = deny("dns.promises." + n);
-if (typeof globalThis.fetch === "function") globalThis.fetch = deny("fetch");
-if (typeof globalThis.WebSocket === "function") globalThis.WebSocket = deny("WebSocket");
-"""
-
 
 class SandboxError(RuntimeError):
     pass
@@ -406,8 +309,7 @@ class Sandbox:
                         target.symlink_to(entry.resolve())
                         self.read_paths.append(entry.resolve())
                 break
-        (runtime / "netblock.js").write_text(NET_BLOCK, encoding="utf-8")
-        for script in ISOLATED_JS:  # the two runners, their membrane, the guard and the ES-module hooks
+        for script in RUNTIME_JS:  # the runners, the membrane, the guard, the ES-module hooks, the net block
             shutil.copyfile(JS_DIR / script, runtime / script)
         (self.root / "runs").mkdir()
         for p in [runtime, *runtime.rglob("*")]:  # readable by `nobody`, whatever the umask
@@ -433,7 +335,7 @@ class Sandbox:
 
     # -- running ------------------------------------------------------------------------
     def prepare(self, jobs: Sequence[tuple[str, str, str]]) -> list[Path]:
-        """[(name, solution_ts, test_ts)] -> run folders with solution.js, test.js, runner.js."""
+        """[(name, solution_ts, test_ts)] -> run folders with solution.js and test.js (.mjs for ES modules)."""
         dirs, files = [], []
         ext = ".mjs" if self.module_format == "esm" else ".js"
         for name, solution, test in jobs:
@@ -446,7 +348,7 @@ class Sandbox:
             emit(files, writable=[self.root / "runs"] if self.isolation == "bwrap" else (), format=self.module_format)
         return dirs
 
-    def command(self, workdir: Path, script: str) -> list[str]:
+    def command(self, workdir: Path, script: str | Sequence[str]) -> list[str]:
         mem = self.memory_mb
         cmd: list[str] = []
         prlimit = shutil.which("prlimit")
@@ -471,8 +373,8 @@ class Sandbox:
                 # start one (the hook refuses worker_threads), and bubblewrap holds either way.
                 cmd += ["--allow-worker"]
         if self.isolation == "unsafe (preload)":
-            cmd += ["--require", str(self.root / "runtime" / "netblock.js")]
-        return cmd + [script]
+            cmd += ["--require", str(self.root / "runtime" / "netblock.cjs")]
+        return cmd + ([script] if isinstance(script, str) else list(script))
 
     def _preexec(self):  # only without the prlimit command
         import resource
@@ -485,8 +387,8 @@ class Sandbox:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NPROC, (NPROC_LIMIT,) * 2)
 
-    def run(self, workdir: Path, script: str = "runner.js", nonce: str | None = None) -> RunResult:
-        """Run `node script` in `workdir` under every limit; `nonce` (sent on stdin) marks a completed test."""
+    def run(self, workdir: Path, script: str | Sequence[str], nonce: str | None = None) -> RunResult:
+        """Run `node script [args]` in `workdir` under every limit; `nonce` (sent on stdin) marks a completed test."""
         workdir = Path(workdir)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
         out_path, err_path = workdir / ".stdout", workdir / ".stderr"
@@ -537,16 +439,11 @@ class Sandbox:
     def run_tests(self, jobs: Sequence[tuple[str, str, str]]) -> list[RunResult]:
         """[(name, solution_ts, test_ts)] -> one RunResult each, run in parallel."""
         dirs = self.prepare(jobs)
-        esm = self.module_format == "esm"
-        runner = RUNNER % {"denied": json.dumps(list(DENIED_MODULES)),
-                           "prelude": PRELUDE_ESM % json.dumps(str(self.root / "runtime" / "esm-hooks.mjs")) if esm else "",
-                           "load": LOAD_ESM if esm else LOAD_COMMONJS}
-        for d in dirs:
-            (d / "runner.js").write_text(runner, encoding="utf-8")
+        runner = [str(self.root / "runtime" / "runner.cjs"), self.module_format]
         nonces = ["qi-eval-done-" + secrets.token_hex(12) for _ in dirs]
         pool = ThreadPoolExecutor(self.workers)
         try:
-            return list(pool.map(lambda dn: self.run(dn[0], "runner.js", dn[1]), zip(dirs, nonces)))
+            return list(pool.map(lambda dn: self.run(dn[0], runner, dn[1]), zip(dirs, nonces)))
         finally:
             # On Ctrl+C / SIGTERM (config.stage_entry) the tests not yet started are dropped; running
             # ones end within their timeout and `run` kills their process groups.
@@ -655,7 +552,7 @@ class Sandbox:
 
     def _spawn(self, workdir: Path, argv: list[str], fds: tuple[int, int]) -> subprocess.Popen:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
-        cmd = self.command(workdir, argv[0])[:-1] + argv
+        cmd = self.command(workdir, argv)
         out, err = (workdir / ".stdout").open("wb"), (workdir / ".stderr").open("wb")
         try:
             proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,

@@ -498,16 +498,27 @@ function createMembrane(side, readFd, writeFd, options = {}) {
     fail("type " + String(message.t));
   }
 
-  // Answer whatever arrived (called from a timer while this side waits on its event loop).
-  function pump() {
-    const messages = readAvailable();
-    for (const m of messages) handle(m);
+  // Answer whatever arrived (called from a timer while this side waits on its event loop), and
+  // linger `lingerMs` for the next message: the judge's test calls the completion in bursts of
+  // synchronous calls, and a timer tick (1 ms) per call is most of what a call costs otherwise.
+  function pump(lingerMs = 0) {
+    let messages = readAvailable();
+    let count = 0;
+    let last = performance.now();
+    for (;;) {
+      for (const m of messages) handle(m);
+      count += messages.length;
+      if (messages.length) last = performance.now();
+      if (closed || !count || performance.now() - last > lingerMs) break;
+      Atomics.wait(sleepCell, 0, 0, 0.02);
+      messages = readAvailable();
+    }
     if (closed) {
       for (const { reject } of remotePending.values()) reject(new Error("qi-eval: the other realm of the test run has ended"));
       remotePending.clear();
       onClosed();
     }
-    return messages.length;
+    return count;
   }
 
   // Block until a message of type `t` arrives (the hello), answering the rest meanwhile.
