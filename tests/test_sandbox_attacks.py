@@ -548,3 +548,16 @@ def test_es_module_tests_import_the_solution_the_nodenext_way():
         rows, _ = evaluate.score(items, {TASK["id"]: task}, project=CORPUS, module_format=fmt)
         by = {r["model"]: r for r in rows}
         assert by["reference"]["passed"] and not by["wrong"]["passed"], (fmt, by["reference"]["test"])
+
+
+def test_the_test_file_is_gone_before_the_test_runs():
+    """The judge reads the test's source and removes its file before running it: a @qi function the
+    completion calls in the judge (a config loader given a path) finds no expected values to read."""
+    probe = TASK["test"].replace('import { validatePrice } from "./solution";',
+                                 'import { validatePrice } from "./solution";\nimport * as fs from "node:fs";\n'
+                                 'assert.deepEqual(fs.readdirSync(".").filter((f) => f.startsWith("test.")), []);')
+    assert probe != TASK["test"]
+    items = [{"model": "reference", "task_id": TASK["id"], "sample": 0, "completion": TASK["reference"]}]
+    for fmt in ("commonjs", "esm"):
+        rows, _ = evaluate.score(items, {TASK["id"]: {**TASK, "test": probe}}, project=CORPUS, module_format=fmt)
+        assert rows[0]["passed"], (fmt, rows[0]["test"])

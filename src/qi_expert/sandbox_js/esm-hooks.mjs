@@ -3,13 +3,19 @@
 // extensionless ones (`./solution`, a package's `./result`) as bundler resolution does, and ones
 // written with `.js` (the NodeNext convention) to the `.mjs` file the compiler emitted.
 import { isBuiltin, createRequire } from "node:module";
+import { unlinkSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 
 const { DENIED } = createRequire(import.meta.url)("./guard.cjs");
 
 // The @qi packages the judge serves to the completion (host.cjs): name -> export names.
 let served = {};
+let allowed = new Set();  // denied names this runner's code legitimately needs (runner.cjs: node:test)
+let consume = new Set();  // files removed once read (judge.cjs: the test, before it runs)
 export function initialize(data) {
   served = (data && data.served) || {};
+  allowed = new Set((data && data.allow) || []);
+  consume = new Set((data && data.consume) || []);
 }
 
 export async function resolve(specifier, context, nextResolve) {
@@ -17,7 +23,7 @@ export async function resolve(specifier, context, nextResolve) {
     return { url: "qi-eval-module:" + encodeURIComponent(specifier), shortCircuit: true };
   }
   const name = specifier.replace(/^node:/, "").split("/")[0];
-  if (isBuiltin(specifier) && DENIED.has(name)) {
+  if (isBuiltin(specifier) && DENIED.has(name) && !allowed.has(name)) {
     const e = new Error("module '" + specifier + "' is not available in the qi-eval sandbox");
     e.code = "ERR_SANDBOX_DENIED";
     throw e;
@@ -45,5 +51,10 @@ export async function load(url, context, nextLoad) {
       + (served[name].includes("default") ? 'export default m["default"];\n' : "");
     return { format: "module", source, shortCircuit: true };
   }
-  return nextLoad(url, context);
+  const loaded = await nextLoad(url, context);
+  if (consume.has(url)) {
+    consume.delete(url);
+    unlinkSync(fileURLToPath(url));
+  }
+  return loaded;
 }

@@ -20,7 +20,15 @@ const qiPackages = JSON.parse(process.argv[5] || "[]");
 // The nonce arrives on stdin; once read it is in no file, argument or environment variable.
 const NONCE = fs.readFileSync(0, "utf8").trim();
 if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\n"); process.exit(5); }
-if (esm) require("module").register(require("url").pathToFileURL(path.join(__dirname, "esm-hooks.mjs")).href);
+// The test's source is read once and its file removed before any of it runs: a @qi function the
+// completion calls here (a config loader reading a path it chose) finds no expected values to read.
+const Module = require("module");
+const TEST = path.resolve(esm ? "test.mjs" : "test.js");
+const TEST_URL = require("url").pathToFileURL(TEST).href;
+if (esm) {
+  Module.register(require("url").pathToFileURL(path.join(__dirname, "esm-hooks.mjs")).href,
+    { data: { consume: [TEST_URL] } });
+}
 require("./guard.cjs").install();
 
 // The @qi packages, loaded here and served to the completion (membrane.cjs, "M"). Every @qi
@@ -125,10 +133,16 @@ process.on("exit", (code) => {
   }
 });
 if (esm) {
-  Reflect.apply(then, import(require("url").pathToFileURL(path.resolve("test.mjs")).href), [
-    () => { loaded = true; }, (error) => { loaded = true; failed(error); }]);
+  Reflect.apply(then, import(TEST_URL), [() => { loaded = true; }, (error) => { loaded = true; failed(error); }]);
 } else {
-  require(path.resolve("test.js"));
+  const source = fs.readFileSync(TEST, "utf8");
+  fs.unlinkSync(TEST);
+  const test = new Module(TEST, module);
+  test.filename = TEST;
+  test.paths = Module._nodeModulePaths(path.dirname(TEST));
+  require.cache[TEST] = test;
+  test._compile(source, TEST);
+  test.loaded = true;
   loaded = true;
 }
 }
