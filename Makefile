@@ -19,7 +19,7 @@ bench: setup
 
 # The experiments side by side, the swept params and the headline figures only (dvc exp show
 # lists hundreds of columns: every stage's counts). Pass more with EXPS_ARGS="-A --md".
-EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(model\.name|lora_r|lora_alpha|learning_rate)$$|val_loss_final$$|^(base|tuned)(\+retrieval)?\.(compile_rate|pass@1|graded\.reference_loss)$$
+EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(model\.name|lora_r|lora_alpha|learning_rate)$$|val_loss_final$$|^(base|tuned)(\+retrieval)?(\+verify)?\.(compile_rate|compliance_rate|pass@1|graded\.reference_loss)$$
 exps:
 	.venv/bin/dvc exp show --no-pager --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
 
