@@ -71,7 +71,8 @@ EMITTER = Path(__file__).with_name("tsemit.cjs")
 JS_DIR = Path(__file__).with_name("sandbox_js")
 # run_tests (the validate stage's variants): the in-realm runner.cjs. netblock.cjs: the network block
 # of isolation "unsafe (preload)". The modules every runner refuses: guard.cjs.
-RUNTIME_JS = ("membrane.cjs", "host.cjs", "judge.cjs", "runner.cjs", "guard.cjs", "esm-hooks.mjs", "netblock.cjs")
+RUNTIME_JS = ("membrane.cjs", "host.cjs", "judge.cjs", "runner.cjs", "verdict.cjs", "guard.cjs", "esm-hooks.mjs",
+              "netblock.cjs")
 OUTPUT_LIMIT_BYTES = 8 << 20  # RLIMIT_FSIZE: stdout/stderr files and anything the test writes
 MESSAGE_CHARS = 4000  # how much of stdout/stderr a result keeps (after the verdict)
 NPROC_LIMIT = 256  # processes of the sandbox's user (`nobody` under root): no fork bomb

@@ -10,16 +10,14 @@
 // So the assertions, the promise tracking below and the exit path answer only to the test.
 const fs = require("fs");
 const path = require("path");
-const { types } = require("util");
 const { createMembrane } = require("./membrane.cjs");
+const { readNonce, watch } = require("./verdict.cjs");
 
 const writeSync = fs.writeSync;
 const [readFd, writeFd] = process.argv.slice(2, 4).map(Number);
 const esm = process.argv[4] === "esm";
 const qiPackages = JSON.parse(process.argv[5] || "[]");
-// The nonce arrives on stdin; once read it is in no file, argument or environment variable.
-const NONCE = fs.readFileSync(0, "utf8").trim();
-if (!/^qi-eval-done-[0-9a-f]{24}$/.test(NONCE)) { writeSync(2, "qi-eval: no nonce on stdin\n"); process.exit(5); }
+const NONCE = readNonce();
 // The test's source is read once and its file removed before any of it runs: a @qi function the
 // completion calls here (a config loader reading a path it chose) finds no expected values to read.
 const Module = require("module");
@@ -100,41 +98,9 @@ if (esm) {
   fs.writeFileSync("solution.js", stub + "module.exports = s.exports;\n");
 }
 
-let pending = 0;
-let loaded = false;
-let rejected = false;
-const then = Promise.prototype.then;
-const failed = (error) => {
-  rejected = true;
-  process.exitCode = 1;
-  writeSync(2, "test failed: " + (error && error.stack ? error.stack : String(error)) + "\n");
-};
-// The test's top-level expressions (tsemit.cjs wraps them): a native promise of this realm is
-// waited for; nothing else is.
-const track = (value) => {
-  if (types.isPromise(value)) {
-    pending += 1;
-    Reflect.apply(then, value, [() => { pending -= 1; }, (error) => { pending -= 1; failed(error); }]);
-  }
-  return value;
-};
-Object.defineProperty(globalThis, "__qiTrack", { value: track, writable: false, configurable: false });
-process.on("exit", (code) => {
-  writeSync(1, "\nqi-eval-calls " + JSON.stringify(qiCalls) + "\n");
-  if (code !== 0 || rejected) return;
-  if (!loaded) {
-    writeSync(2, "qi-eval: the process exited before the test finished loading\n");
-    process.exitCode = 4;
-  } else if (pending) {
-    writeSync(2, "qi-eval: the test's async body never settled (a promise was left pending)\n");
-    process.exitCode = 3;
-  } else {
-    writeSync(1, "\n" + NONCE + "\n");
-  }
-});
-if (esm) {
-  Reflect.apply(then, import(TEST_URL), [() => { loaded = true; }, (error) => { loaded = true; failed(error); }]);
-} else {
+const load = watch(NONCE, () => writeSync(1, "\nqi-eval-calls " + JSON.stringify(qiCalls) + "\n"));
+load(() => {
+  if (esm) return import(TEST_URL);
   const source = fs.readFileSync(TEST, "utf8");
   fs.unlinkSync(TEST);
   const test = new Module(TEST, module);
@@ -143,6 +109,6 @@ if (esm) {
   require.cache[TEST] = test;
   test._compile(source, TEST);
   test.loaded = true;
-  loaded = true;
-}
+  return undefined;
+});
 }
