@@ -391,14 +391,11 @@ class Sandbox:
     def run(self, workdir: Path, script: str | Sequence[str], nonce: str | None = None) -> RunResult:
         """Run `node script [args]` in `workdir` under every limit; `nonce` (sent on stdin) marks a completed test."""
         workdir = Path(workdir)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
         out_path, err_path = workdir / ".stdout", workdir / ".stderr"
         t0 = time.perf_counter()
         timed_out = False
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(self.command(workdir, script), cwd=workdir, env=env, stdin=subprocess.PIPE,
-                                    stdout=out, stderr=err, start_new_session=True,
-                                    preexec_fn=None if shutil.which("prlimit") else self._preexec)
+        proc = self._spawn(workdir, [script] if isinstance(script, str) else list(script), ())
+        with proc.qi_outputs[0], proc.qi_outputs[1]:
             try:
                 try:
                     proc.stdin.write(((nonce or "") + "\n").encode())
@@ -418,24 +415,31 @@ class Sandbox:
         stdout, stderr = _read_capped(out_path), _read_capped(err_path)
         # Stack traces name files under the temporary root, whose random name would make two
         # evaluations of the same completions write different results.
-        stdout, stderr = (s.replace(str(self.root), "<sandbox>") for s in (stdout, stderr))
-        stderr = "\n".join(l for l in stderr.splitlines()
-                           if "ExperimentalWarning: Permission" not in l and "--trace-warnings" not in l
-                           and "SecurityWarning: The flag --allow-worker" not in l)
+        stdout, stderr = (s.replace(str(self.root), "<sandbox>") for s in (stdout, self._clean(stderr)))
         if timed_out:
-            return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s")
+            return self._stopped("timeout", None, seconds, stdout, stderr)
         if code == 0 and (nonce is None or completed):
             return RunResult("pass", code, seconds, stdout.replace(nonce or "\0", "").rstrip(), stderr)
-        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "EFBIG" in stderr or _hit_file_limit(workdir):
-            return RunResult("output_limit", code, seconds, stdout,
-                             stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit")
+        return self._stopped(self._limit_hit(code, stderr, [workdir]) or "fail", code, seconds, stdout, stderr)
+
+    def _limit_hit(self, code: int | None, stderr: str, folders: Sequence[Path]) -> str | None:
+        """Which limit ended a process that exited with `code` (None: none did)."""
+        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "EFBIG" in stderr or any(_hit_file_limit(f) for f in folders):
+            return "output_limit"
         if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-            return RunResult("cpu", code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit")
-        if _out_of_memory(code, stderr):
-            return RunResult("memory", code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap")
-        if code == 0:
-            stderr += "\nqi-eval: exited 0 without finishing the test"
-        return RunResult("fail", code, seconds, stdout, stderr)
+            return "cpu"
+        if code is not None and _out_of_memory(code, stderr):
+            return "memory"
+        return None
+
+    def _stopped(self, status: str, code: int | None, seconds: float, stdout: str, stderr: str) -> RunResult:
+        """A run that did not pass, with the line saying what stopped it."""
+        said = {"timeout": f"stopped after {self.timeout:g}s",
+                "output_limit": f"stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit",
+                "cpu": f"stopped at the {int(self.timeout) + 2}s CPU limit",
+                "memory": f"stopped at the {self.memory_mb} MB memory cap",
+                "fail": "exited 0 without finishing the test" if code == 0 else ""}[status]
+        return RunResult(status, code, seconds, stdout, stderr + (f"\nqi-eval: {said}" if said else ""))
 
     def run_tests(self, jobs: Sequence[tuple[str, str, str]]) -> list[RunResult]:
         """[(name, solution_ts, test_ts)] -> one RunResult each, run in parallel."""
@@ -537,19 +541,12 @@ class Sandbox:
         stdout, stderr = (x.replace(str(self.root), "<sandbox>") for x in (stdout, stderr))
         if passed:
             return RunResult("pass", judge_code, seconds, stdout, stderr), qi_calls
-        # What stopped the completion's process says more than the judge's failure it caused.
-        if code_exit in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or _hit_file_limit(code_dir) or _hit_file_limit(judge_dir):
-            return RunResult("output_limit", judge_code, seconds, stdout,
-                             stderr + f"\nqi-eval: stopped at the {OUTPUT_LIMIT_BYTES >> 20} MB output limit"), qi_calls
-        if code_exit in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-            return RunResult("cpu", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {int(self.timeout) + 2}s CPU limit"), qi_calls
-        if code_exit is not None and _out_of_memory(code_exit, errs[1]) and not timed_out:
-            return RunResult("memory", judge_code, seconds, stdout, stderr + f"\nqi-eval: stopped at the {self.memory_mb} MB memory cap"), qi_calls
-        if timed_out:
-            return RunResult("timeout", None, seconds, stdout, stderr + f"\nqi-eval: stopped after {self.timeout:g}s"), qi_calls
-        if judge_code == 0:
-            stderr += "\nqi-eval: exited 0 without finishing the test"
-        return RunResult("fail", judge_code, seconds, stdout, stderr), qi_calls
+        # What stopped the completion's process says more than the judge's failure it caused (a
+        # process still running when the judge ended was killed by us: its exit says nothing).
+        hit = self._limit_hit(code_exit, errs[1], [code_dir, judge_dir]) if code_exit is not None else \
+            ("output_limit" if _hit_file_limit(code_dir) or _hit_file_limit(judge_dir) else None)
+        status = hit if hit and not (hit == "memory" and timed_out) else "timeout" if timed_out else "fail"
+        return self._stopped(status, None if status == "timeout" else judge_code, seconds, stdout, stderr), qi_calls
 
     def _spawn(self, workdir: Path, argv: list[str], fds: tuple[int, int]) -> subprocess.Popen:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), "LANG": "C.UTF-8"}
