@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what is missing first (scripts/setup.sh).
-.PHONY: setup repro test bench exps report
+.PHONY: setup repro test test-fast bench exps report
 
 # Stage commands in dvc.yaml say `python`: make it this project's virtual environment.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -13,6 +13,10 @@ repro: setup
 test: setup
 	.venv/bin/python -m pytest
 
+# The edit loop: every test but those that run a whole stage or pipeline (marked slow; ~5 min here).
+test-fast: setup
+	.venv/bin/python -m pytest -m "not slow"
+
 # Every benchmark (benchmarks/run_all.py), one at a time, and one table; after `make repro`.
 bench: setup
 	.venv/bin/python benchmarks/run_all.py
@@ -23,6 +27,6 @@ EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(model\.name|lo
 exps:
 	.venv/bin/dvc exp show --no-pager --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
 
-# The README's eval table, rewritten from metrics/eval.json (tests/test_readme.py checks they agree).
+# The figures in README.md and docs/, rewritten from metrics/ (tests/test_readme.py checks they agree).
 report: setup
-	.venv/bin/python scripts/eval_table.py --readme
+	.venv/bin/python scripts/report.py --write

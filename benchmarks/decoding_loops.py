@@ -19,9 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import basemodel, bench, decoding, evaluate, generate, transformers_backend  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import bench, prompting
+from qi_expert.evaluation import scoring
+from qi_expert.generation import basemodel, decoding, models, transformers_backend  # noqa: E402
 
 
 def main() -> int:
@@ -36,12 +41,12 @@ def main() -> int:
     dev, test = bench.split(tasks)
     tasks = {"dev": dev, "test": test, "all": tasks}[args.split]
     by_id = {t["id"]: t for t in tasks}
-    model, tokenizer = generate.load_model(resolve_path(cfg.model.base_model))
+    model, tokenizer = models.load_model(resolve_path(cfg.model.base_model))
     if args.arm == "tuned":
-        model = generate.apply_adapter(model, resolve_path(ec.adapter))
+        model = models.apply_adapter(model, resolve_path(ec.adapter))
     precision = basemodel.cpu_precision(str(ec.cpu_precision), "eval.cpu_precision")
-    decoder = generate.generation_model(model, precision)
-    prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
+    decoder = models.generation_model(model, precision)
+    prompts = [prompting.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
     budget = bench.token_budget(ec.max_new_tokens, tasks, tokenizer, float(ec.budget_quantile))
     rows = []
     for n in args.sizes:
@@ -50,8 +55,8 @@ def main() -> int:
         t0 = time.perf_counter()
         gen = decoding.complete(backend, tokenizer, prompts, policy)
         seconds = time.perf_counter() - t0
-        items = evaluate.items_from_generation(f"n={n}", tasks, prompts, gen)
-        scored, _ = evaluate.score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
+        items = scoring.items_from_generation(f"n={n}", tasks, prompts, gen)
+        scored, _ = scoring.score(items, by_id, project=resolve_path(cfg.corpus.root), tsconfig=str(cfg.corpus.tsconfig),
                                    try_catch_allowed_in=cfg.validate.try_catch_allowed_in)
         reasons = gen.stats["stop_reasons"]
         row = {"n": n, "loops": reasons.get("repetition", 0), "fence": reasons.get("fence", 0),

@@ -26,8 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-from qi_expert import bench, generate, typecheck
-from qi_expert.config import load_params, resolve_path
+from qi_expert.core import runtime
+
+runtime.setup()  # first, before torch loads (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path
+from qi_expert.data import (
+    bench,  # noqa: E402
+    prompting,
+)
+from qi_expert.generation import models
+from qi_expert.typescript import typecheck
 
 
 def compile_part(tasks: list[dict], project: Path, tsconfig: str, n: int) -> dict:
@@ -51,11 +60,11 @@ def compile_part(tasks: list[dict], project: Path, tsconfig: str, n: int) -> dic
 
 def generation_part(model_dir: Path, tasks: list[dict], system_prompt: str, n: int, batch_size: int,
                     max_new_tokens: int) -> dict:
-    model, tokenizer = generate.load_model(model_dir)
-    prompts = [generate.render_prompt(tokenizer, t, system_prompt) for t in tasks[:n]]
+    model, tokenizer = models.load_model(model_dir)
+    prompts = [prompting.render_prompt(tokenizer, t, system_prompt) for t in tasks[:n]]
     out = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     for name, bs in (("batched", batch_size), ("unbatched", 1)):
-        g = generate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=bs,
+        g = models.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=bs,
                               stop_at_fence=False)
         out[name] = {"seconds": round(g.seconds, 2), "new_tokens": g.total_new_tokens,
                      "tokens_per_second": round(g.tokens_per_second, 2)}
@@ -67,13 +76,13 @@ def generation_part(model_dir: Path, tasks: list[dict], system_prompt: str, n: i
 
 def library_part(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> dict:
     """transformers' own batched generation (model.generate, left-padded batches of batch_size,
-    greedy) against the project's loop (generate.Transformers, continuous batching), both stopping
+    greedy) against the project's loop (models.Transformers, continuous batching), both stopping
     at end of turn or max_new_tokens alone: the same greedy tokens, and the time each takes."""
     import torch
 
-    from qi_expert import decoding
+    from qi_expert.generation import decoding
 
-    ours = generate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    ours = models.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                              stop_at_fence=False, stop_on_repetition=False)
     eos = decoding.stop_ids(model, tokenizer)
     tokenizer.padding_side = "left"

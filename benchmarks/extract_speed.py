@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import extract  # noqa: E402
-from qi_expert.config import ROOT, compose_conf  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import ROOT, compose_conf  # noqa: E402
+from qi_expert.data import extract  # noqa: E402
 
 
 def main() -> None:

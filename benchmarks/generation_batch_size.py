@@ -15,9 +15,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import basemodel, bench, generate  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import bench, prompting
+from qi_expert.generation import basemodel, models  # noqa: E402
 
 
 def main() -> int:
@@ -29,16 +33,16 @@ def main() -> int:
     args = ap.parse_args()
     cfg = load_params()
     tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))
-    model, tok = generate.load_model(resolve_path(cfg.model.base_model))
-    prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt) for t in tasks]
+    model, tok = models.load_model(resolve_path(cfg.model.base_model))
+    prompts = [prompting.render_prompt(tok, t, cfg.format.system_prompt) for t in tasks]
     precision = args.precision or basemodel.cpu_precision(str(cfg.eval.get("cpu_precision", "fp32")), "eval.cpu_precision")
-    model = generate.generation_model(model, precision)
+    model = models.generation_model(model, precision)
     print(f"decoding precision: {precision}")
     first = None
     print("| batch size | new tokens | seconds | tokens/s | same completions as the first |")
     print("|---|---|---|---|---|")
     for size in args.sizes:
-        gen = generate.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=size)
+        gen = models.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=size)
         same = "-" if first is None else sum(a == b for a, b in zip(first, gen.completions))
         first = first or gen.completions
         print(f"| {size} | {gen.total_new_tokens} | {gen.seconds:.1f} | {gen.tokens_per_second:.1f} | {same} |")

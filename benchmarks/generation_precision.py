@@ -2,8 +2,8 @@
 
     python benchmarks/generation_precision.py [--model tuned|base] [--n 54]
 
-The eval's decoding (generate.generate, eval.max_new_tokens and eval.batch_size, the eval's stop
-rules) on the fp32 model and on its bf16 copy (generate.generation_model: bf16 weights, KV cache
+The eval's decoding (models.generate, eval.max_new_tokens and eval.batch_size, the eval's stop
+rules) on the fp32 model and on its bf16 copy (models.generation_model: bf16 weights, KV cache
 and attention in fp32). Prints seconds, tokens/s and how many completions are the same text.
 """
 
@@ -15,9 +15,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import bench, generate  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import (
+    bench,  # noqa: E402
+    prompting,
+)
+from qi_expert.generation import models
 
 
 def main() -> int:
@@ -28,12 +35,12 @@ def main() -> int:
     cfg = load_params()
     tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))[: args.n]
     adapter = resolve_path(cfg.eval.adapter) if args.model == "tuned" else None
-    model, tok = generate.load_model(resolve_path(cfg.model.base_model), adapter)
-    prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt) for t in tasks]
+    model, tok = models.load_model(resolve_path(cfg.model.base_model), adapter)
+    prompts = [prompting.render_prompt(tok, t, cfg.format.system_prompt) for t in tasks]
     runs = {}
     for precision in ("fp32", "bf16"):
-        decoder = generate.generation_model(model, precision)
-        runs[precision] = generate.generate(decoder, tok, prompts, max_new_tokens=bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)),
+        decoder = models.generation_model(model, precision)
+        runs[precision] = models.generate(decoder, tok, prompts, max_new_tokens=bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)),
                                             batch_size=int(cfg.eval.batch_size))
     print(f"{args.model} model, {len(tasks)} tasks")
     for precision, gen in runs.items():

@@ -4,7 +4,7 @@
 
 The base model (models/base) completes the 54 benchmark prompts greedily (the eval's stop policy)
 through the eval's generation path, once on a bf16 copy with plain nn.Linear layers and once on
-the copy generate.generation_model makes (weights prepacked); prints tokens/s per batch size and
+the copy models.generation_model makes (weights prepacked); prints tokens/s per batch size and
 how many completions are the same text. `--arm retrieval` uses the +retrieval prompts (data/index).
 """
 
@@ -17,9 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import arms, bench, generate, retrieval  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import bench, prompting, retrieval
+from qi_expert.evaluation import arms  # noqa: E402
+from qi_expert.generation import models
 
 
 def main() -> int:
@@ -32,21 +37,21 @@ def main() -> int:
 
     cfg = load_params()
     tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))
-    model, tok = generate.load_model(resolve_path(cfg.model.base_model))
+    model, tok = models.load_model(resolve_path(cfg.model.base_model))
     context = [""] * len(tasks)
     if args.arm == "retrieval":
         store = retrieval.Store(resolve_path(cfg.eval.retrieval.store))
         context, _ = arms.contexts(store, tasks, cfg.eval.retrieval)
-    prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
+    prompts = [prompting.render_prompt(tok, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
     max_new = int(args.max_new_tokens or bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tok, float(cfg.eval.budget_quantile)))
     plain = copy.deepcopy(model).to(torch.bfloat16)
-    prepacked = generate.generation_model(model, "bf16")
+    prepacked = models.generation_model(model, "bf16")
     print(f"{len(prompts)} {args.arm} prompts, greedy, at most {max_new} new tokens, bf16")
     print("| batch size | plain nn.Linear: s (tokens/s) | prepacked: s (tokens/s) | speed-up | same completions |")
     print("|---|---|---|---|---|")
     for size in args.sizes:
-        a = generate.generate(plain, tok, prompts, max_new_tokens=max_new, batch_size=size)
-        b = generate.generate(prepacked, tok, prompts, max_new_tokens=max_new, batch_size=size)
+        a = models.generate(plain, tok, prompts, max_new_tokens=max_new, batch_size=size)
+        b = models.generate(prepacked, tok, prompts, max_new_tokens=max_new, batch_size=size)
         same = sum(x == y for x, y in zip(a.completions, b.completions))
         print(f"| {size} | {a.seconds:.1f} ({a.tokens_per_second:.1f}) | {b.seconds:.1f} ({b.tokens_per_second:.1f}) "
               f"| {a.seconds / b.seconds:.2f}x | {same} of {len(prompts)} |")

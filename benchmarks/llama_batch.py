@@ -17,7 +17,7 @@ batch holding tokens of many sequences (each with its own positions and KV cells
 `llama_decode`, so the weights are read once per step for all of them. This drives that API
 through llama-cpp-python's own bindings (llama_batch, llama_decode, llama_memory_seq_rm): up to
 `parallel` sequences decode together; a finished one leaves at once and the next prompt takes its
-slot (continuous batching, as generate.py does for transformers). Greedy: the arg-max of each
+slot (continuous batching, as models.py does for transformers). Greedy: the arg-max of each
 row's logits; stopping is the caller's `stop_check` (decoding.stop_checker) plus end-of-generation
 tokens, so every backend stops at the same place.
 
@@ -29,7 +29,6 @@ one-at-a-time path in benchmarks/llama_batch.py (and recorded in metrics/gguf.js
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 import time
 from pathlib import Path
@@ -163,11 +162,14 @@ def complete_batched(path: str | Path, prompts_ids: Sequence[Sequence[int]], max
 
 def main() -> None:
     sys.path.insert(0, str(sys_path_src))
-    import qi_expert  # noqa: F401  (the process's OpenMP and malloc settings)
+    from qi_expert.core import runtime
+
+    runtime.setup()  # the process's OpenMP and malloc settings, as the stages have them
     from transformers import AutoTokenizer
 
-    from qi_expert import bench, decoding, generate, gguf, llamacpp
-    from qi_expert.config import load_params, resolve_path
+    from qi_expert.core.config import load_params, resolve_path
+    from qi_expert.data import bench, prompting
+    from qi_expert.generation import decoding, gguf, llamacpp
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("quantization", nargs="?", default="q8_0")
@@ -177,7 +179,7 @@ def main() -> None:
     cfg = load_params([])
     tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))[: args.n]
     tok = AutoTokenizer.from_pretrained(resolve_path(cfg.train.adapter_dir))
-    ids = [tok(generate.render_prompt(tok, t, cfg.format.system_prompt), add_special_tokens=False)["input_ids"]
+    ids = [tok(prompting.render_prompt(tok, t, cfg.format.system_prompt), add_special_tokens=False)["input_ids"]
            for t in tasks]
     stop, eos = decoding.stop_checker(tok), decoding.stop_ids(None, tok)
     path = gguf.default_model(resolve_path("models/gguf"), args.quantization)

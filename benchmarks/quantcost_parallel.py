@@ -18,9 +18,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import bench, generate, gguf, quantcost  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import (
+    bench,  # noqa: E402
+    prompting,
+)
+from qi_expert.export import quantcost
+from qi_expert.generation import gguf
 
 
 def main() -> int:
@@ -37,7 +45,7 @@ def main() -> int:
     files = {k: folder / manifest["files"][k] for k in kinds}
     tasks = bench.load_tasks(resolve_path(cfg.eval.benchmark))[: args.limit]
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.model.base_model))
-    prompts = [generate.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
+    prompts = [prompting.render_prompt(tokenizer, t, cfg.format.system_prompt) for t in tasks]
     threads = os.cpu_count() or 1
     n_ctx, max_new = int(cfg.gguf.n_ctx), bench.token_budget(cfg.eval.max_new_tokens, bench.load_tasks(resolve_path(cfg.eval.benchmark)), tokenizer, float(cfg.eval.budget_quantile))
     results = {}

@@ -39,9 +39,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import arms, basemodel, bench, decoding, generate, refloss, retrieval, transformers_backend  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import bench, prompting, retrieval
+from qi_expert.evaluation import arms  # noqa: E402
+from qi_expert.generation import basemodel, decoding, models, refloss, transformers_backend
 
 
 def separate_nll(model, tokenizer, prompts, answers, *, batch_size: int = 8) -> list[float | None]:
@@ -79,8 +84,8 @@ def main() -> int:
     cfg = load_params()
     ec = cfg.eval
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
-    model, tok = generate.load_model(resolve_path(cfg.model.base_model))
-    decoder = generate.generation_model(model, basemodel.cpu_precision(str(ec.cpu_precision), "eval.cpu_precision"))
+    model, tok = models.load_model(resolve_path(cfg.model.base_model))
+    decoder = models.generation_model(model, basemodel.cpu_precision(str(ec.cpu_precision), "eval.cpu_precision"))
     policy = decoding.StopPolicy.eval(tok, bench.token_budget(ec.max_new_tokens, bench.load_tasks(resolve_path(ec.benchmark)), tok, float(ec.budget_quantile)), model=decoder)
     backend = transformers_backend.Transformers(decoder, batch_size=int(ec.batch_size), pad_id=tok.pad_token_id)
     print("| prompts | way | generation s | reference loss s | total s | same completions | mean NLL | largest per-task difference |")
@@ -89,8 +94,8 @@ def main() -> int:
         context = [""] * len(tasks)
         if arm == "retrieval":
             context, _ = arms.contexts(retrieval.Store(resolve_path(ec.retrieval.store)), tasks, ec.retrieval)
-        messages = [generate.chat_messages(t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
-        prompts = [generate.render_prompt(tok, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
+        messages = [prompting.chat_messages(t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
+        prompts = [prompting.render_prompt(tok, t, cfg.format.system_prompt, c) for t, c in zip(tasks, context)]
         answers = [refloss.answer_text(tok, m, p, t["reference"]) for m, p, t in zip(messages, prompts, tasks)]
 
         gen = decoding.complete(backend, tok, prompts, policy)

@@ -19,9 +19,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import bench, graded, retrieval  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.data import bench, retrieval  # noqa: E402
+from qi_expert.evaluation import graded
 
 
 def main() -> int:

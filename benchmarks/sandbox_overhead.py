@@ -20,8 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import bench, evaluate, sandbox  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.data import bench  # noqa: E402
+from qi_expert.evaluation import scoring
+from qi_expert.typescript import sandbox
 
 
 def main() -> int:
@@ -39,7 +44,7 @@ def main() -> int:
         sandbox.Sandbox.run_isolated = sandbox.Sandbox.run_tests if "in-realm" in isolation else isolated
         best = None
         for _ in range(args.repeat):
-            rows, info = evaluate.score(items, by_id, project=ROOT / "data/sample/typescript", isolation=isolation.split(",")[0])
+            rows, info = scoring.score(items, by_id, project=ROOT / "data/sample/typescript", isolation=isolation.split(",")[0])
             info["isolation"] = isolation.replace("bwrap", info["isolation"])
             if best is None or info["test_seconds"] < best[1]["test_seconds"]:
                 best = (rows, info)

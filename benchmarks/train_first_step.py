@@ -26,11 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from qi_expert.core import runtime  # noqa: E402
+
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import qi_expert  # noqa: E402,F401  (the process's OpenMP and malloc settings, as the stages have them)
-from qi_expert.config import load_params  # noqa: E402
 from train_logits import load_default, packed_batch, timed_step, with_lora  # noqa: E402
+
+from qi_expert.core.config import load_params  # noqa: E402
 
 
 def first_touch(gib: int = 4) -> tuple[float, float]:

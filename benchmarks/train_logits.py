@@ -8,7 +8,7 @@ weights in bf16 under CPU autocast (or fp32), LoRA weights in fp32. The batch is
 shape, micro_batch_size rows of sequence_len tokens, packed from the chat training rows
 (train.train_file, shuffled with the config's seed) with labels on the assistant turn only (the prompt masked, as
 roles_to_train: [assistant] does). One model computes logits everywhere (transformers' way), one
-has qi_expert.labeled_logits installed; forward + backward alternate between them `--reps`
+has qi_expert.train.labeled_logits installed; forward + backward alternate between them `--reps`
 times and the medians are printed with both losses (the same to float rounding).
 """
 
@@ -24,9 +24,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import attention, labeled_logits  # noqa: E402
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.generation import attention  # noqa: E402
+from qi_expert.train import labeled_logits
 
 
 def packed_batch(tok, rows: list[dict], batch: int, width: int):

@@ -40,12 +40,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import axolotl_config, basemodel, io, training  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core import files
 
 # The plain loop runs in this process with the OpenMP settings the Axolotl processes inherit
 # (qi_expert picks the wait policy at import).
-from qi_expert.config import load_params, resolve_path  # noqa: E402
+from qi_expert.core.config import load_params, resolve_path  # noqa: E402
+from qi_expert.generation import basemodel
+from qi_expert.train import axolotl_config, report, training  # noqa: E402
 
 
 def axolotl_run(cfg, steps: int, workdir: Path, validate: bool = False) -> dict:
@@ -62,9 +67,9 @@ def axolotl_run(cfg, steps: int, workdir: Path, validate: bool = False) -> dict:
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"})
     training.run_axolotl("preprocess", path, env)
     training.run_axolotl("train", path, env)
-    report = training.plugin_report(workdir / "out", training.TOKEN_REPORT)
+    report = report.plugin_report(workdir / "out", training.TOKEN_REPORT)
     if validate:
-        rows = training.loss_rows(training.trainer_state(workdir / "out"))
+        rows = report.loss_rows(report.trainer_state(workdir / "out"))
         report["val_loss"] = {r["step"]: r["val_loss"] for r in rows if r["val_loss"] != ""}
     return report
 
@@ -77,7 +82,7 @@ def plain_run(cfg, steps: int) -> dict:
     torch.manual_seed(int(cfg.seed))
     base = resolve_path(cfg.model.base_model)
     tok = AutoTokenizer.from_pretrained(base)
-    rows = [r["messages"] for r in io.read_jsonl(resolve_path(cfg.train.train_file))]
+    rows = [r["messages"] for r in files.read_jsonl(resolve_path(cfg.train.train_file))]
     seq = [tok(tok.apply_chat_template(m, tokenize=False), add_special_tokens=False)["input_ids"][: int(cfg.sequence_len)]
            for m in rows]
     random.Random(int(cfg.seed)).shuffle(seq)

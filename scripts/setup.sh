@@ -60,7 +60,7 @@ if [ ! -f tools/llama.cpp/convert_hf_to_gguf.py ]; then
     "llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp/conversion"
 fi
 
-# bubblewrap: the eval runs model-written code only inside it (src/qi_expert/sandbox.py). As root
+# bubblewrap: the eval runs model-written code only inside it (src/qi_expert/typescript/sandbox.py). As root
 # with apt, install it; otherwise say what to run (the eval refuses to run code without it unless
 # eval.sandbox=unsafe is given).
 if ! command -v bwrap >/dev/null; then

@@ -1,23 +1,35 @@
 """Stage `eval`: how well do the base and the fine-tuned model write @qi code?
 
     python stages/eval.py                                 # every arm of eval.arms
-    python stages/eval.py 'eval.arms=[base,tuned]'        # no retrieval arms
+    python stages/eval.py 'eval.arms=[base,tuned]'        # no retrieval or verified arms
     python stages/eval.py eval.limit=3                    # the first 3 tasks only
     python stages/eval.py eval.adapter=null 'eval.arms=[base]'   # the base model alone
     python stages/eval.py eval.predictions=preds.jsonl    # score {task_id, completion} rows, no model
 
-Writes data/eval/results.jsonl (one row per task, arm and sample), metrics/eval.json (per arm: the
-binary rates, the graded metrics, generation; `paired`: every comparison with intervals and tests),
-metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with the results as an artifact.
+1. the tasks (data/qi-bench), 2. the completions: every arm generates (evaluation/arms.py) or a
+predictions file is read, 3. scoring: compile, @qi compliance by the checker's symbols, the test
+run apart from the completion (evaluation/scoring.py), 4. the figures: rates per arm and paired
+comparisons (evaluation/summary.py), 5. outputs: data/eval/results.jsonl (one row per task, arm
+and sample), metrics/eval.json, metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with
+the results as artifacts.
 """
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import evaluate, io, tracking  # noqa: E402
-from qi_expert.config import resolve_path, stage_entry  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core import files, tracking  # noqa: E402
+from qi_expert.core.config import resolve_path, stage_entry  # noqa: E402
+from qi_expert.data import bench, retrieval  # noqa: E402
+from qi_expert.evaluation import arms as eval_arms  # noqa: E402
+from qi_expert.evaluation import scoring, summary
+from qi_expert.generation import basemodel  # noqa: E402
+from qi_expert.typescript import npmdeps, sandbox  # noqa: E402
 
 OUT = resolve_path("data/eval")
 METRICS = resolve_path("metrics/eval.json")
@@ -25,10 +37,84 @@ PLOTS = resolve_path("metrics/eval_by_category.csv")
 
 
 def run(cfg):
-    rows, metrics = evaluate.run_eval(cfg)
-    io.write_jsonl(OUT / "results.jsonl", rows)
-    io.write_json(METRICS, metrics)
-    io.write_text(PLOTS, evaluate.category_table({m: metrics[m] for m in metrics["models"]}))
+    ec = cfg.eval
+    t_start = time.perf_counter()
+
+    # 1. The tasks.
+    tasks = bench.load_tasks(resolve_path(ec.benchmark))
+    if ec.limit is not None:
+        tasks = tasks[: int(ec.limit)]
+    metrics: dict = {"benchmark_tasks": len(tasks)}
+    timing: dict = {}
+    generation: dict = {}
+
+    # 2. The completions: a predictions file, or every arm's model.
+    if ec.predictions:
+        path = resolve_path(ec.predictions)
+        items, counts = scoring.items_from_predictions(files.read_jsonl(path), tasks)
+        metrics.update(counts, mode="predictions")
+        print(f"eval: scoring {len(items)} predictions from {path} on {len(tasks)} tasks")
+    else:
+        metrics["mode"] = "model"
+        arms = eval_arms.parse_arms(ec.arms, adapter=ec.adapter)  # bad arms fail before the model loads
+        # A Hub id (GPU entries): transformers fetches it; else the prepared (or a local) folder.
+        base = str(cfg.model.base_model) if basemodel.is_hub_id(cfg.model) else resolve_path(cfg.model.base_model)
+        store = retrieval.Store(resolve_path(ec.retrieval.store), corpus=cfg.corpus) if any(a.retrieval for a in arms) else None
+        try:
+            results = eval_arms.run(cfg, tasks, arms, base=base, adapter=resolve_path(ec.adapter) if ec.adapter else None,
+                                    store=store, log=print)
+            timing.update(results.pop("_timing"))
+            if store is not None:
+                metrics["retrieval"] = eval_arms.retrieval_report(results, tasks, cfg, store)
+        finally:
+            if store is not None:
+                store.close()
+        items = [it for r in results.values() for it in r["items"]]
+        generation = {name: r["generation"] for name, r in results.items()}
+
+    # 3. Scoring: every completion compiled in one program, its test run in the sandbox.
+    project = resolve_path(cfg.corpus.root)
+    rows, info = scoring.score(
+        items, {t["id"]: t for t in tasks}, project=project, tsconfig=str(cfg.corpus.tsconfig),
+        timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
+        try_catch_allowed_in=cfg.validate.try_catch_allowed_in, isolation=str(ec.sandbox),
+        module_format=sandbox.module_format(project, str(cfg.corpus.module_format)),
+        dependencies=npmdeps.install(project, log=print) if cfg.corpus.install_dependencies else None)
+    if info["isolation"] != "bwrap":
+        print(f"eval: WARNING: model-written code ran WITHOUT OS-level isolation ({info['isolation']}, eval.sandbox=unsafe)")
+    metrics.update(module_format=info["module_format"], isolation=info["isolation"])
+    # Which verdict decided each task (every task's test runs apart from the completion today).
+    metrics["verdict_by_task"] = {t["id"]: info.get("verdict", scoring.VERDICT) for t in tasks}
+    metrics["qi_exports"] = info["qi_exports"]
+    timing.update({k: v for k, v in info.items() if k.endswith("_seconds")})
+
+    # 4. The figures: per arm, and every pair of arms compared on the same tasks.
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    ks = sorted({int(k) for k in ec.k})
+    for m in models:
+        metrics[m] = summary.summarize([r for r in rows if r["model"] == m], ks)
+        if m in generation:
+            metrics[m]["generation"] = generation[m]
+    if "base" in metrics and "tuned" in metrics:
+        metrics["delta"] = summary.deltas(metrics["tuned"], metrics["base"])
+    metrics["paired"] = {f"{a} vs {b}": summary.paired_comparison([r for r in rows if r["model"] == a],
+                                                                  [r for r in rows if r["model"] == b], seed=int(cfg.seed))
+                         for a, b in summary.comparisons(models)}
+    no_reference = [t["id"] for t in tasks if not t.get("reference")]
+    if no_reference:
+        metrics["reference_loss_skipped"] = no_reference
+    timing["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    metrics["timing"] = timing
+    metrics["models"] = models
+
+    # 5. Outputs: files, the console, MLflow.
+    files.write_jsonl(OUT / "results.jsonl", rows)
+    files.write_json(METRICS, metrics)
+    files.write_text(PLOTS, summary.category_table({m: metrics[m] for m in models}))
+    print_summary(metrics)
+    log_to_mlflow(cfg, metrics)
+
+def print_summary(metrics: dict) -> None:
     for m in metrics["models"]:
         s, g = metrics[m], metrics[m].get("graded", {})
         print(f"eval: {m}: pass@1 {s.get('pass@1', 0):.3f}, compile {s['compile_rate']:.3f}, "
@@ -49,6 +135,9 @@ def run(cfg):
             print(f"eval:   {name:34s} {d['delta']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] "
                   f"p={d['p_value']:.4f}{'  significant' if d['significant'] else ''}")
     print(f"eval: {metrics['timing']['wall_seconds']:.1f}s wall")
+
+
+def log_to_mlflow(cfg, metrics: dict) -> None:
     params = {"eval": cfg.eval, "base_model": cfg.model.base_model, "seed": cfg.seed}
     with tracking.stage_run(cfg, "eval", params) as mlflow:
         mlflow.set_tags({"adapter": str(cfg.eval.adapter), "mode": metrics["mode"],
@@ -66,7 +155,7 @@ def run(cfg):
                                 ("syntax_valid_rate", metrics[arm]["graded"].get("syntax_valid_rate")))
             if value is not None})
         # Every completion, readable side by side in the MLflow UI's artifact table view.
-        rows = list(io.read_jsonl(OUT / "results.jsonl"))
+        rows = list(files.read_jsonl(OUT / "results.jsonl"))
         mlflow.log_table({"task": [r["task_id"] for r in rows], "category": [r["category"] for r in rows],
                           "arm": [r["model"] for r in rows], "completion": [r["completion"] for r in rows],
                           "compiled": [r["compiled"] for r in rows],
@@ -77,6 +166,7 @@ def run(cfg):
         mlflow.log_artifact(str(OUT / "results.jsonl"))
         mlflow.log_artifact(str(PLOTS))
         mlflow.log_artifact(str(METRICS))
+
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
+
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
 
 import time
 
-from qi_expert import extract, io, tracking
-from qi_expert.config import resolve_path, stage_entry
-from qi_expert.corpus import CorpusError
+from qi_expert.core import files, tracking
+from qi_expert.core.config import resolve_path, stage_entry
+from qi_expert.data import extract
+from qi_expert.data.corpus import CorpusError
 
 RECORDS = resolve_path("data/extracted/records.jsonl")
 METRICS = resolve_path("metrics/extract.json")
@@ -28,9 +32,9 @@ def run(cfg):
     except CorpusError as e:
         sys.exit(f"extract: {e}")
     seconds = time.perf_counter() - started
-    io.write_jsonl(RECORDS, records)
+    files.write_jsonl(RECORDS, records)
     metrics = extract.summarize(records, report)
-    io.write_json(METRICS, metrics)
+    files.write_json(METRICS, metrics)
     for problem in report.parse_errors + report.blocks_parse_error:
         print(f"extract: skipped, tree-sitter cannot parse cleanly: {problem}", file=sys.stderr)
     for path, why in report.unclassified.items():

@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
+
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
 
 import json
 from collections import Counter
 
-from qi_expert import bench, formatting, io, tracking
-from qi_expert.config import resolve_path, stage_entry
+from qi_expert.core import files, tracking
+from qi_expert.core.config import resolve_path, stage_entry
+from qi_expert.data import bench, formatting
 
 VALIDATED = resolve_path("data/validated")
 OUT = resolve_path("data/formatted")
@@ -24,22 +28,22 @@ METRICS = resolve_path("metrics/format.json")
 
 def run(cfg):
     fc = cfg.format
-    rows = formatting.rows_from_records(io.read_jsonl(VALIDATED / "accepted.jsonl"))
-    rows += formatting.rows_from_pairs(io.read_jsonl(VALIDATED / "pairs.jsonl"))
-    rows += formatting.rows_from_records(io.read_jsonl(VALIDATED / "augmented.jsonl"))  # [] with augment off
+    rows = formatting.rows_from_records(files.read_jsonl(VALIDATED / "accepted.jsonl"))
+    rows += formatting.rows_from_pairs(files.read_jsonl(VALIDATED / "pairs.jsonl"))
+    rows += formatting.rows_from_records(files.read_jsonl(VALIDATED / "augmented.jsonl"))  # [] with augment off
     if cfg.feedback.include and (VALIDATED / "feedback.jsonl").is_file():  # served answers, judged (feedback.py)
-        rows += formatting.rows_from_feedback(io.read_jsonl(VALIDATED / "feedback.jsonl"))
+        rows += formatting.rows_from_feedback(files.read_jsonl(VALIDATED / "feedback.jsonl"))
     # Decontamination: no training row may copy a benchmark task's reference or test.
     tasks = bench.load_tasks(resolve_path(fc.benchmark))
     rows, dropped = formatting.decontaminate(rows, bench.contamination_sources(tasks),
                                              fc.decontaminate_threshold, cfg.validate.shingle_size)
     train, val = formatting.split_by_file(rows, fc.val_fraction, cfg.seed)
     for name, split in (("train", train), ("val", val)):
-        io.write_jsonl(OUT / f"{name}.instruct.jsonl",
+        files.write_jsonl(OUT / f"{name}.instruct.jsonl",
                        ({k: r[k] for k in ("instruction", "input", "output")} for r in split))
-        io.write_text(OUT / f"{name}.alpaca.json",
+        files.write_text(OUT / f"{name}.alpaca.json",
                       json.dumps([formatting.alpaca(r) for r in split], ensure_ascii=False, indent=1) + "\n")
-        io.write_jsonl(OUT / f"{name}.chat.jsonl", (formatting.chat(r, fc.system_prompt) for r in split))
+        files.write_jsonl(OUT / f"{name}.chat.jsonl", (formatting.chat(r, fc.system_prompt) for r in split))
     instructions = [r["instruction"] for r in rows]
     by_origin = lambda split: dict(sorted(Counter(r["origin"] for r in split).items()))
     metrics = {
@@ -61,7 +65,7 @@ def run(cfg):
         "decontaminated_by_origin": by_origin(dropped),
         "benchmark_tasks": len(tasks),
     }
-    io.write_json(METRICS, metrics)
+    files.write_json(METRICS, metrics)
     print(f"format: {metrics['train_rows']} train / {metrics['val_rows']} val rows, "
           f"{metrics['unique_instruction_share']:.0%} unique instructions, {len(dropped)} dropped as benchmark matches")
     with tracking.stage_run(cfg, "format", {"format": fc, "seed": cfg.seed, "feedback.include": cfg.feedback.include}) as mlflow:

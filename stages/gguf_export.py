@@ -13,11 +13,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
+
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from qi_expert import basemodel, bench, export, gguf, io, npmdeps, quantcost, sandbox, tracking  # noqa: E402
-from qi_expert.config import resolve_path, stage_entry  # noqa: E402
+from qi_expert.core import files, tracking
+from qi_expert.core.config import resolve_path, stage_entry  # noqa: E402
+from qi_expert.data import bench
+from qi_expert.export import convert, quantcost
+from qi_expert.generation import basemodel, gguf  # noqa: E402
+from qi_expert.typescript import npmdeps, sandbox
 
 OUT = resolve_path("models/gguf")
 METRICS = resolve_path("metrics/gguf.json")
@@ -54,7 +61,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
         if not EVAL_RESULTS.is_file():
             raise FileNotFoundError(f"{EVAL_RESULTS} is missing: run the eval stage first, or set "
                                     "gguf.quant_eval.reference=generate")
-        reference_rows = [r for r in io.read_jsonl(EVAL_RESULTS) if r["model"] == "tuned"]
+        reference_rows = [r for r in files.read_jsonl(EVAL_RESULTS) if r["model"] == "tuned"]
     elif qc.reference != "generate":
         raise ValueError(f"gguf.quant_eval.reference is {qc.reference!r}: eval (the eval stage's tuned "
                          "completions) or generate (the first of gguf.quant_eval.files)")
@@ -74,7 +81,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
 
 def run(cfg):
     gc = OmegaConf.to_container(cfg.gguf, resolve=True)
-    settings = export.ExportSettings.from_config(gc, model_bf16=bool(cfg.model.bf16))
+    settings = convert.ExportSettings.from_config(gc, model_bf16=bool(cfg.model.bf16))
     runnable = [settings.outtype, *settings.quantizations]
     unknown = [str(k) for k in cfg.gguf.quant_eval.files if str(k) not in runnable]
     if unknown:  # before the slow part
@@ -84,12 +91,12 @@ def run(cfg):
     base = base_model_dir(cfg.model)
     # Everything is built in a staging folder and swapped in when complete: an interrupted run
     # leaves models/gguf as it was (or absent), never a folder of some files that looks whole.
-    staging = io.staging_dir(OUT)
-    metrics = export.export(base, adapter, staging, name=f"qi-expert-{cfg.model.name}",
+    staging = files.staging_dir(OUT)
+    metrics = convert.export(base, adapter, staging, name=f"qi-expert-{cfg.model.name}",
                           system_prompt=str(cfg.format.system_prompt), settings=settings)
     if cfg.gguf.quant_eval.files:
-        rows, metrics["quantization_cost"] = quantization_cost(cfg, staging, export.tokenizer_source(base, adapter))
-        io.write_jsonl(staging / "quant_eval.jsonl", rows)
+        rows, metrics["quantization_cost"] = quantization_cost(cfg, staging, convert.tokenizer_source(base, adapter))
+        files.write_jsonl(staging / "quant_eval.jsonl", rows)
         qc = metrics["quantization_cost"]
         for kind in [qc["reference"]] + [k for k in cfg.gguf.quant_eval.files if k != qc["reference"]]:
             m, cost = qc[kind], qc["cost"].get(kind)
@@ -97,8 +104,8 @@ def run(cfg):
                   f"{cost['compliance_rate']:+.3f})") if cost else ""
             print(f"gguf eval: {kind}: pass@1 {m.get('pass@1', 0):.3f}, compile {m['compile_rate']:.3f}, "
                   f"compliance {m['compliance_rate']:.3f}{vs}")
-    io.replace_dir(staging, OUT)
-    io.write_json(METRICS, metrics)
+    files.replace_dir(staging, OUT)
+    files.write_json(METRICS, metrics)
     tps = metrics["tokens_per_s"]
     print("gguf: " + ", ".join(f"{k} {metrics['size_mb'][k]} MiB" for k in metrics["size_mb"]))
     print("gguf: tokens/s " + ", ".join(f"{k} {v}" for k, v in tps.items())

@@ -11,9 +11,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import bench, dedup, io, retrieval, tracking, typecheck
-from qi_expert.config import resolve_path, stage_entry
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core import files, tracking
+from qi_expert.core.config import resolve_path, stage_entry
+from qi_expert.data import bench, dedup, retrieval
+from qi_expert.typescript import typecheck
 
 OUT = resolve_path("data/index")
 METRICS = resolve_path("metrics/index.json")
@@ -35,7 +40,7 @@ def run(cfg):
     metrics = {"api_entries": len(api), "exported_names": sum(len(v) for v in exports.values()),
                "examples": len(examples), "decontaminated_examples": len(rows) - len(examples),
                "by_module": {m: sum(e["module"] == m for e in api) for m in exports}}
-    io.write_json(METRICS, metrics)
+    files.write_json(METRICS, metrics)
     print(f"index: {len(api)} @qi API entries ({', '.join(f'{m} {n}' for m, n in metrics['by_module'].items())}), "
           f"{len(examples)} examples ({metrics['decontaminated_examples']} dropped as benchmark copies) "
           f"-> {OUT / retrieval.STORE}")

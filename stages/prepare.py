@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
+
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
 
 import time  # noqa: E402
 
-from qi_expert import basemodel  # noqa: E402
-from qi_expert.config import stage_entry  # noqa: E402
+from qi_expert.core.config import stage_entry  # noqa: E402
+from qi_expert.generation import basemodel  # noqa: E402
 
 
 def run(cfg):

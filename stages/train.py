@@ -16,81 +16,22 @@
    metrics/train_loss.csv (a DVC plot) from the trainer's trainer_state.json.
 """
 
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
 
-from qi_expert import axolotl_config, basemodel, io, tracking, training  # noqa: E402
-from qi_expert.config import resolve_path, stage_entry  # noqa: E402
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
+
+from qi_expert.core import files, tracking  # noqa: E402
+from qi_expert.core.config import resolve_path, stage_entry  # noqa: E402
+from qi_expert.generation import basemodel  # noqa: E402
+from qi_expert.train import axolotl_config, report, training  # noqa: E402
 
 METRICS = resolve_path("metrics/train.json")
 LOSS_CSV = resolve_path("metrics/train_loss.csv")
-
-
-def _last(state: dict, key: str):
-    """The last value of `key` in the trainer's log history (Axolotl's cumulative counters)."""
-    for entry in reversed(state.get("log_history", [])):
-        if key in entry:
-            return entry[key]
-    return None
-
-
-def summarise(state: dict, rows: list[dict], y: dict, wall: float, train_seconds: float, resumed_step: int,
-              model_report: dict, token_report: dict) -> dict:
-    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] != ""]
-    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] != ""]
-    slots = int(_last(state, "tokens/total") or 0)       # token slots of all steps (with padding)
-    trained = int(_last(state, "tokens/trainable") or 0)  # tokens with a label (assistant turns)
-    padding = token_report.get("padding_share")
-    tail = [v for _, v in train[-5:]]  # the mean of the last few says more than one noisy batch
-    steps = int(state.get("global_step", 0))
-    return {
-        "steps": steps,
-        "steps_this_run": steps - resumed_step,  # 0: a finished run reused
-        "max_steps": int(y["max_steps"]),
-        "micro_batch_size": int(y["micro_batch_size"]),
-        "gradient_accumulation_steps": int(y["gradient_accumulation_steps"]),
-        "sequence_len": int(y["sequence_len"]),
-        "adapter": y["adapter"],
-        "precision": "bf16" if y.get("bf16") is True else "fp16" if y.get("fp16") is True
-                     else "bf16 (auto)" if y.get("bf16") == "auto" else "fp32",
-        "train_loss_first": train[0][1] if train else None,
-        "train_loss_final": train[-1][1] if train else None,
-        "train_loss_final_mean5": round(sum(tail) / len(tail), 4) if tail else None,
-        "train_loss_best": min(v for _, v in train) if train else None,
-        "val_loss_first": val[0][1] if val else None,
-        "val_loss_final": val[-1][1] if val else None,
-        "val_loss_final_step": val[-1][0] if val else None,
-        "val_loss_best": min(v for _, v in val) if val else None,
-        "val_loss_best_step": min(val, key=lambda sv: sv[1])[0] if val else None,
-        "tokens_seen": slots,
-        "tokens_seen_non_padding": round(slots * (1 - padding)) if padding is not None else None,
-        "tokens_trained": trained,
-        "padding_share": padding,
-        # Throughput of the optimizer steps this invocation ran (no eval/checkpoint time), over
-        # token slots (with padding) and over real tokens.
-        "tokens_per_second": token_report.get("token_slots_per_second"),
-        "non_padding_tokens_per_second": token_report.get("real_tokens_per_second"),
-        "train_steps_s": token_report.get("step_seconds"),
-        "train_process_s": round(train_seconds, 1),
-        "wall_time_s": round(wall, 1),
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-        "trainable_parameters": model_report.get("trainable_parameters"),
-        "linear4bit_layers": model_report.get("linear4bit_layers"),
-        # How the model attended (train.cpu_attention): qi_sdpa_packed attends each packed row on
-        # its own; forward passes (training and validation) that did so vs that fell back.
-        "attention": model_report.get("attention"),
-        "attention_forwards": token_report.get("attention_forwards"),
-        # train.cpu_logits: labeled: the output layer and the loss ran at the trained positions only.
-        "labeled_logits": model_report.get("labeled_logits", False),
-        "logits_forwards": token_report.get("logits_forwards"),
-        # Processes that trained the model together (launcher): each one's rows and final weights.
-        "world_size": token_report.get("world_size", 1),
-        "ranks": token_report.get("ranks", []),
-    }
 
 
 def run(cfg):
@@ -153,7 +94,7 @@ def run(cfg):
             t_train = time.time()
             training.run_axolotl("train", config_path, env, launcher=cfg.launcher)
             train_seconds = time.time() - t_train
-        state = training.trainer_state(output_dir)
+        state = report.trainer_state(output_dir)
         reached = int(state.get("global_step", 0))
         if reached < int(y["max_steps"]):
             # Axolotl exits 0 after an interruption it handled (SIGINT: it saves and stops): that
@@ -162,21 +103,21 @@ def run(cfg):
                 f"train: the run stopped at step {reached} of max_steps={y['max_steps']} (interrupted?); "
                 f"models/adapter and metrics/train.json are left as they were. Rerun the stage "
                 f"(`dvc repro train`) to resume from the last checkpoint in {tc.output_dir}")
-        rows = training.loss_rows(state)
+        rows = report.loss_rows(state)
         if base_val is not None:
             rows = training.with_base_val(rows, base_val)
         elif rows and rows[0]["step"] == 0 and rows[0]["val_loss"] != "":
             training.remember_base_val(val_key, output_dir, rows[0]["val_loss"], shared=shared)
         # The plugin's reports describe the invocation that last ran Axolotl.
-        metrics = summarise(state, rows, y, time.time() - t0, train_seconds, resumed_step,
-                            training.plugin_report(output_dir, training.MODEL_REPORT),
-                            training.plugin_report(output_dir, training.TOKEN_REPORT))
+        metrics = report.summarise(state, rows, y, time.time() - t0, train_seconds, resumed_step,
+                            report.plugin_report(output_dir, training.MODEL_REPORT),
+                            report.plugin_report(output_dir, training.TOKEN_REPORT))
         metrics["val_loss_first_cached"] = base_val is not None
         client.set_tag(run_id, "precision", metrics["precision"])
         copied = training.copy_adapter(resume if done else output_dir, resolve_path(tc.adapter_dir))
-        io.write_json(METRICS, metrics)
-        training.write_loss_csv(LOSS_CSV, rows)
-        training.log_to_mlflow(client, run_id, cfg, metrics, rows, config_path)
+        files.write_json(METRICS, metrics)
+        report.write_loss_csv(LOSS_CSV, rows)
+        report.log_to_mlflow(client, run_id, cfg, metrics, rows, config_path)
         tracking.log_headline(client, parent, {"val_loss_final": metrics["val_loss_final"],
                                                "val_loss_first": metrics["val_loss_first"]})
         # The adapter (a few MB) in the run's artifacts and as a registered model version.

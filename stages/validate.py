@@ -4,10 +4,10 @@ anti-patterns and duplicates, pair counter-examples with their corrections.
     python stages/validate.py
 
 Writes data/validated/{accepted,rejected,pairs,augmented}.jsonl and metrics/validate.json.
-With augment.enabled, rewritten variants of accepted records (qi_expert.augment) are checked like
+With augment.enabled, rewritten variants of accepted records (qi_expert.data.augment) are checked like
 corpus records, and run the corpus's test cases of their parents in the sandbox (augment.run_tests);
 the admitted ones, at most augment.max_share of all rows, go to augmented.jsonl.
-Feedback on served answers (feedback.file, qi_expert.feedback) is checked the same way: the
+Feedback on served answers (feedback.file, qi_expert.data.feedback) is checked the same way: the
 accepted rows go to feedback.jsonl, the others to feedback_rejected.jsonl (neither is written
 while there is no feedback).
 """
@@ -16,15 +16,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's qi_expert
+from qi_expert.core import runtime  # noqa: E402
+
+runtime.setup()  # first, before torch or llama_cpp load (core/runtime.py)
 
 import time
 from collections import Counter
 
-from qi_expert import augment, feedback, io, npmdeps, tracking, validate
-from qi_expert.config import resolve_path, stage_entry
-from qi_expert import sandbox
-from qi_expert.sandbox import SandboxError
-from qi_expert.typecheck import TypeCheckError
+from qi_expert.core import files, tracking
+from qi_expert.core.config import resolve_path, stage_entry
+from qi_expert.data import augment, feedback, validate
+from qi_expert.typescript import npmdeps, sandbox
+from qi_expert.typescript.sandbox import SandboxError
+from qi_expert.typescript.typecheck import TypeCheckError
 
 RECORDS = resolve_path("data/extracted/records.jsonl")
 OUT = resolve_path("data/validated")
@@ -32,7 +36,7 @@ METRICS = resolve_path("metrics/validate.json")
 
 
 def run(cfg):
-    records = list(io.read_jsonl(RECORDS))
+    records = list(files.read_jsonl(RECORDS))
     started = time.perf_counter()
     project = resolve_path(cfg.corpus.root)
     try:
@@ -79,15 +83,15 @@ def run(cfg):
     metrics["dependencies"] = {"installed": deps is not None,
                                "packages": len(npmdeps.declared(project)) if deps is not None else 0}
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    io.write_jsonl(OUT / "accepted.jsonl", accepted)
-    io.write_jsonl(OUT / "rejected.jsonl", rejected)
-    io.write_jsonl(OUT / "pairs.jsonl", pairs)
-    io.write_jsonl(OUT / "augmented.jsonl", admitted)
-    io.write_jsonl(OUT / "augmented_refused.jsonl", refused)
+    files.write_jsonl(OUT / "accepted.jsonl", accepted)
+    files.write_jsonl(OUT / "rejected.jsonl", rejected)
+    files.write_jsonl(OUT / "pairs.jsonl", pairs)
+    files.write_jsonl(OUT / "augmented.jsonl", admitted)
+    files.write_jsonl(OUT / "augmented_refused.jsonl", refused)
     if feedback_rows:  # (no feedback: no file, the outputs of a project without any stay as they were)
-        io.write_jsonl(OUT / "feedback.jsonl", feedback_ok)
-        io.write_jsonl(OUT / "feedback_rejected.jsonl", feedback_refused)
-    io.write_json(METRICS, {k: v for k, v in metrics.items() if k != "seconds"})
+        files.write_jsonl(OUT / "feedback.jsonl", feedback_ok)
+        files.write_jsonl(OUT / "feedback_rejected.jsonl", feedback_refused)
+    files.write_json(METRICS, {k: v for k, v in metrics.items() if k != "seconds"})
     print(f"validate: {len(accepted)} accepted, {len(rejected)} rejected "
           f"({metrics['rejected_by_reason']}), compile rate {metrics['compile_rate']:.1%}, "
           f"{len(pairs)} counter-example pairs, {len(admitted)} augmented rows admitted "

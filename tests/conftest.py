@@ -2,7 +2,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import tiny
 
 # Offline and silent, whatever the caller's environment says.
@@ -100,7 +99,8 @@ EXAMPLE_ROWS = [
 @pytest.fixture(scope="session")
 def sample_store(tmp_path_factory) -> Path:
     """A pattern store of the sample corpus's @qi API and two hand-written examples (as the index stage builds it)."""
-    from qi_expert import retrieval, typecheck
+    from qi_expert.data import retrieval
+    from qi_expert.typescript import typecheck
 
     out = tmp_path_factory.mktemp("index") / "index"
     api = retrieval.api_surface(SAMPLE_CORPUS, typecheck.module_exports(SAMPLE_CORPUS))

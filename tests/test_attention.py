@@ -1,11 +1,11 @@
-"""qi_expert.attention: the project's attention functions give transformers' sdpa results."""
+"""qi_expert.generation.attention: the project's attention functions give transformers' sdpa results."""
 
 from __future__ import annotations
 
 import torch
 from transformers import LlamaForCausalLM
 
-from qi_expert import attention
+from qi_expert.generation import attention
 
 # Two batch rows, each packing three sequences and padding the way Axolotl's collator does
 # (position 0 for every padding slot, so each is a one-token sequence of its own).

@@ -8,13 +8,13 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from qi_expert.config import PARAMS_FILE, ROOT, compose_conf, load_params
+from qi_expert.core.config import PARAMS_FILE, ROOT, compose_conf, load_params
 
 
 def test_params_yaml_equals_composed_defaults():
     committed = yaml.safe_load(PARAMS_FILE.read_text())
     composed = OmegaConf.to_container(compose_conf(), resolve=True)
-    assert committed == composed, "params.yaml is stale: run `python -m qi_expert.config > params.yaml`"
+    assert committed == composed, "params.yaml is stale: run `python -m qi_expert.core.config > params.yaml`"
 
 
 def test_a_model_keeps_the_sweep_keys_a_recipe_replaces_them_and_the_command_line_wins():
@@ -74,24 +74,9 @@ def test_every_dvc_param_exists_in_params_yaml():
 
 def _code_closure(script: Path) -> str:
     """The source of a stage script and of every qi_expert module it imports, transitively."""
-    import ast
+    from codegraph import closure
 
-    package = ROOT / "src" / "qi_expert"
-    seen: set[Path] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        if path in seen or not path.is_file():
-            continue
-        seen.add(path)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module == "qi_expert":
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qi_expert."):
-                names = [node.module.split(".")[1]]
-            todo += [package / f"{n}.py" for n in names]
-    return "\n".join(p.read_text() for p in sorted(seen))
+    return "\n".join(p.read_text() for p in sorted({script} | closure(script)))
 
 
 def test_every_listed_param_is_read_by_its_stage():
@@ -118,7 +103,7 @@ def test_a_stage_sees_only_its_listed_params_and_reading_another_names_it(make_c
     dvc["stages"]["probe"] = {"cmd": "python stages/probe.py", "params": ["corpus", "extract.min_lines"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     (root / "stages" / "probe.py").write_text(
-        "import sys\nfrom qi_expert.config import stage_entry\n\n\n"
+        "import sys\nfrom qi_expert.core.config import stage_entry\n\n\n"
         "def run(cfg):\n"
         "    print(cfg.corpus.name, cfg.extract.min_lines, sorted(cfg))\n"
         "    if len(sys.argv) > 1 and sys.argv[-1] == 'extract.max_lines=9':\n"

@@ -12,7 +12,6 @@ import http.server
 import importlib.util
 import json
 import math
-import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -20,8 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qi_expert import attention, basemodel, bench, decoding, evaluate, generate, io, sandbox, transformers_backend
-from qi_expert.config import ROOT, load_params, resolve_path
+from qi_expert.core import files
+from qi_expert.core.config import ROOT, load_params
+from qi_expert.data import bench, prompting
+from qi_expert.evaluation import scoring, summary
+from qi_expert.generation import attention, basemodel, decoding, models, transformers_backend
 
 CORPUS = ROOT / "data/sample/typescript"
 BENCHMARK = ROOT / "data/qi-bench/tasks.yaml"
@@ -178,7 +180,7 @@ def _score(tasks: list[dict], completions: list[tuple[str, str]], **kw) -> list[
     """Score [(task_id, code)] against `tasks` in the sample corpus."""
     items = [{"model": "m", "task_id": tid, "sample": i, "completion": code} for i, (tid, code) in enumerate(completions)]
     kw.setdefault("timeout", 10)
-    rows, _ = evaluate.score(items, {t["id"]: t for t in tasks}, project=CORPUS, **kw)
+    rows, _ = scoring.score(items, {t["id"]: t for t in tasks}, project=CORPUS, **kw)
     return rows
 
 
@@ -194,7 +196,7 @@ def test_predictions_file_references_pass_wrong_fail(dev_tasks, tmp_path, monkey
                      "completion": f"Here is the function:\n```typescript\n{t['reference']}```\nIt returns a Result."})
         rows.append({"task_id": t["id"], "model": "wrong", "completion": t["wrong"]})
     rows.append({"task_id": "no-such-task", "completion": "x"})
-    io.write_jsonl(preds, rows)
+    files.write_jsonl(preds, rows)
     stage = _stage(monkeypatch, tmp_path)
     cfg = load_params([f"eval.predictions={preds}", f"eval.benchmark={bench_path}"])
     stage.run(cfg)
@@ -208,7 +210,7 @@ def test_predictions_file_references_pass_wrong_fail(dev_tasks, tmp_path, monkey
     assert wrong["pass@1"] == 0.0
     assert set(ref["by_category"]) == {"basic", "intermediate", "advanced"}
 
-    results = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
+    results = list(files.read_jsonl(tmp_path / "eval" / "results.jsonl"))
     assert len(results) == 6
     for r in results:
         assert r["passed"] is (r["model"] == "reference"), r["task_id"]
@@ -227,9 +229,9 @@ def test_predictions_file_references_pass_wrong_fail(dev_tasks, tmp_path, monkey
 
 def test_missing_prediction_is_a_failure(dev_tasks):
     _, tasks = dev_tasks
-    items, counts = evaluate.items_from_predictions([{"task_id": tasks[0]["id"], "completion": tasks[0]["reference"]}], tasks)
+    items, counts = scoring.items_from_predictions([{"task_id": tasks[0]["id"], "completion": tasks[0]["reference"]}], tasks)
     assert counts == {"unknown_task_predictions": 0, "missing_predictions": 2}
-    rows, _ = evaluate.score(items, {t["id"]: t for t in tasks}, project=CORPUS)
+    rows, _ = scoring.score(items, {t["id"]: t for t in tasks}, project=CORPUS)
     assert [r["passed"] for r in rows] == [True, False, False]
     assert rows[1]["compliance"]["score"] == 0.0 and rows[1]["test"]["status"] == "not_compiled"
 
@@ -251,8 +253,8 @@ def test_a_broken_completion_type_checks_the_same_beside_any_other():
     forced to be a module: two of them declaring the same name would each get TS2451, an error the
     other one caused. (An appended `export {}` was swallowed by the unclosed block.)"""
     cut_off = "const validateQuote = (q: number) => q;\nfunction f() {\n  const x = 1;\n"
-    alone, _, _ = evaluate.compile_all([cut_off], CORPUS)
-    beside, _, _ = evaluate.compile_all([cut_off, cut_off, "const validateQuote = 2;\n"], CORPUS)
+    alone, _, _ = scoring.compile_all([cut_off], CORPUS)
+    beside, _, _ = scoring.compile_all([cut_off, cut_off, "const validateQuote = 2;\n"], CORPUS)
     assert 2451 not in {d["code"] for d in alone[0]}
     assert beside[0] == alone[0] and beside[1] == alone[0]
     assert beside[2] == []
@@ -395,94 +397,94 @@ ALL_FORBIDDEN = ["throw", "try_catch", "promise_catch", "promise_reject", "retur
 ])
 def test_each_forbidden_rule(rule, code):
     task = {"required_calls": [], "forbidden": ALL_FORBIDDEN}
-    c = evaluate.compliance(code, task)
+    c = scoring.compliance(code, task)
     assert c["forbidden_found"] == [rule]
     assert not c["pass"] and c["score"] == pytest.approx(4 / 5)
     failed = [r["rule"] for r in c["rules"] if not r["ok"]]
     assert failed == [f"no {rule}"]
     # A task that does not forbid it does not mind.
-    assert evaluate.compliance(code, {"required_calls": [], "forbidden": [r for r in ALL_FORBIDDEN if r != rule]})["pass"]
+    assert scoring.compliance(code, {"required_calls": [], "forbidden": [r for r in ALL_FORBIDDEN if r != rule]})["pass"]
 
 
 def test_try_catch_is_exempt_only_inside_a_qi_wrapper_by_binding():
     task = {"required_calls": [], "forbidden": ["try_catch"]}
     wrapped = ("import { fromTryCatch, type Result } from '@qi/base';\n"
                "export const f = (s: string): Result<unknown> => fromTryCatch(() => { try { return JSON.parse(s); } finally { } });\n")
-    assert evaluate.compliance(wrapped, task)["pass"]
-    assert not evaluate.compliance(wrapped, task, try_catch_allowed_in=[])["pass"]
+    assert scoring.compliance(wrapped, task)["pass"]
+    assert not scoring.compliance(wrapped, task, try_catch_allowed_in=[])["pass"]
     # Naming your own function like the wrapper exempts nothing; nor does a local look-alike.
     own = ("export function fromTryCatch<T>(op: () => T): T | undefined {\n"
            "  try { return op(); } catch (e) { return undefined; }\n}\n")
-    assert evaluate.compliance(own, task)["forbidden_found"] == ["try_catch"]
+    assert scoring.compliance(own, task)["forbidden_found"] == ["try_catch"]
     local = ("const fromTryCatch = (op: () => unknown) => op();\n"
              "export const f = (s: string) => fromTryCatch(() => { try { return JSON.parse(s); } catch { return 0; } });\n")
-    assert not evaluate.compliance(local, task)["pass"]
+    assert not scoring.compliance(local, task)["pass"]
 
 
 def test_required_calls_count_by_binding():
     task = {"required_calls": ["success|Ok", "failure|Err", "map", "info"], "forbidden": ["throw"]}
     good = ("import { Ok, failure as fail, map } from '@qi/base';\nimport type { Logger } from '@qi/core';\n"
             "export const f = (x: number, logger: Logger) => { logger.info('x'); return x > 0 ? map((v: number) => v, Ok(x)) : fail('neg'); };\n")
-    c = evaluate.compliance(good, task)
+    c = scoring.compliance(good, task)
     assert c["pass"] and c["score"] == 1.0
     # A mention in a comment or a string is not a call; Array.prototype.map is not @qi's map;
     # console.info is not a @qi logger's info; a namespace import in a comment binds nothing.
     weak = ("// import * as xs from '@qi/base'; success(x) and failure(e)\n"
             "export const f = (xs: number[]) => { console.info('success('); return xs.map((v) => v); };\n")
-    c = evaluate.compliance(weak, task)
+    c = scoring.compliance(weak, task)
     assert [r["rule"] for r in c["rules"] if not r["ok"]] == ["calls success|Ok", "calls failure|Err", "calls map", "calls info"]
     assert c["score"] == pytest.approx(1 / 5) and not c["pass"]
     # Local look-alikes are not @qi's: a shadowing const, an untyped object's method, new Map().get.
     shadow = ("const success = (v: unknown) => ({ tag: 'success', value: v });\nconst failure = success;\n"
               "const map = <T>(f: (x: T) => T, x: T) => f(x);\n"
               "export const f = (x: number, log: any) => { log.info('x'); new Map().get('k'); return x > 0 ? success(map((v: number) => v, x)) : failure(x); };\n")
-    assert [r["rule"] for r in evaluate.compliance(shadow, task)["rules"] if not r["ok"]] == [
+    assert [r["rule"] for r in scoring.compliance(shadow, task)["rules"] if not r["ok"]] == [
         "calls success|Ok", "calls failure|Err", "calls map", "calls info"]
     # Through a namespace import, @qi's functions count as member calls; a logger made by @qi is a receiver.
     ns = ("import * as qi from '@qi/base';\nimport { createLogger } from '@qi/core';\n"
           "const made = createLogger({ level: 'info' });\n"
           "export const f = (x: number) => { const log = made; log.info('x'); return qi.map((v: number) => v, x > 0 ? qi.success(x) : qi.failure('n')); };\n")
-    assert evaluate.compliance(ns, task)["pass"]
+    assert scoring.compliance(ns, task)["pass"]
     # `await cache.get<T>(k)`: tree-sitter-typescript puts the await inside the callee.
     awaited = ("import type { Cache } from '@qi/core';\n"
                "export async function f(cache: Cache) { const v = await cache.get<number>('k'); return v; }\n")
-    assert evaluate.compliance(awaited, {"required_calls": ["get"], "forbidden": []})["pass"]
-    assert not evaluate.compliance(awaited.replace("cache: Cache", "cache: any"), {"required_calls": ["get"], "forbidden": []})["pass"]
+    assert scoring.compliance(awaited, {"required_calls": ["get"], "forbidden": []})["pass"]
+    assert not scoring.compliance(awaited.replace("cache: Cache", "cache: any"), {"required_calls": ["get"], "forbidden": []})["pass"]
 
 
 def test_promise_executor_reject_is_a_promise_reject():
     code = "export const f = (x: number) => new Promise<number>((ok, no) => (x > 0 ? ok(x) : no(new Error('n'))));\n"
-    assert evaluate.compliance(code, {"required_calls": [], "forbidden": ["promise_reject"]})["forbidden_found"] == ["promise_reject"]
+    assert scoring.compliance(code, {"required_calls": [], "forbidden": ["promise_reject"]})["forbidden_found"] == ["promise_reject"]
 
 
 def test_empty_code_scores_zero():
-    c = evaluate.compliance("", {"required_calls": [], "forbidden": ALL_FORBIDDEN})
+    c = scoring.compliance("", {"required_calls": [], "forbidden": ALL_FORBIDDEN})
     assert c["score"] == 0.0 and not c["pass"]
 
 
 # --- pass@k and code extraction -------------------------------------------------------------------
 
 def test_pass_at_k_known_values():
-    assert evaluate.pass_at_k(10, 0, 1) == 0.0
-    assert evaluate.pass_at_k(10, 10, 5) == 1.0
-    assert evaluate.pass_at_k(5, 1, 1) == pytest.approx(0.2)
-    assert evaluate.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
-    assert evaluate.pass_at_k(2, 1, 2) == 1.0
-    assert evaluate.pass_at_k(20, 4, 10) == pytest.approx(1 - math.comb(16, 10) / math.comb(20, 10))
+    assert summary.pass_at_k(10, 0, 1) == 0.0
+    assert summary.pass_at_k(10, 10, 5) == 1.0
+    assert summary.pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert summary.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
+    assert summary.pass_at_k(2, 1, 2) == 1.0
+    assert summary.pass_at_k(20, 4, 10) == pytest.approx(1 - math.comb(16, 10) / math.comb(20, 10))
     for n in range(1, 12):
         for c in range(n + 1):
             for k in range(1, n + 1):
                 expected = 1.0 if n - c < k else 1 - math.comb(n - c, k) / math.comb(n, k)
-                assert evaluate.pass_at_k(n, c, k) == pytest.approx(expected)
+                assert summary.pass_at_k(n, c, k) == pytest.approx(expected)
     with pytest.raises(ValueError):
-        evaluate.pass_at_k(3, 1, 5)
+        summary.pass_at_k(3, 1, 5)
 
 
 def test_summary_pass_at_k_over_samples():
     rows = [{"task_id": t, "category": "basic", "passed": p, "compiled": True, "forbidden_found": [],
              "compliance": {"pass": True, "score": 1.0}, "test": {"status": "pass" if p else "fail"}}
             for t, ps in (("a", [1, 0, 0, 0]), ("b", [0, 0, 0, 0])) for p in map(bool, ps)]
-    s = evaluate.summarize(rows, ks=[1, 2, 5])
+    s = summary.summarize(rows, ks=[1, 2, 5])
     assert s["pass@1"] == pytest.approx((0.25 + 0) / 2)
     assert s["pass@2"] == pytest.approx((1 - math.comb(3, 2) / math.comb(4, 2)) / 2)
     assert "pass@5" not in s  # needs 5 samples per task
@@ -490,12 +492,12 @@ def test_summary_pass_at_k_over_samples():
 
 
 def test_extract_code():
-    assert generate.extract_code("```ts\nconst a = 1;\n```\ntext") == "const a = 1;\n"
+    assert prompting.extract_code("```ts\nconst a = 1;\n```\ntext") == "const a = 1;\n"
     two = "First:\n```typescript\nimport x from 'y';\n```\nThen:\n```typescript\nexport function f() {}\n```"
-    assert generate.extract_code(two, entry="f") == "export function f() {}\n"
-    assert generate.extract_code("```typescript\nexport function f() {\n  return 1;") == "export function f() {\n  return 1;\n"
-    assert generate.extract_code("export const a = 1;") == "export const a = 1;\n"
-    assert generate.extract_code("") == ""
+    assert prompting.extract_code(two, entry="f") == "export function f() {}\n"
+    assert prompting.extract_code("```typescript\nexport function f() {\n  return 1;") == "export function f() {\n  return 1;\n"
+    assert prompting.extract_code("export const a = 1;") == "export const a = 1;\n"
+    assert prompting.extract_code("") == ""
 
 
 # --- the real benchmark ---------------------------------------------------------------------------
@@ -561,7 +563,7 @@ def test_no_repeat_ngram_decoding_never_repeats(tiny_model):
     base, _ = tiny_model
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    prompts = [generate.render_prompt(tokenizer, t, "You write @qi code.") for t in yaml.safe_load(TASKS_YAML)]
+    prompts = [prompting.render_prompt(tokenizer, t, "You write @qi code.") for t in yaml.safe_load(TASKS_YAML)]
     policy = decoding.StopPolicy(40, frozenset(), None, backend_eos=False, no_repeat_ngram=3)
     for continuous in (True, False):
         backend = transformers_backend.Transformers(model, batch_size=2, continuous=continuous, pad_id=tokenizer.pad_token_id)
@@ -584,11 +586,11 @@ def test_generation_matches_transformers_generate(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     tasks = yaml.safe_load(TASKS_YAML)
-    prompts = [generate.render_prompt(tokenizer, t, "You write @qi code.") for t in tasks]
-    prompts.append(generate.render_prompt(tokenizer, {"instruction": "Add.", "signature": "f()"}, "You write @qi code."))
+    prompts = [prompting.render_prompt(tokenizer, t, "You write @qi code.") for t in tasks]
+    prompts.append(prompting.render_prompt(tokenizer, {"instruction": "Add.", "signature": "f()"}, "You write @qi code."))
     kw = dict(max_new_tokens=10, stop_at_fence=False, stop_on_repetition=False)
-    cont = generate.generate(model, tokenizer, prompts, batch_size=2, continuous=True, **kw)
-    static = generate.generate(model, tokenizer, prompts, batch_size=3, continuous=False, **kw)
+    cont = models.generate(model, tokenizer, prompts, batch_size=2, continuous=True, **kw)
+    static = models.generate(model, tokenizer, prompts, batch_size=3, continuous=False, **kw)
     assert cont.stats["mode"] == "continuous" and cont.stats["shared_prefix_tokens"] > 10
     assert cont.stats["prefill_tokens"] < static.stats["prefill_tokens"]
     eos = decoding.stop_ids(model, tokenizer)
@@ -602,8 +604,8 @@ def test_generation_matches_transformers_generate(tiny_model):
         expected = tokenizer.decode(new, skip_special_tokens=True)
         assert cont.completions[i] == [expected] and static.completions[i] == [expected]
     # Sampling for pass@k: n rows per prompt, reproducible from the seed.
-    a = generate.generate(model, tokenizer, prompts[:2], batch_size=4, n_samples=3, temperature=1.0, seed=7, **kw)
-    b = generate.generate(model, tokenizer, prompts[:2], batch_size=4, n_samples=3, temperature=1.0, seed=7, **kw)
+    a = models.generate(model, tokenizer, prompts[:2], batch_size=4, n_samples=3, temperature=1.0, seed=7, **kw)
+    b = models.generate(model, tokenizer, prompts[:2], batch_size=4, n_samples=3, temperature=1.0, seed=7, **kw)
     assert a.completions == b.completions and all(len(c) == 3 for c in a.completions)
     assert len(set(a.completions[0])) > 1
 
@@ -618,9 +620,9 @@ def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
     base, _ = tiny_model
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    decoder = generate.generation_model(model, "bf16")
+    decoder = models.generation_model(model, "bf16")
     assert next(decoder.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
-    assert generate.generation_model(model, "fp32") is model
+    assert models.generation_model(model, "fp32") is model
     # Every linear layer's weight prepacked once for oneDNN where oneDNN runs bf16 on this processor
     # (AVX512 BW/VL/DQ or AVX-NE-CONVERT): the same products as the plain bf16 copy. Elsewhere (an
     # AVX2-only CPU) the plain bf16 layers: test_bf16_decoding_without_onednn_bf16 forces that case.
@@ -635,10 +637,10 @@ def test_bf16_decoding_keeps_an_fp32_cache_and_the_fp32_model(tiny_model):
         decoder(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
                 past_key_values=cache, use_cache=True)
     assert cache.layers[0].keys.dtype == torch.float32
-    prompts = [generate.render_prompt(tokenizer, t, "You write @qi code.") for t in yaml.safe_load(TASKS_YAML)]
+    prompts = [prompting.render_prompt(tokenizer, t, "You write @qi code.") for t in yaml.safe_load(TASKS_YAML)]
     kw = dict(max_new_tokens=10, stop_at_fence=False, stop_on_repetition=False)
-    cont = generate.generate(decoder, tokenizer, prompts, batch_size=2, continuous=True, **kw)
-    static = generate.generate(decoder, tokenizer, prompts, batch_size=3, continuous=False, **kw)
+    cont = models.generate(decoder, tokenizer, prompts, batch_size=2, continuous=True, **kw)
+    static = models.generate(decoder, tokenizer, prompts, batch_size=3, continuous=False, **kw)
     assert cont.completions == static.completions and all(n == [10] for n in cont.new_tokens)
 
 
@@ -649,12 +651,12 @@ def test_bf16_decoding_without_onednn_bf16(tiny_model, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qi_expert import config
+    from qi_expert.core import config
 
     monkeypatch.setattr(basemodel, "onednn_bf16_supported", lambda: False)
     base, _ = tiny_model
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    decoder = generate.generation_model(model, "bf16")
+    decoder = models.generation_model(model, "bf16")
     linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 for m in linears)
     with torch.inference_mode():
@@ -702,7 +704,7 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
         assert v["curve"][-1]["tokens_per_task"] == v["tokens_per_task"] > v["curve"][0]["tokens_per_task"]
     ref = metrics["paired"]["tuned vs base"]["reference_loss"]
     assert ref["n"] == 3 and ref["test"] == "sign" and ref["ci95"][0] <= ref["delta"] <= ref["ci95"][1]
-    results = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
+    results = list(files.read_jsonl(tmp_path / "eval" / "results.jsonl"))
     assert len(results) == 18
     assert all(r["verify"]["candidates"] == 5 and r["verify"]["tokens"] > 12 for r in results if r["model"].endswith("+verify"))
     by = {(r["model"], r["task_id"]): r for r in results}
@@ -738,7 +740,7 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     again = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert all(again[m]["generation"]["cached"] for m in arms)
     assert {again[m]["generation"]["precision"] for m in arms} == {basemodel.cpu_precision("auto")}
-    rerun = list(io.read_jsonl(tmp_path / "eval" / "results.jsonl"))
+    rerun = list(files.read_jsonl(tmp_path / "eval" / "results.jsonl"))
     assert [r["completion"] for r in rerun] == [r["completion"] for r in results]
     assert [r["reference_nll"] for r in rerun] == [r["reference_nll"] for r in results]
 
@@ -746,7 +748,7 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
 def test_the_cache_key_covers_the_machine(tmp_path, monkeypatch):
     """A cache folder shared by machines never hands one machine's numbers to another: the key
     changes with the processor's instruction sets and with the GPUs torch sees, and only then."""
-    from qi_expert import gencache
+    from qi_expert.core import gencache
 
     model = tmp_path / "model.bin"
     model.write_bytes(b"weights")

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from qi_expert import extract, patterns, tsast
-from qi_expert.config import ROOT, compose_conf
-from qi_expert.corpus import CorpusError
+from qi_expert.core.config import ROOT, compose_conf
+from qi_expert.data import extract
+from qi_expert.data.corpus import CorpusError
+from qi_expert.typescript import patterns, tsast
 
 CFG = compose_conf().extract
 

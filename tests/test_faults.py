@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert import io, lifetime, tracking
-from qi_expert.config import compose_conf
+from qi_expert.core import files, lifetime, tracking
+from qi_expert.core.config import compose_conf
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +84,14 @@ def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(ch
 
 def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path):
     path = tmp_path / "rows.jsonl"
-    io.write_jsonl(path, [{"a": 1}])
+    files.write_jsonl(path, [{"a": 1}])
 
     def rows():
         yield {"a": 2}
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        io.write_jsonl(path, rows())
+        files.write_jsonl(path, rows())
     assert path.read_text() == '{"a":1}\n' and [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from qi_expert import formatting
+from qi_expert.data import formatting
 
 REC = {
     "id": "abc", "unit": "function", "name": "validatePrice", "source_file": "app/m/src/v.ts",

@@ -20,10 +20,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from qi_expert import cli, decoding, export, gguf, llamacpp, modelfile
-from qi_expert.config import ROOT, compose_conf
 from tiny import CHATML, build_llama, smollm2_tokenizer
+
+from qi_expert import cli
+from qi_expert.core.config import ROOT, compose_conf
+from qi_expert.export import convert, modelfile
+from qi_expert.generation import decoding, gguf, llamacpp
 
 SYSTEM = "You are a test assistant for @qi."
 PROMPTS = ["Create a price validation function", "Compose two Results with flatMap"]
@@ -90,9 +92,9 @@ def exported(tmp_path_factory, tiny):
     out = tmp_path_factory.mktemp("gguf")
     gc = compose_conf(["gguf.n_ctx=256", "gguf.n_threads=2", f"gguf.smoke.prompts={json.dumps(PROMPTS)}",
                        "gguf.smoke.compare_tokens=8", "gguf.smoke.exact_tokens=8", "gguf.smoke.bench_tokens=8"]).gguf
-    settings = export.ExportSettings.from_config(gc, model_bf16=False)
+    settings = convert.ExportSettings.from_config(gc, model_bf16=False)
     assert settings.quantizations == ["q8_0", "q4_k_m"] and settings.prompts == PROMPTS
-    metrics = export.export(base, adapter, out, name="qi-tiny", system_prompt=SYSTEM, settings=settings)
+    metrics = convert.export(base, adapter, out, name="qi-tiny", system_prompt=SYSTEM, settings=settings)
     return out, metrics
 
 
@@ -194,11 +196,11 @@ def test_llama_cpp_backend_greedy_tokens_and_stopping(exported, tokenizer):
 def test_one_generation_path_gives_the_same_completions_on_both_backends(tiny, exported, tokenizer):
     """decoding.complete with the eval's stop policy: the merged transformers model and its f16 GGUF
     answer the same prompts with the same text (the eval and the quantization cost score alike)."""
-    from qi_expert import generate, transformers_backend
+    from qi_expert.generation import models, transformers_backend
 
     base, adapter = tiny
     out, _ = exported
-    model, _ = generate.load_model(base, adapter, merge=True)
+    model, _ = models.load_model(base, adapter, merge=True)
     prompts = [modelfile.hf_prompt(tokenizer, SYSTEM, p) for p in PROMPTS]
     policy = decoding.StopPolicy.eval(tokenizer, 12, model=model)
     hf = decoding.complete(transformers_backend.Transformers(model, batch_size=2), tokenizer, prompts, policy)
@@ -213,7 +215,8 @@ def test_one_generation_path_gives_the_same_completions_on_both_backends(tiny, e
 
 
 def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, tokenizer):
-    from qi_expert import bench, quantcost
+    from qi_expert.data import bench
+    from qi_expert.export import quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
@@ -233,7 +236,8 @@ def test_quantization_cost_scores_each_file_with_the_eval_scorer(exported, token
 
 def test_quantization_cost_against_the_eval_stages_tuned_rows(exported, tokenizer):
     """gguf.quant_eval.reference=eval: the eval stage's scored tuned rows are the reference, not generated again."""
-    from qi_expert import bench, quantcost
+    from qi_expert.data import bench
+    from qi_expert.export import quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
@@ -371,7 +375,9 @@ def test_quantization_cost_is_cached_by_file_content(exported, tokenizer, monkey
     """The llama.cpp completions of each file are kept by content (the file's bytes, the prompts,
     the decoding, the llama.cpp build): a rerun after an interruption redoes only the files it had
     not finished, with the same completions."""
-    from qi_expert import bench, llamacpp, quantcost
+    from qi_expert.data import bench
+    from qi_expert.export import quantcost
+    from qi_expert.generation import llamacpp
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:2]
@@ -395,11 +401,12 @@ def test_quantization_cost_is_cached_by_file_content(exported, tokenizer, monkey
 def test_quantization_cost_files_side_by_side_write_what_one_after_the_other_writes(exported, tokenizer):
     """Two files decoded in worker processes at one thread each give every completion the same as
     each file decoded alone in this process at two threads (a thread splits a product's rows)."""
-    from qi_expert import bench, generate, quantcost
+    from qi_expert.data import bench, prompting
+    from qi_expert.export import quantcost
 
     out, _ = exported
     tasks = bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")[:3]
-    prompts = [generate.render_prompt(tokenizer, t, SYSTEM) for t in tasks]
+    prompts = [prompting.render_prompt(tokenizer, t, SYSTEM) for t in tasks]
     files = {"f16": out / "qi-tiny-f16.gguf", "q8_0": out / "qi-tiny-q8_0.gguf"}
     side = dict(quantcost._generate_files(files, tokenizer, prompts, 12, n_ctx=512, threads=2))
     alone = {k: quantcost._generate_one(p, tokenizer, prompts, 12, 512, 2) for k, p in files.items()}
@@ -417,7 +424,6 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     completions and ends with the outputs of an uninterrupted run."""
     import os
     import random
-    import signal
 
     base, adapter = tiny
     root = make_checkout("gguf-stage")
@@ -577,7 +583,7 @@ def _continue_check(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_configure_writes_a_continue_config_its_schema_accepts(exported, tmp_path, capsys):
-    from qi_expert import clients
+    from qi_expert.serve import clients
 
     out, _ = exported
     rc = cli.main(["configure", "--model", str(out / "qi-tiny-q4_k_m.gguf"), "--port", "8123", "--out", str(tmp_path)])
@@ -601,7 +607,7 @@ def test_claude_code_router_on_the_written_config_answers_through_qi_expert_serv
     by the served model."""
     import os
 
-    from qi_expert import clients
+    from qi_expert.serve import clients
 
     out, _ = exported
     port, router_port = _free_port(), _free_port()
@@ -697,7 +703,7 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     assert report.returncode == 0, report.stderr
     summary = json.loads(report.stdout)
     assert summary["requests"] == 1 and summary["checked"] == 1 and summary["trained_system_prompt"] == 1
-    from qi_expert import monitor
+    from qi_expert.serve import monitor
 
     assert monitor.fence_language("Sure:\n```python\ndef f(): pass\n```") == "python"
     assert monitor.fence_language("```ts\nconst a = 1;\n```") in monitor.TYPESCRIPT_TAGS
@@ -748,7 +754,7 @@ def test_base_model_from_a_gguf_parses_it_once_and_writes_what_transformers_writ
     as it was afterwards."""
     import gguf as gguf_py
 
-    from qi_expert import basemodel
+    from qi_expert.generation import basemodel
 
     out, _ = exported
     parses = []

@@ -12,8 +12,12 @@ import re
 
 import pytest
 
-from qi_expert import arms, bench, dedup, evaluate, graded, refloss, retrieval, stats, typecheck
-from qi_expert.config import ROOT, load_params
+from qi_expert.core import stats
+from qi_expert.core.config import ROOT, load_params
+from qi_expert.data import bench, dedup, retrieval
+from qi_expert.evaluation import arms, graded, scoring, summary
+from qi_expert.generation import refloss
+from qi_expert.typescript import typecheck
 
 CORPUS = ROOT / "data/sample/typescript"
 TASKS = {t["id"]: t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")}
@@ -84,7 +88,7 @@ def scored():
     items = [{"model": arm, "task_id": f"t{i}", "sample": 0, "completion": code, "reference_nll": nll}
              for arm, codes, nlls in (("a", a, [0.5, 0.5, 1.0, 2.0]), ("b", b, [1.0, 1.5, 2.0, None]))
              for i, (code, nll) in enumerate(zip(codes, nlls))]
-    rows, info = evaluate.score(items, tasks, project=CORPUS)
+    rows, info = scoring.score(items, tasks, project=CORPUS)
     return rows, info
 
 
@@ -104,7 +108,7 @@ def test_score_rows_carry_graded_fields(scored):
 
 def test_summary_graded_values_by_hand(scored):
     rows, _ = scored
-    s = evaluate.summarize([r for r in rows if r["model"] == "a"])["graded"]
+    s = summary.summarize([r for r in rows if r["model"] == "a"])["graded"]
     assert s["syntax_valid_rate"] == 1.0
     assert s["only_missing_qi_imports_rate"] == 0.25
     # Errors 0, 0, 7, 2 (INVENTED: TS2305 "has no exported member" for each invented name).
@@ -118,13 +122,13 @@ def test_summary_graded_values_by_hand(scored):
     assert s["qi_names_not_imported_per_completion"] == 1.25 and s["not_imported_rate"] == 0.25
     assert s["not_imported_names"] == [[n, 1] for n in ["QiError", "Result", "failure", "success", "validationError"]]
     assert s["reference_loss"] == 1.0  # (0.5 + 0.5 + 1.0 + 2.0) / 4
-    b = evaluate.summarize([r for r in rows if r["model"] == "b"])["graded"]
+    b = summary.summarize([r for r in rows if r["model"] == "b"])["graded"]
     assert b["syntax_valid_rate"] == 0.25 and b["reference_loss"] == 1.5  # the task without a value is left out
 
 
 def test_paired_statistics_by_hand(scored):
     rows, _ = scored
-    p = evaluate.paired_comparison([r for r in rows if r["model"] == "a"], [r for r in rows if r["model"] == "b"])
+    p = summary.paired_comparison([r for r in rows if r["model"] == "a"], [r for r in rows if r["model"] == "b"])
     # compile: a compiles t0, t1; b compiles nothing -> 2 discordant pairs, both for a: p = 2 * (1/2)^2 = 0.5.
     c = p["compile_rate"]
     assert (c["a"], c["b"], c["delta"], c["up"], c["down"], c["test"]) == (0.5, 0.0, 0.5, 2, 0, "mcnemar_exact")
@@ -169,11 +173,12 @@ def test_reference_loss_equals_the_models_own_loss(tiny_model, continuous, monke
     base, _ = tiny_model
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).eval()
-    from qi_expert import decoding, generate, transformers_backend
+    from qi_expert.data import prompting
+    from qi_expert.generation import decoding, transformers_backend
 
     tasks = [TASKS[PRICE], *list(TASKS.values())[1:4]]
-    messages = [generate.chat_messages(t, "Be brief.") for t in tasks]
-    prompts = [generate.render_prompt(tok, t, "Be brief.") for t in tasks]
+    messages = [prompting.chat_messages(t, "Be brief.") for t in tasks]
+    prompts = [prompting.render_prompt(tok, t, "Be brief.") for t in tasks]
     answers = [refloss.answer_text(tok, m, p, t["reference"]) for m, p, t in zip(messages, prompts, tasks)]
     assert answers[0].startswith("```typescript\nimport {") and answers[0].endswith("<|im_end|>")
     answers[2] = None  # a task without a reference
@@ -239,21 +244,26 @@ def test_unknown_arm_and_tuned_without_adapter_are_errors():
 
 
 def test_eval_stage_rejects_bad_arms_before_loading_anything(tmp_path):
+    import importlib.util
+
     cfg = load_params(["eval.arms=[base,tuned+rag]", f"model.base_model={tmp_path / 'no-model'}"])
+    spec = importlib.util.spec_from_file_location("eval_stage", ROOT / "stages" / "eval.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
     with pytest.raises(ValueError, match="eval.arms"):
-        evaluate.run_eval(cfg)
+        stage.run(cfg)
 
 
 def test_index_stage_drops_benchmark_copies(tmp_path, monkeypatch):
     """The index stage: a formatted row that copies a benchmark reference never enters the store."""
     import importlib.util
 
-    from qi_expert import io
+    from qi_expert.core import files
 
     rows = [{"instruction": "copy", "input": "", "output": REFERENCE},
             {"instruction": "near copy", "input": "", "output": REFERENCE.replace("greater than zero", "positive")},
             {"instruction": "log", "input": "", "output": 'import { createLogger } from "@qi/core";\nexport const l = createLogger({ level: "info" });\n'}]
-    io.write_jsonl(tmp_path / "rows.jsonl", rows)
+    files.write_jsonl(tmp_path / "rows.jsonl", rows)
     spec = importlib.util.spec_from_file_location("index_stage", ROOT / "stages" / "index.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)

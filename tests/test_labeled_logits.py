@@ -1,14 +1,15 @@
-"""qi_expert.labeled_logits: the output layer at the trained positions only, the same loss and gradients."""
+"""qi_expert.train.labeled_logits: the output layer at the trained positions only, the same loss and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from peft import PeftModel
+from test_attention import _packed_batch
 from transformers import LlamaForCausalLM
 
-from qi_expert import attention, labeled_logits
-from test_attention import _packed_batch
+from qi_expert.generation import attention
+from qi_expert.train import labeled_logits
 
 
 def _lora(tiny_model):

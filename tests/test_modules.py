@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from qi_expert import augment, extract, modules, typecheck, validate
-from qi_expert.config import ROOT, compose_conf
+from qi_expert.core.config import ROOT, compose_conf
+from qi_expert.data import augment, extract, modules, validate
+from qi_expert.typescript import typecheck
 
 SAMPLE = ROOT / "data/sample/typescript"
 
@@ -224,7 +225,7 @@ def test_variants_run_their_parents_test_cases_before_admission(corpus):
 
 
 def test_variant_tests_without_bubblewrap_stop_naming_the_settings(corpus, monkeypatch):
-    from qi_expert import sandbox
+    from qi_expert.typescript import sandbox
 
     root, cfg, accepted, *_ = corpus
     admitted, _ = validate.admit_variants(augment.variants(accepted, list(cfg.augment.kinds)), accepted, root,

@@ -1,13 +1,12 @@
 """npmdeps: the corpus's npm packages installed outside the checkout, and the type check resolving them."""
 
 import json
-import os
 import stat
 
 import pytest
 
-from qi_expert import npmdeps, typecheck
-from qi_expert.config import ROOT
+from qi_expert.core.config import ROOT
+from qi_expert.typescript import npmdeps, typecheck
 
 SAMPLE = ROOT / "data/sample/typescript"
 
@@ -71,7 +70,7 @@ def test_a_failing_install_names_the_setting_and_leaves_no_folder(tmp_path):
 
 
 def test_the_sandbox_runs_code_against_the_installed_packages(tmp_path):
-    from qi_expert import sandbox
+    from qi_expert.typescript import sandbox
 
     modules = npmdeps.install(_checkout(tmp_path), npm=_fake_npm(tmp_path, tmp_path / "npm.log"),
                               cache=tmp_path / "cache", log=lambda *_: None)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert.config import ROOT
-from qi_expert.node import modules as node_modules
+from qi_expert.core.config import ROOT
+from qi_expert.core.node import modules as node_modules
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@
 
 import subprocess
 
-from qi_expert.config import ROOT
-from qi_expert.node import modules as node_modules
+from qi_expert.core.config import ROOT
+from qi_expert.core.node import modules as node_modules
 
 
 def test_sample_corpus_typechecks_with_tsc():

@@ -18,8 +18,9 @@ import threading
 
 import pytest
 
-from qi_expert import bench, compliance, evaluate
-from qi_expert.config import ROOT
+from qi_expert.core.config import ROOT
+from qi_expert.data import bench
+from qi_expert.evaluation import compliance, scoring
 
 CORPUS = ROOT / "data/sample/typescript"
 TASK = next(t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml") if t["id"] == "price-validate-positive")
@@ -147,7 +148,7 @@ def test_attacks_neither_pass_nor_reach_outside(tmp_path, listener, monkeypatch)
               "OUTSIDE": str(outside), "OUTSIDE_DIR": str(tmp_path), "SECRET_FILE": str(secret_file)}
     items = [{"model": name, "task_id": TASK["id"], "sample": 0, "completion": _completion(code, consts)}
              for name, code in ATTACKS.items()]
-    rows, info = evaluate.score(items, {TASK["id"]: TASK}, project=CORPUS, timeout=5, memory_mb=256)
+    rows, info = scoring.score(items, {TASK["id"]: TASK}, project=CORPUS, timeout=5, memory_mb=256)
     assert info["isolation"] == "bwrap"
     assert len(ATTACKS) >= 15
     by = {r["model"]: r for r in rows}
@@ -173,7 +174,7 @@ def test_attacks_neither_pass_nor_reach_outside(tmp_path, listener, monkeypatch)
 def test_a_correct_solution_with_a_long_output_still_passes():
     """The marker is looked for in the whole output, before it is cut for the results."""
     chatty = TASK["reference"] + "\nfor (let i = 0; i < 2000; i++) console.log('line ' + i);\n"
-    rows, _ = evaluate.score([{"model": "m", "task_id": TASK["id"], "sample": 0, "completion": chatty}],
+    rows, _ = scoring.score([{"model": "m", "task_id": TASK["id"], "sample": 0, "completion": chatty}],
                              {TASK["id"]: TASK}, project=CORPUS)
     assert rows[0]["passed"] and len(rows[0]["test"]["stdout"]) < 5000
 
@@ -188,7 +189,7 @@ def test_ambient_declarations_cannot_change_another_completions_verdict():
     widen = "declare global { interface Number { tag: 'success'; value: number } }\nexport {};\n" + WRONG
     items = [{"model": m, "task_id": TASK["id"], "sample": 0, "completion": c}
              for m, c in (("invents", invents), ("uses", uses), ("widen", widen), ("reference", TASK["reference"]))]
-    rows, info = evaluate.score(items, {TASK["id"]: TASK}, project=CORPUS)
+    rows, info = scoring.score(items, {TASK["id"]: TASK}, project=CORPUS)
     by = {r["model"]: r for r in rows}
     assert info["compiled_alone"] == 2
     assert not by["uses"]["compiled"] and any(d["code"] == 2305 for d in by["uses"]["compile_errors"])
@@ -198,20 +199,20 @@ def test_ambient_declarations_cannot_change_another_completions_verdict():
 
 
 def test_without_bubblewrap_the_eval_refuses_unless_opted_out(monkeypatch):
-    from qi_expert import sandbox
+    from qi_expert.typescript import sandbox
 
     monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
     items = [{"model": "m", "task_id": TASK["id"], "sample": 0, "completion": TASK["reference"]}]
     with pytest.raises(sandbox.SandboxError, match="eval.sandbox=unsafe"):
-        evaluate.score(items, {TASK["id"]: TASK}, project=CORPUS)
-    rows, info = evaluate.score(items, {TASK["id"]: TASK}, project=CORPUS, isolation="unsafe")
+        scoring.score(items, {TASK["id"]: TASK}, project=CORPUS)
+    rows, info = scoring.score(items, {TASK["id"]: TASK}, project=CORPUS, isolation="unsafe")
     assert info["isolation"].startswith("unsafe") and rows[0]["passed"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the drop to `nobody` happens when the eval runs as root")
 def test_sandbox_runs_as_nobody_with_a_private_proc():
     probe = TASK["reference"] + "\nconsole.log('uid=' + process.getuid!() + ' gid=' + process.getgid!());\n"
-    rows, _ = evaluate.score([{"model": "m", "task_id": TASK["id"], "sample": 0, "completion": probe}],
+    rows, _ = scoring.score([{"model": "m", "task_id": TASK["id"], "sample": 0, "completion": probe}],
                              {TASK["id"]: TASK}, project=CORPUS, isolation="bwrap")
     assert "uid=65534 gid=65534" in rows[0]["test"]["stdout"]
     assert rows[0]["test"]["status"] == "pass" and not rows[0]["passed"]  # process.* is tampering
@@ -247,7 +248,7 @@ def test_es_module_attacks_neither_pass_nor_reach_outside(tmp_path):
              for name, code in ESM_ATTACKS.items()]
     items.append({"model": "reference", "task_id": TASK["id"], "sample": 0,
                   "completion": TASK["reference"] + "\nexport const loadedAt = await Promise.resolve(import.meta.url.length);\n"})
-    rows, info = evaluate.score(items, {TASK["id"]: TASK}, project=CORPUS, timeout=5, memory_mb=256, module_format="esm")
+    rows, info = scoring.score(items, {TASK["id"]: TASK}, project=CORPUS, timeout=5, memory_mb=256, module_format="esm")
     assert info["isolation"] == "bwrap" and info["module_format"] == "esm"
     by = {r["model"]: r for r in rows}
     assert by["reference"]["passed"], by["reference"]["test"]  # top-level await and import.meta run
@@ -264,7 +265,7 @@ def test_es_module_attacks_neither_pass_nor_reach_outside(tmp_path):
 
 
 def test_module_format_follows_the_corpus(tmp_path):
-    from qi_expert import sandbox
+    from qi_expert.typescript import sandbox
 
     assert sandbox.module_format(tmp_path) == "commonjs"  # no package.json: CommonJS, as before
     (tmp_path / "package.json").write_text('{"type": "module"}')
@@ -344,7 +345,7 @@ def test_isolated_verdict_holds_against_every_class_of_attack():
     items = [{"model": f"{cls}/{name}", "task_id": tid, "sample": 0, "completion": "// @ts-nocheck\n" + by_id[tid]["wrong"] + "\n" + code + "\n"}
              for cls, attacks in ISOLATION_ATTACKS.items() for name, code in attacks.items() for tid in ISOLATION_TASKS]
     items += [{"model": "reference", "task_id": tid, "sample": 0, "completion": by_id[tid]["reference"]} for tid in ISOLATION_TASKS]
-    rows, info = evaluate.score(items, by_id, project=CORPUS, timeout=10, memory_mb=256)
+    rows, info = scoring.score(items, by_id, project=CORPUS, timeout=10, memory_mb=256)
     assert info["verdict"] == "isolated" and all(len(a) >= 3 for a in ISOLATION_ATTACKS.values())
     for r in rows:
         assert r["test"].get("verdict") == "isolated" or r["test"]["status"] == "not_compiled", r
@@ -395,7 +396,7 @@ export async function retryAsync(operation, maxAttempts) {
 def test_the_membrane_hands_the_completion_nothing_of_the_judges_realm():
     by_id = {t["id"]: t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")}
     items = [{"model": "membrane", "task_id": tid, "sample": 0, "completion": code} for tid, code in MEMBRANE_ATTACKS.items()]
-    rows, _ = evaluate.score(items, by_id, project=CORPUS, timeout=10, memory_mb=256)
+    rows, _ = scoring.score(items, by_id, project=CORPUS, timeout=10, memory_mb=256)
     by = {r["task_id"]: r for r in rows}
     for tid, r in by.items():
         assert r["compiled"] and r["test"]["status"] != "pass" and not r["passed"], (tid, r["test"])
@@ -512,7 +513,7 @@ def test_compliance_counts_only_what_the_checker_resolves_to_qi():
     items = [{"model": name, "task_id": tid, "sample": 0, "completion": code} for tid, name, code in COMPLIANCE_ATTACKS]
     items += [{"model": "reference", "task_id": tid, "sample": 0, "completion": by_id[tid]["reference"]}
               for tid in sorted({tid for tid, _, _ in COMPLIANCE_ATTACKS})]
-    rows, _ = evaluate.score(items, by_id, project=CORPUS)
+    rows, _ = scoring.score(items, by_id, project=CORPUS)
     by = {(r["model"], r["task_id"]): r for r in rows}
     for (model, tid), r in by.items():
         assert r["compiled"], (model, r["compile_errors"])
@@ -545,7 +546,7 @@ def test_es_module_tests_import_the_solution_the_nodenext_way():
     items = [{"model": m, "task_id": TASK["id"], "sample": 0, "completion": c}
              for m, c in (("reference", TASK["reference"]), ("wrong", TASK["wrong"]))]
     for fmt in ("esm", "commonjs"):
-        rows, _ = evaluate.score(items, {TASK["id"]: task}, project=CORPUS, module_format=fmt)
+        rows, _ = scoring.score(items, {TASK["id"]: task}, project=CORPUS, module_format=fmt)
         by = {r["model"]: r for r in rows}
         assert by["reference"]["passed"] and not by["wrong"]["passed"], (fmt, by["reference"]["test"])
 
@@ -559,5 +560,5 @@ def test_the_test_file_is_gone_before_the_test_runs():
     assert probe != TASK["test"]
     items = [{"model": "reference", "task_id": TASK["id"], "sample": 0, "completion": TASK["reference"]}]
     for fmt in ("commonjs", "esm"):
-        rows, _ = evaluate.score(items, {TASK["id"]: {**TASK, "test": probe}}, project=CORPUS, module_format=fmt)
+        rows, _ = scoring.score(items, {TASK["id"]: {**TASK, "test": probe}}, project=CORPUS, module_format=fmt)
         assert rows[0]["passed"], (fmt, rows[0]["test"])

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from qi_expert.config import ROOT
+from qi_expert.core.config import ROOT
 
 DVC = str(ROOT / ".venv" / "bin" / "dvc")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qi_expert import tracking
-from qi_expert.config import ROOT
+from qi_expert.core import tracking
+from qi_expert.core.config import ROOT
 
 
 def _free_port() -> int:

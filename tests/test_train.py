@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from qi_expert import axolotl_config, basemodel, training
-from qi_expert.config import ROOT, compose_conf, to_yaml
 from tiny import CHATML, build_llama
+
+from qi_expert.core.config import ROOT, compose_conf, to_yaml
+from qi_expert.generation import basemodel
+from qi_expert.train import axolotl_config, report, training
 
 GPU_MODELS = ["qwen2.5-coder-7b", "deepseek-coder-6.7b", "codellama-7b"]
 
@@ -381,7 +382,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(trained, tmp_path):
         assert torch.equal(before[k], after[k]), k
     m = json.loads((project / "metrics" / "train.json").read_text())
     assert m["steps"] == 8 and m["steps_this_run"] == 4
-    assert len(training.loss_rows(training.trainer_state(ckpt))) == 9
+    assert len(report.loss_rows(report.trainer_state(ckpt))) == 9
 
 
 @pytest.mark.slow
@@ -429,8 +430,8 @@ def test_base_val_loss_is_measured_once_and_reused_across_a_sweep(project, tmp_p
 
 def test_the_base_val_key_covers_the_machine(tmp_path, monkeypatch):
     """The cached step-0 validation loss is another machine's number only if its processor is this one's."""
-    from qi_expert import gencache
-    from qi_expert.config import load_params
+    from qi_expert.core import gencache
+    from qi_expert.core.config import load_params
 
     val = tmp_path / "val.chat.jsonl"
     val.write_text('{"messages": []}\n')
@@ -449,7 +450,7 @@ def test_a_run_that_stops_before_max_steps_is_a_failure(project, tmp_path, monke
 
     import mlflow
 
-    from qi_expert import config
+    from qi_expert.core import config
 
     other = tmp_path / "proj"
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
@@ -567,8 +568,8 @@ def test_a_run_resumed_in_its_second_epoch_ends_like_an_uninterrupted_run(uninte
     rerun = run_stage(proj, *LONGER)
     assert "resuming from checkpoint-12" in rerun.stdout
     assert json.loads((proj / "metrics" / "train.json").read_text())["steps_this_run"] == 4
-    losses = training.loss_rows(training.trainer_state(ckpt))
-    assert losses == training.loss_rows(training.trainer_state(uninterrupted / "models" / "train" / "checkpoints"))
+    losses = report.loss_rows(report.trainer_state(ckpt))
+    assert losses == report.loss_rows(report.trainer_state(uninterrupted / "models" / "train" / "checkpoints"))
     assert _same_adapter(proj, uninterrupted)
 
 

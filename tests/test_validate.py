@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from qi_expert import dedup, extract, patterns, typecheck, validate
-from qi_expert.config import ROOT, compose_conf
+from qi_expert.core.config import ROOT, compose_conf
+from qi_expert.data import dedup, extract, validate
+from qi_expert.typescript import patterns, typecheck
 
 CFG = compose_conf()
 SAMPLE = ROOT / "data/sample/typescript"

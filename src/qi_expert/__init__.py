@@ -1,84 +1,19 @@
-"""qi-expert: teach local code LLMs the @qi TypeScript ecosystem, and measure it."""
+"""qi-expert: teach local code LLMs the @qi TypeScript ecosystem, and measure it.
 
-import os as _os
-import time as _time
+The package is the pipeline, one subpackage per part; imports run down this list, never up
+(tests/test_layout.py checks it):
+
+    core        params (Hydra), files, process set-up, MLflow tracking, the generation cache
+    typescript  tree-sitter parsing, the @qi pattern rules, the compiler, the sandbox
+    data        the extract, validate, format and index stages' logic; prompts
+    generation  the base model, loading, decoding (transformers, llama.cpp), GGUF files
+    train       Axolotl: config, plugin, launch
+    evaluation  scoring, compliance, graded losses, the arms, verified answers
+    export      GGUF conversion, quantisation cost, Ollama Modelfiles
+    serve       qi-expert serve, client configs, the served-answer monitor
+    cli         the qi-expert command
+
+Importing it does nothing but define names: entry points call core.runtime.setup() first.
+"""
 
 __version__ = "0.1.0"
-
-
-def _other_runnable_threads(samples: int = 5, interval: float = 0.005) -> float:
-    """Threads of OTHER processes ready to run right now (median of a few /proc/stat reads).
-
-    Instantaneous on purpose: the 1-minute load average still counts the previous pipeline
-    stage for a minute after it ended, and would call an idle machine busy.
-    """
-    counts = []
-    for i in range(samples):
-        with open("/proc/stat", encoding="ascii") as f:
-            line = next(x for x in f if x.startswith("procs_running"))
-        counts.append(int(line.split()[1]) - 1)  # minus this process, which is running the read
-        if i + 1 < samples:
-            _time.sleep(interval)
-    return sorted(counts)[len(counts) // 2]
-
-
-def _openmp_wait_policy() -> None:
-    """Pick how OpenMP threads (torch's and llama.cpp's) wait at barriers, before either loads.
-
-    libgomp reads OMP_WAIT_POLICY once, when the first library using it loads, so this runs when
-    qi_expert is imported (every stage and benchmark imports it before torch or llama_cpp).
-    Measured on this 2-core machine:
-    - idle: the default (spin briefly, then sleep) is fastest: llama.cpp q8_0 decoding 59.8
-      tokens/s vs 39.9 with PASSIVE; a LoRA step 12.6 s vs 13.7-16.2 s;
-    - busy (another process on the cores): spinning threads hold the core the others need;
-      PASSIVE measured 4x faster LoRA training (87 vs 22 tokens/s) and 5x faster decoding.
-    So PASSIVE only when another process is running on the cores as we start. Results do not
-    depend on it, only speed. A value the user set wins.
-    """
-    if "OMP_WAIT_POLICY" in _os.environ:
-        return
-    try:
-        busy = _other_runnable_threads() >= 1
-    except (OSError, StopIteration, ValueError):
-        return
-    if busy:
-        _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-_openmp_wait_policy()
-
-
-def _keep_freed_memory() -> None:
-    """glibc malloc: serve big blocks from the heap and keep freed memory, instead of a fresh mmap
-    per large tensor whose pages fault in again on every first touch (logits of [rows, tokens,
-    49,152] are hundreds of MB). The Axolotl processes get the same through their environment
-    (axolotl_config.AXOLOTL_ENV); this is the in-process equivalent for the stages themselves.
-    Results do not depend on it, only speed. Measured here: the base arm's reference loss (54
-    tasks, bf16 autocast) 64.6 s with glibc's defaults vs 46.3 s with this, the same losses to the
-    last digit; eval generation 79.3 vs 81.7 tokens/s (32 prompts).
-    """
-    import ctypes
-    import ctypes.util
-
-    if "MALLOC_MMAP_MAX_" in _os.environ or "MALLOC_TRIM_THRESHOLD_" in _os.environ:
-        return  # the user's (or the Axolotl environment's) choice
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 2**31 - 1)
-
-
-_keep_freed_memory()
-
-
-def _quiet() -> None:
-    from qi_expert import quiet  # third-party messages that say nothing to a user (quiet.py)
-
-    quiet.silence()
-
-
-_quiet()

@@ -19,8 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from qi_expert import gguf, llamacpp
-from qi_expert.config import PARAMS_FILE
+from qi_expert.core.config import PARAMS_FILE
+from qi_expert.generation import gguf, llamacpp
 
 
 def _params_system_prompt() -> str | None:
@@ -56,6 +56,7 @@ def cmd_generate(args) -> int:
         prompt = _with_retrieved(prompt, Path(args.store))
     llm = llamacpp.load_llama(path, n_ctx=_setting(args.n_ctx, manifest, "n_ctx", 2048), n_threads=args.threads,
                               lora_path=args.lora)
+    llamacpp.apply_eval_stops(llm)  # stops where the eval and the server stop: a closed fence, a loop
     try:
         for piece in llamacpp.stream_chat(llm, prompt, system, args.max_tokens,
                                           temperature=_setting(args.temperature, manifest, "temperature", 0.1),
@@ -72,7 +73,7 @@ def _with_retrieved(prompt: str, store_dir: Path) -> str:
     """The prompt with the pattern store's context before it, as the eval's +retrieval arms ask."""
     import yaml
 
-    from qi_expert import retrieval
+    from qi_expert.data import retrieval
 
     try:
         rc = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["eval"]["retrieval"]
@@ -91,7 +92,7 @@ def cmd_serve(args) -> int:
     try:
         import uvicorn
 
-        from qi_expert import serving
+        from qi_expert.serve import serving
     except ImportError as e:
         print(f"qi-expert serve: llama-cpp-python's server cannot be imported ({e}); install its extra "
               f"dependencies: `.venv/bin/pip install -r requirements.txt -c requirements.lock`", file=sys.stderr)
@@ -116,7 +117,7 @@ def cmd_serve(args) -> int:
             f"{args.verify_candidates} candidates, {args.verify_rounds} repair turn(s), {args.verify_budget:g} s)"
             if verification else "; answers returned unchecked (--no-verify)")
     if log_dir is not None:
-        from qi_expert import monitor
+        from qi_expert.serve import monitor
 
         monitor.Checker(log_dir, interval=args.check_every, **_check_settings()).start()
         how += f"; requests logged to {log_dir / monitor.REQUESTS}, checked every {args.check_every:g} s"
@@ -128,8 +129,8 @@ def cmd_serve(args) -> int:
 
 def _check_settings() -> dict:
     """How served answers are checked: the project's corpus, anti-pattern rules and MLflow store."""
-    from qi_expert import tracking
-    from qi_expert.config import load_params, resolve_path
+    from qi_expert.core import tracking
+    from qi_expert.core.config import load_params, resolve_path
 
     cfg = load_params()
     return {"project": resolve_path(cfg.corpus.root), "tsconfig": str(cfg.corpus.tsconfig),
@@ -140,7 +141,7 @@ def _check_settings() -> dict:
 def cmd_report(args) -> int:
     import json
 
-    from qi_expert import monitor
+    from qi_expert.serve import monitor
 
     log_dir = Path(args.log_dir)
     if not (log_dir / monitor.REQUESTS).is_file():
@@ -170,8 +171,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_feedback(args) -> int:
-    from qi_expert import feedback
-    from qi_expert.config import load_params, resolve_path
+    from qi_expert.core.config import load_params, resolve_path
+    from qi_expert.data import feedback
+    from qi_expert.serve import monitor
 
     code = None
     if args.verdict == "corrected":
@@ -184,8 +186,8 @@ def cmd_feedback(args) -> int:
         return 2
     target = Path(args.file) if args.file else resolve_path(str(load_params().feedback.file))
     try:
-        request = feedback.find_request(Path(args.log_dir), args.request_id)
-        row = feedback.record(target, request, args.verdict, code)
+        request = monitor.find_request(Path(args.log_dir), args.request_id)
+        row = monitor.record(target, request, args.verdict, code)
     except feedback.FeedbackError as e:
         print(f"qi-expert feedback: {e}", file=sys.stderr)
         return 1
@@ -195,7 +197,7 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_configure(args) -> int:
-    from qi_expert import clients, serving
+    from qi_expert.serve import clients, serving
 
     path, manifest = _model(args)
     model = args.alias or serving.model_id(path, manifest)
@@ -281,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qi_expert.core import runtime
+
+    runtime.setup()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
