@@ -45,7 +45,9 @@ ROWS = [  # (label, how to read it from an arm's summary)
     ("invented @qi names per completion", lambda s: f"{s['graded']['qi_names_invented_per_completion']:.2f}"),
     ("answers ending in a loop", lambda s: _rate(s["generation"]["stop_reasons"].get("repetition", 0) / max(1, s["generation"]["rows"]),
                                                  s["generation"]["rows"])),
-    ("new tokens per task (all candidates)", lambda s: f"{s['generation']['new_tokens'] / s['tasks']:.0f}"),
+    # A verified arm's own count covers every candidate and repair turn (its greedy first answer included).
+    ("new tokens per task (all candidates)", lambda s: f"{s['generation']['verify']['tokens_per_task']:.0f}"
+                                           if "verify" in s["generation"] else f"{s['generation']['new_tokens'] / s['tasks']:.0f}"),
     ("candidates / repair turns per task", lambda s: (f"{s['generation']['verify']['candidates_per_task']:.2f} / "
                                                       f"{s['generation']['verify']['rounds_per_task']:.2f}")
                                            if "verify" in s["generation"] else "1 / 0"),

@@ -1,4 +1,8 @@
+import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,67 @@ def make_checkout(tmp_path_factory):
         return root
 
     return make
+
+
+PARAMS_READ = "params_read.jsonl"  # in a checkout: what its stages read (core/config.py, $QI_PARAMS_READ)
+STAGE_SCRIPTS = {"gguf": "gguf_export"}  # dvc.yaml stage name -> stages/<script>.py where they differ
+
+
+def stage_env(root: Path, **extra) -> dict:
+    """The environment a stage (or DVC) runs in under test: this virtual environment's `python`
+    first on PATH (what dvc.yaml's commands call), MLflow in the checkout, and every parameter the
+    stage reads traced to <root>/params_read.jsonl. `extra` wins (MLFLOW_TRACKING_URI, QI_CACHE_DIR...)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "QI_PARAMS_READ": str(root / PARAMS_READ),
+           "GIT_AUTHOR_NAME": "t", "GIT_COMMITTER_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return env | {k: str(v) for k, v in extra.items()}
+
+
+def params_unread(root: Path, stage: str) -> list[str]:
+    """The params dvc.yaml lists for `stage` that none of its runs in `root` read: a listed leaf
+    must be read itself; a listed group through one of its keys, or converted whole."""
+    rows = [json.loads(line) for line in (root / PARAMS_READ).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["stage"] == stage]
+    assert rows, f"no run of stage {stage} was traced in {root}"
+    read = {r["read"] for r in rows}
+    whole = {k[:-2] for k in read if k.endswith(".*")}
+
+    def is_read(key: str) -> bool:
+        return (key in read and not _is_group(rows[0], key)) or any(r.startswith(key + ".") for r in read) \
+            or any(key == w or key.startswith(w + ".") for w in whole)
+
+    return [k for k in rows[0]["listed"] if not is_read(k)]
+
+
+def _is_group(row: dict, key: str) -> bool:
+    """Whether a listed key names a group of params (its reads are its own keys)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from qi_expert.core.config import load_params
+
+    return isinstance(OmegaConf.select(load_params([]), key), DictConfig)
+
+
+def launch_stage(root: Path, stage: str, *overrides: str, env: dict | None = None, timeout: float = 900,
+                 script_root: Path | None = None, background: bool = False):
+    """`python stages/<stage>.py [overrides]` in a checkout, as DVC runs it (cwd = the checkout,
+    stage_env + `env`). `script_root`: run that tree's script instead (the train tests run this
+    project's script in a project folder). `background=True`: the process, started with SIGINT at
+    its default (as a terminal's Ctrl+C finds it; a shell that starts a job in the background
+    without job control, as CI may start pytest, sets it to ignored and children inherit that)."""
+    script = f"stages/{STAGE_SCRIPTS.get(stage, stage)}.py"
+    cmd = [sys.executable, str(script_root / script) if script_root else script, *overrides]
+    environment = stage_env(root, **(env or {}))
+    if background:
+        return subprocess.Popen(cmd, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.run(cmd, cwd=root, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_stage():
+    """launch_stage, for tests: run_stage(checkout, "validate", "validate.x=1", env={...})."""
+    return launch_stage
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import params_unread
 
 from qi_expert.core import files
 from qi_expert.core.config import ROOT, load_params
@@ -222,8 +223,8 @@ def test_predictions_file_references_pass_wrong_fail(dev_tasks, tmp_path, monkey
         assert "/qi-eval-" not in r["test"]["stderr"] + r["test"]["stdout"]
     assert any("<sandbox>/" in r["test"]["stderr"] for r in results)
     csv_lines = (tmp_path / "metrics" / "eval_by_category.csv").read_text().splitlines()
-    assert csv_lines[0] == "category,model,pass@1,compile,compliance,label"
-    assert "basic,reference,1.0,1.0,1.0,basic · reference" in csv_lines
+    assert csv_lines[0] == "category,model,pass@1,compile,compliance,compliance_score,label"
+    assert "basic,reference,1.0,1.0,1.0,1.0,basic · reference" in csv_lines
     assert any(line.startswith("overall,wrong,0.0,") for line in csv_lines)
 
 
@@ -783,37 +784,35 @@ def test_params_declare_the_eval_stage():
 
 
 @pytest.mark.slow
-def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_arms(make_checkout, tiny_model,
+def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_arms(run_stage, make_checkout, tiny_model,
                                                                                     sample_store, tmp_path, left_running):
     """The eval stage killed outright once some arms are generated: data/eval and its metrics stay
     those of the previous run, no process is left, and the rerun reuses the arms finished before
     the kill (the content-keyed cache) and ends with results byte-identical to an uninterrupted
     run's. (Resumption is by arm, not by task: a batched completion depends on its batch.)"""
-    import os
     import random
     import signal
-    import subprocess
-    import sys
     import time
 
     base, adapter = tiny_model
     root = make_checkout("eval-stage")
-    cmd = [sys.executable, "stages/eval.py", f"model.base_model={base}", f"eval.adapter={adapter}",
-           f"eval.benchmark={BENCHMARK}", "eval.limit=3", "eval.max_new_tokens=12", "eval.batch_size=2",
-           f"eval.retrieval.store={sample_store}"]
+    overrides = [f"model.base_model={base}", f"eval.adapter={adapter}", f"eval.benchmark={BENCHMARK}", "eval.limit=3",
+                 "eval.max_new_tokens=12", "eval.batch_size=2", f"eval.retrieval.store={sample_store}"]
 
-    def env(cache: str) -> dict:
-        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "QI_CACHE_DIR": str(tmp_path / cache)}
+    def run(cache: str, background: bool = False):
+        return run_stage(root, "eval", *overrides, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+                                                        "QI_CACHE_DIR": tmp_path / cache}, background=background)
 
     def outputs() -> dict[str, bytes]:
         return {"results.jsonl": (root / "data/eval/results.jsonl").read_bytes(),
                 "eval.json": (root / "metrics/eval.json").read_bytes()}
 
-    first = subprocess.run(cmd, cwd=root, env=env("cache-1"), capture_output=True, text=True, timeout=900)
+    first = run("cache-1")
     assert first.returncode == 0, first.stderr[-3000:]
     whole = outputs()
+    assert params_unread(root, "eval") == []  # every param dvc.yaml lists for the stage, read
 
-    proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run("cache-2", background=True)
     generated = tmp_path / "cache-2" / "generations"
     deadline = time.time() + 600
     while not (generated.is_dir() and any(generated.glob("*.json"))):
@@ -825,7 +824,7 @@ def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_a
     assert left_running(root) == []
     assert outputs() == whole  # the previous run's, untouched
 
-    rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)
+    rerun = run("cache-2")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "(cached)" in rerun.stdout  # at least the arm finished before the kill
     assert (root / "data/eval/results.jsonl").read_bytes() == whole["results.jsonl"]

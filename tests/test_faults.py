@@ -17,37 +17,28 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stage_env
 
 from qi_expert.core import files, lifetime, tracking
 from qi_expert.core.config import compose_conf
 
 
 @pytest.fixture(scope="module")
-def checkout(make_checkout, tmp_path_factory) -> Path:
+def checkout(make_checkout, run_stage, tmp_path_factory) -> Path:
     """This project's code, config and sample corpus, extracted once (validate reads data/extracted)."""
     root = make_checkout()
-    done = _stage(root, "extract", tmp_path_factory.mktemp("mlflow"))
+    done = run_stage(root, "extract", env=_mlflow(tmp_path_factory.mktemp("mlflow")))
     assert done.returncode == 0, done.stderr
     return root
 
 
-def _env(mlflow_dir: Path) -> dict:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir}/mlflow.db"}
+def _mlflow(folder: Path) -> dict:
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
 
 
-def _stage(root: Path, stage: str, mlflow_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=root, env=_env(mlflow_dir),
-                          capture_output=True, text=True, timeout=600)
-
-
-def _interrupt(root: Path, stage: str, sig: int, after: float, mlflow_dir: Path) -> subprocess.CompletedProcess:
+def _interrupt(run_stage, root: Path, stage: str, sig: int, after: float, mlflow_dir: Path) -> subprocess.CompletedProcess:
     """Start the stage, send `sig` once it is `after` seconds into its work, wait for it to end."""
-    # SIGINT at its default, as a terminal's Ctrl+C finds it: a shell that starts a job in the
-    # background without job control (`cmd &` in a script: how CI may start pytest) sets it to
-    # ignored, and every process started from there inherits that.
-    proc = subprocess.Popen([sys.executable, f"stages/{stage}.py"], cwd=root, env=_env(mlflow_dir),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = run_stage(root, stage, env=_mlflow(mlflow_dir), background=True)
     time.sleep(after)
     assert proc.poll() is None, "the stage ended before the signal: interrupt it earlier"
     proc.send_signal(sig)
@@ -62,11 +53,11 @@ def _outputs(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(checkout, sig, tmp_path, left_running):
+def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(run_stage, checkout, sig, tmp_path, left_running):
     shutil.rmtree(checkout / "data/validated", ignore_errors=True)
     (checkout / "metrics/validate.json").unlink(missing_ok=True)
     # Validate spends seconds in the TypeScript compiler before it writes anything.
-    stopped = _interrupt(checkout, "validate", sig, after=3.0, mlflow_dir=tmp_path)
+    stopped = _interrupt(run_stage, checkout, "validate", sig, after=3.0, mlflow_dir=tmp_path)
     name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl+C (SIGINT)"
     assert stopped.returncode == 130, stopped.stderr
     assert f"validate: interrupted by {name}" in stopped.stderr and "dvc repro" in stopped.stderr
@@ -74,10 +65,10 @@ def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(ch
     # The compiler process it had started is gone with it: nothing runs in this checkout any more.
     assert left_running(checkout) == []
 
-    rerun = _stage(checkout, "validate", tmp_path)
+    rerun = run_stage(checkout, "validate", env=_mlflow(tmp_path))
     assert rerun.returncode == 0, rerun.stderr
     first = _outputs(checkout)
-    again = _stage(checkout, "validate", tmp_path)
+    again = run_stage(checkout, "validate", env=_mlflow(tmp_path))
     assert again.returncode == 0 and _outputs(checkout) == first  # byte-identical to an uninterrupted run
     assert {"accepted.jsonl", "augmented.jsonl"} <= set(first) and not [n for n in first if n.endswith(".tmp")]
 
@@ -112,9 +103,9 @@ def test_mlflow_run_of_an_interrupted_stage_ends_killed_and_of_an_error_failed()
     assert status == {"validate": "KILLED", "format": "FAILED"}
 
 
-def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(checkout, tmp_path):
+def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(run_stage, checkout, tmp_path):
     if not (checkout / "data/validated/accepted.jsonl").is_file():
-        assert _stage(checkout, "validate", tmp_path).returncode == 0
+        assert run_stage(checkout, "validate", env=_mlflow(tmp_path)).returncode == 0
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the store's folder should be\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{blocked}/mlflow.db"}
@@ -127,24 +118,24 @@ def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(check
 
 # --- killed outright, a full disk ----------------------------------------------------------------
 
-def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(checkout, tmp_path,
+def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(run_stage, checkout, tmp_path,
                                                                                                     left_running):
     """SIGKILL runs none of the stage's code: what must hold then is what the kernel and the file
     system guarantee. The compiler the stage started dies with it (lifetime.tied), every output
     file that exists is whole, and the rerun removes the dead writer's temporary files."""
-    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    assert run_stage(checkout, "validate", env=_mlflow(tmp_path)).returncode == 0
     uninterrupted = _outputs(checkout)
     shutil.rmtree(checkout / "data/validated")
     (checkout / "metrics/validate.json").unlink()
 
     after = random.uniform(0.5, 6.0)  # validate takes ~10 s here: the compiler, then the writes
-    stopped = _interrupt(checkout, "validate", signal.SIGKILL, after=after, mlflow_dir=tmp_path)
+    stopped = _interrupt(run_stage, checkout, "validate", signal.SIGKILL, after=after, mlflow_dir=tmp_path)
     assert stopped.returncode == -signal.SIGKILL, f"killed after {after:.2f} s"
     assert left_running(checkout) == [], f"a child outlived the stage killed after {after:.2f} s"
     for name, data in _outputs_present(checkout).items():  # whatever exists is whole
         assert data == uninterrupted[name], f"{name} half-written (killed after {after:.2f} s)"
 
-    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    assert run_stage(checkout, "validate", env=_mlflow(tmp_path)).returncode == 0
     assert _outputs(checkout) == uninterrupted, f"killed after {after:.2f} s"
     leftovers = [p.name for p in (checkout / "data/validated").iterdir() if p.name.endswith(".tmp")]
     leftovers += [p.name for p in (checkout / "metrics").iterdir() if p.name.endswith(".tmp")]
@@ -164,11 +155,11 @@ def _can_mount_tmpfs() -> bool:
 
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs user and mount namespaces (unshare -rm) for a small tmpfs")
-def test_a_full_disk_fails_the_stage_with_one_line_and_leaves_nothing_half_written(checkout, tmp_path):
+def test_a_full_disk_fails_the_stage_with_one_line_and_leaves_nothing_half_written(run_stage, checkout, tmp_path):
     """data/validated on a 64 KiB tmpfs (in a private mount namespace): the first large output
     fills it. The stage exits 1 naming the file and the cause, without a traceback, leaves no
     temporary file and no metrics; once there is space the rerun equals an uninterrupted run."""
-    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    assert run_stage(checkout, "validate", env=_mlflow(tmp_path)).returncode == 0
     uninterrupted = _outputs(checkout)
     shutil.rmtree(checkout / "data/validated")
     (checkout / "data/validated").mkdir()
@@ -177,7 +168,7 @@ def test_a_full_disk_fails_the_stage_with_one_line_and_leaves_nothing_half_writt
     # outputs are never compared.)
     script = ("mount -t tmpfs -o size=64k tmpfs data/validated && "
               f"{sys.executable} stages/validate.py augment.run_tests=false; rc=$?; ls -A data/validated; exit $rc")
-    full = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=checkout, env=_env(tmp_path),
+    full = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=checkout, env=stage_env(checkout, **_mlflow(tmp_path)),
                           capture_output=True, text=True, timeout=600)
     assert full.returncode == 1, full.stderr[-2000:]
     last = full.stderr.strip().splitlines()[-1]
@@ -187,7 +178,7 @@ def test_a_full_disk_fails_the_stage_with_one_line_and_leaves_nothing_half_writt
     assert not [n for n in left_in_tmpfs if n.endswith(".tmp")], left_in_tmpfs
     assert not (checkout / "metrics/validate.json").exists()
 
-    assert _stage(checkout, "validate", tmp_path).returncode == 0
+    assert run_stage(checkout, "validate", env=_mlflow(tmp_path)).returncode == 0
     assert _outputs(checkout) == uninterrupted
 
 

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import launch_stage, params_unread, stage_env
 from tiny import CHATML, build_llama, smollm2_tokenizer
 
 from qi_expert import cli
@@ -417,12 +418,11 @@ def test_quantization_cost_files_side_by_side_write_what_one_after_the_other_wri
 
 
 @pytest.mark.slow
-def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(make_checkout, tiny, tmp_path, left_running):
+def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(run_stage, make_checkout, tiny, tmp_path, left_running):
     """The stage builds models/gguf in a staging folder and swaps it in when complete. SIGKILL at a
     random point leaves the previous output whole (byte for byte) and no converter running; killed
     again once the first file's quantization cost is scored, the rerun reuses that file's
     completions and ends with the outputs of an uninterrupted run."""
-    import os
     import random
 
     base, adapter = tiny
@@ -432,34 +432,34 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
                  "gguf.quant_eval.files=[f16,q8_0,q4_k_m]", "gguf.quant_eval.limit=3", "eval.max_new_tokens=24",
                  "gguf.n_ctx=512", "gguf.n_threads=2", "gguf.smoke.bench_tokens=8", "gguf.smoke.compare_tokens=8",
                  "gguf.smoke.exact_tokens=8"]
-    cmd = [sys.executable, "stages/gguf_export.py", *overrides]
-
     scratch = tmp_path / "tmp"  # the stage's TMPDIR: a killed run must leave no model in it
     scratch.mkdir()
 
-    def env(cache: str) -> dict:
-        return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "QI_CACHE_DIR": str(tmp_path / cache),
-                "TMPDIR": str(scratch)}
+    def run(cache: str, background: bool = False):
+        return run_stage(root, "gguf", *overrides, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+                                                        "QI_CACHE_DIR": tmp_path / cache, "TMPDIR": scratch},
+                         background=background)
 
     def outputs() -> dict[str, bytes]:  # everything but the logs (timings)
         return {p.name: p.read_bytes() for p in sorted((root / "models/gguf").iterdir()) if p.is_file()}
 
     t0 = time.time()
-    first = subprocess.run(cmd, cwd=root, env=env("cache-1"), capture_output=True, text=True, timeout=900)
+    first = run("cache-1")
     seconds = time.time() - t0
     assert first.returncode == 0, first.stderr[-3000:]
     whole = outputs()
+    assert params_unread(root, "gguf") == []  # every param dvc.yaml lists for the stage, read
     assert "quant_eval.jsonl" in whole and "manifest.json" in whole
 
     after = random.uniform(1.0, seconds * 0.9)
-    proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run("cache-2", background=True)
     time.sleep(after)
     proc.kill()
     proc.communicate(timeout=60)
     assert left_running(root) == [], f"a converter outlived the stage killed after {after:.1f} s"
     assert outputs() == whole, f"models/gguf changed by a run killed after {after:.1f} s"
 
-    proc = subprocess.Popen(cmd, cwd=root, env=env("cache-2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run("cache-2", background=True)
     cached = tmp_path / "cache-2" / "gguf_completions"
     deadline = time.time() + 600
     while not (cached.is_dir() and any(cached.glob("*.json"))):
@@ -471,7 +471,7 @@ def test_sigkill_leaves_the_previous_models_gguf_and_the_rerun_resumes_by_file(m
     assert not list(scratch.rglob("*.safetensors")), "the killed run left its merged model in TMPDIR"
     done = len(list(cached.glob("*.json")))  # the files scored before the kill (side by side: any of them)
 
-    rerun = subprocess.run(cmd, cwd=root, env=env("cache-2"), capture_output=True, text=True, timeout=900)
+    rerun = run("cache-2")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "gguf eval: f16: 3 completions" in rerun.stdout and "(cached)" in rerun.stdout
     metrics = json.loads((root / "metrics/gguf.json").read_text())
@@ -662,17 +662,15 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     the background check (checks.jsonl and the MLflow run serve:<model>), `qi-expert report`, a
     correction and a broken one through `qi-expert feedback`, then validate accepts the one and
     counts the other, and format trains on the accepted correction."""
-    import os
 
     import mlflow
     import openai
 
     out, _ = exported
     root = make_checkout("served")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    run = lambda *cmd: subprocess.run([sys.executable, *cmd], cwd=root, env=env, capture_output=True, text=True,
-                                      timeout=600)
-    assert run("stages/extract.py").returncode == 0
+    env = stage_env(root, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    run = lambda stage: launch_stage(root, stage, env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}, timeout=600)
+    assert run("extract").returncode == 0
     log_dir = root / "models" / "served"
     port = _free_port()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -717,11 +715,11 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     refused = run("-m", "qi_expert.cli", "feedback", "nope", "good", "--log-dir", str(log_dir))
     assert refused.returncode == 1 and "no request with id 'nope'" in refused.stderr
 
-    assert run("stages/validate.py").returncode == 0
+    assert run("validate").returncode == 0
     fb = json.loads((root / "metrics" / "validate.json").read_text())["feedback"]
     assert fb == {"rows": 3, "by_verdict": {"bad": 1, "corrected": 2}, "accepted": 1,
                   "rejected_by_reason": {"compile_error": 1}}
-    assert run("stages/format.py").returncode == 0
+    assert run("format").returncode == 0
     rows = [json.loads(x) for split in ("train", "val")
             for x in (root / "data" / "formatted" / f"{split}.instruct.jsonl").read_text().splitlines()]
     (taught,) = [r for r in rows if "parsePercent" in r["output"]]
@@ -730,7 +728,7 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     # A malformed row stops validate with the file and line, before anything is written.
     with (root / "data" / "feedback" / "feedback.jsonl").open("a") as f:
         f.write('{"verdict": "meh"}\n')
-    broken = run("stages/validate.py")
+    broken = run("validate")
     assert broken.returncode == 1 and "feedback.jsonl:4: missing" in broken.stderr
 
 

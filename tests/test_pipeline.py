@@ -1,13 +1,13 @@
 """The data half of the pipeline through DVC, on the sample corpus, in a throwaway copy."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import params_unread, stage_env
 
 from qi_expert.core.config import ROOT
 from qi_expert.core.node import modules as node_modules
@@ -31,24 +31,15 @@ def repo(tmp_path_factory):
     for rel in ("data/extracted", "data/validated", "data/formatted"):
         shutil.rmtree(dst / rel, ignore_errors=True)
     (dst / "node_modules").symlink_to(node_modules())  # what `npm ci` installs in a clone
-    env = _env(dst)
+    env = stage_env(dst)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dst, check=True, env=env)
     return dst
 
 
-def _env(repo: Path) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` = this venv
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo}/mlflow.db"
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "t"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "t@t"
-    return env
-
-
 def dvc(repo: Path, *args: str) -> str:
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=_env(repo),
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=stage_env(repo),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -78,6 +69,15 @@ def test_data_stages_through_dvc(repo, reproduced):
     ignored = subprocess.run(["git", "check-ignore", "data/formatted", "data/extracted"], cwd=repo,
                              capture_output=True, text=True).stdout.split()
     assert ignored == ["data/formatted", "data/extracted"]
+    for stage in ("extract", "validate", "format"):  # every param dvc.yaml lists for them, read
+        assert params_unread(repo, stage) == [], stage
+
+
+def test_index_stage_through_dvc_builds_the_store_and_reads_its_params(repo, reproduced):
+    out = dvc(repo, "repro", "index")
+    assert "Running stage 'index'" in out and (repo / "data/index/store.sqlite").stat().st_size > 0
+    assert json.loads((repo / "metrics/index.json").read_text())["api_entries"] > 20
+    assert params_unread(repo, "index") == []
 
 
 def test_data_stages_are_deterministic(repo, reproduced):

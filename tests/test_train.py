@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import launch_stage, params_unread
 from tiny import CHATML, build_llama
 
 from qi_expert.core.config import ROOT, compose_conf, to_yaml
@@ -70,7 +71,9 @@ def make_project(dst: Path) -> Path:
     """A project folder the stage can run in: params.yaml + conf/ + dvc.yaml, tiny model, data."""
     shutil.copytree(ROOT / "conf", dst / "conf")
     shutil.copy2(ROOT / "params.yaml", dst / "params.yaml")
-    (dst / "dvc.yaml").write_text("stages: {}\n")
+    # The train stage as dvc.yaml declares it: the stage sees only the params listed for it.
+    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    (dst / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": train}}, sort_keys=False))
     build_tiny_model(dst / "models" / "tiny")
     fmt = dst / "data" / "formatted"
     fmt.mkdir(parents=True)
@@ -85,14 +88,12 @@ TINY = ["model.name=tiny", "model.base_model=models/tiny", "model.source.kind=lo
         "lora_r=8", "lora_alpha=16", "lora_dropout=0.0"]
 
 
-def run_stage(project: Path, *overrides: str, check: bool = True, cache: Path | None = None) -> subprocess.CompletedProcess:
-    """The stage run as DVC runs it; `cache` is the QI_CACHE_DIR to use (default: the test's own,
-    which a module fixture, built before any test's environment is set, must not rely on)."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db")
-    if cache is not None:
-        env["QI_CACHE_DIR"] = str(cache)
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *overrides],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+def train_stage(project: Path, *overrides: str, check: bool = True, cache: Path | None = None) -> subprocess.CompletedProcess:
+    """This project's train stage run in `project` as DVC runs it (conftest.launch_stage); `cache` is
+    the QI_CACHE_DIR to use (default: the test's own, which a module fixture, built before any
+    test's environment is set, must not rely on)."""
+    proc = launch_stage(project, "train", *TINY, *overrides, env={"QI_CACHE_DIR": cache} if cache else None,
+                        timeout=600, script_root=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"train stage failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -299,7 +300,7 @@ def trained(project, tmp_path_factory) -> Path:
     it work on a copy of their own (`_copy_all`), so any of them can run alone or in any order."""
     proj = tmp_path_factory.mktemp("trained") / "proj"
     shutil.copytree(project, proj)
-    run_stage(proj, cache=proj.parent / "qi-cache")
+    train_stage(proj, cache=proj.parent / "qi-cache")
     return proj
 
 
@@ -310,6 +311,7 @@ def _copy_all(proj: Path, dst: Path) -> Path:
 
 @pytest.mark.slow
 def test_lora_run_learns_and_writes_adapter_metrics_and_mlflow(trained):
+    assert params_unread(trained, "train") == []  # every param dvc.yaml lists for the stage, read
     project = trained
     adapter = project / "models" / "adapter"
     cfg = json.loads((adapter / "adapter_config.json").read_text())
@@ -356,7 +358,7 @@ def test_same_inputs_and_params_give_the_same_adapter_bit_for_bit(project, train
     other = tmp_path / "proj"
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("train", "adapter", "mlflow.db", "metrics"))
     assert not (other / "models" / "adapter").exists()
-    proc = run_stage(other)
+    proc = train_stage(other)
     assert "fresh run" in proc.stdout
     assert {f: (other / "models" / "adapter" / f).read_bytes() for f in training.ADAPTER_FILES} == first
 
@@ -374,7 +376,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(trained, tmp_path):
     shutil.rmtree(ckpt / "checkpoint-8")
     for f in training.ADAPTER_FILES:
         (ckpt / f).unlink()
-    proc = run_stage(project)
+    proc = train_stage(project)
     assert "resuming from checkpoint-4" in proc.stdout
     after = load_file(project / "models" / "adapter" / "adapter_model.safetensors")
     assert before.keys() == after.keys()
@@ -393,7 +395,7 @@ def test_rerun_of_a_finished_run_trains_no_further_step(trained, tmp_path):
     adapter = project / "models" / "adapter"
     before = {f: (adapter / f).read_bytes() for f in training.ADAPTER_FILES}
     shutil.rmtree(adapter)
-    proc = run_stage(project)
+    proc = train_stage(project)
     assert "checkpoint-8 is the finished run" in proc.stdout
     assert {f: (adapter / f).read_bytes() for f in training.ADAPTER_FILES} == before
     assert (adapter / "tokenizer.json").is_file()
@@ -412,20 +414,20 @@ def test_base_val_loss_is_measured_once_and_reused_across_a_sweep(project, tmp_p
         return json.loads((other / "metrics" / "train.json").read_text())
 
     skipped = "no step-0 validation pass"
-    assert skipped not in run_stage(other).stdout
+    assert skipped not in train_stage(other).stdout
     first = metrics()
     assert first["val_loss_first_cached"] is False and first["precision"] in ("bf16", "fp32")
-    assert skipped in run_stage(other, "lora_r=4").stdout
+    assert skipped in train_stage(other, "lora_r=4").stdout
     reused = metrics()
     assert reused["val_loss_first_cached"] is True and reused["val_loss_first"] == first["val_loss_first"]
     csv_rows = (other / "metrics" / "train_loss.csv").read_text().splitlines()
     assert csv_rows[1].startswith("0,") and float(csv_rows[1].split(",")[2]) == pytest.approx(first["val_loss_first"], abs=1e-6)
     assert reused["val_loss_final"] != first["val_loss_final"]  # another adapter was trained
     # Measured again with the cache off and yet another lora_r: the same number.
-    assert skipped not in run_stage(other, "lora_r=2", "train.cache_base_val_loss=false").stdout
+    assert skipped not in train_stage(other, "lora_r=2", "train.cache_base_val_loss=false").stdout
     assert metrics()["val_loss_first"] == first["val_loss_first"]
     # Another input of the pass (the sequence length): measured again.
-    assert skipped not in run_stage(other, "sequence_len=128").stdout
+    assert skipped not in train_stage(other, "sequence_len=128").stdout
 
 
 def test_the_base_val_key_covers_the_machine(tmp_path, monkeypatch):
@@ -491,9 +493,7 @@ def _started_until_checkpoint(proj: Path, step: int = 4) -> subprocess.Popen:
     """The train stage started in `proj` (LONGER), returned once checkpoint-`step` is saved."""
     import time
 
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{proj}/mlflow.db")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"), *TINY, *LONGER], cwd=proj, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = launch_stage(proj, "train", *TINY, *LONGER, script_root=ROOT, background=True)
     state = proj / "models" / "train" / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.time() + 300
     while not state.is_file():
@@ -515,7 +515,7 @@ def _nothing_written(proj: Path) -> bool:
 
 
 def _resumes_and_finishes(proj: Path) -> None:
-    rerun = run_stage(proj, *LONGER)
+    rerun = train_stage(proj, *LONGER)
     assert "resuming from checkpoint-" in rerun.stdout
     m = json.loads((proj / "metrics" / "train.json").read_text())
     assert m["steps"] == 16 and 0 < m["steps_this_run"] < 16
@@ -544,7 +544,7 @@ def test_sigterm_to_the_stage_stops_axolotl_writes_nothing_and_the_rerun_resumes
 def uninterrupted(project, tmp_path_factory) -> Path:
     """A copy of the project trained LONGER (16 steps, 8 per epoch) without interruption."""
     whole = _copy(project, tmp_path_factory.mktemp("uninterrupted") / "proj")
-    run_stage(whole, *LONGER, cache=whole.parent / "qi-cache")
+    train_stage(whole, *LONGER, cache=whole.parent / "qi-cache")
     return whole
 
 
@@ -565,7 +565,7 @@ def test_a_run_resumed_in_its_second_epoch_ends_like_an_uninterrupted_run(uninte
     shutil.rmtree(proj / "models" / "adapter")
     for f in training.ADAPTER_FILES:
         (ckpt / f).unlink()
-    rerun = run_stage(proj, *LONGER)
+    rerun = train_stage(proj, *LONGER)
     assert "resuming from checkpoint-12" in rerun.stdout
     assert json.loads((proj / "metrics" / "train.json").read_text())["steps_this_run"] == 4
     losses = report.loss_rows(report.trainer_state(ckpt))
@@ -596,7 +596,7 @@ def test_sigkill_at_a_random_point_kills_axolotl_too_and_the_rerun_ends_like_an_
     client, killed = _only_run(other)
     assert killed.info.status == "RUNNING"  # SIGKILL: nothing could close it
 
-    rerun = run_stage(other, *LONGER)
+    rerun = train_stage(other, *LONGER)
     assert "resuming from checkpoint-" in rerun.stdout or "checkpoint-16 is the finished run" in rerun.stdout
     assert json.loads((other / "metrics" / "train.json").read_text())["steps"] == 16
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
@@ -634,7 +634,7 @@ def _parent(proc: Path) -> int | None:
 @pytest.mark.slow
 def test_qlora_run_uses_linear4bit_and_learns(project, tmp_path):
     project = _copy(project, tmp_path / "proj")
-    run_stage(project, "adapter=qlora")
+    train_stage(project, "adapter=qlora")
     report = json.loads((project / "models" / "train" / "checkpoints" / training.MODEL_REPORT).read_text())
     # 7 projections x 2 layers are bitsandbytes 4-bit layers under the LoRA wrappers.
     assert report["linear4bit_layers"] == 14
@@ -659,7 +659,7 @@ def test_two_processes_on_cpu_train_one_model_and_write_it_once(project, tmp_pat
             row["messages"][1]["content"] += f" (variant {i})"
         (proj / f"data/formatted/{name}.chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (proj / "params.yaml").write_text(to_yaml(compose_conf(["launcher=ddp", "launcher.main_process_port=29613"])))
-    run_stage(proj, cache=tmp_path / "qi-cache")
+    train_stage(proj, cache=tmp_path / "qi-cache")
     metrics = json.loads((proj / "metrics/train.json").read_text())
     assert metrics["world_size"] == 2 and [r["rank"] for r in metrics["ranks"]] == [0, 1]
     first, second = metrics["ranks"]

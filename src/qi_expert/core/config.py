@@ -10,6 +10,8 @@ log files appear beside the DVC outs.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -72,6 +74,57 @@ def resolve_path(path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 _WHOLE: DictConfig | None = None  # the whole parameters of this process's stage run (stage_entry)
+_READ: set[str] | None = None  # with $QI_PARAMS_READ: every key the stage read (_trace_reads)
+TRACE_FLAG = "qi_params_traced"  # on the stage's view; pickled with it into worker processes
+
+
+def _trace_reads(path: str, stage: str, listed: list[str]) -> None:
+    """Append to `path` a JSON line per parameter key the stage reads from its view (by attribute,
+    item or .get(), and setting()) from here on: tests run a stage with $QI_PARAMS_READ and check
+    that each param dvc.yaml lists for it is read (a listed group through one of its keys). A line
+    as each key is first read, so that forked worker processes (extract's parser pool) add theirs."""
+    global _READ
+    _READ = set()
+
+    def note(key: str) -> None:
+        if key not in _READ:
+            _READ.add(key)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"stage": stage, "listed": listed, "read": key}) + "\n")
+
+    for name in ("__getattr__", "__getitem__", "get"):
+        original = getattr(DictConfig, name)
+
+        def traced(self, key, *args, _original=original, **kwargs):
+            value = _original(self, key, *args, **kwargs)
+            if isinstance(key, str) and not key.startswith("_"):
+                try:
+                    if self._get_root()._get_flag(TRACE_FLAG):
+                        note(self._get_full_key(key))
+                except Exception:  # noqa: BLE001 (a node without a parent chain: nothing to record)
+                    pass
+            return value
+
+        setattr(DictConfig, name, traced)
+
+    # A group converted whole (extract_corpus turns cfg.extract into a namespace): "group.*", all of
+    # it read. Not when MLflow logging converts it (core/tracking.py logs every listed param).
+    to_container = OmegaConf.to_container
+
+    def traced_to_container(cfg, *args, **kwargs):
+        if isinstance(cfg, DictConfig) and sys._getframe(1).f_globals.get("__name__") != "qi_expert.core.tracking":
+            try:
+                if cfg._get_root()._get_flag(TRACE_FLAG):
+                    note(f"{cfg._get_full_key('') or ''}.*".lstrip("."))
+            except Exception:  # noqa: BLE001
+                pass
+        return to_container(cfg, *args, **kwargs)
+
+    OmegaConf.to_container = traced_to_container
+    globals()["_note"] = note
+
+
+_note = None
 
 
 def dvc_stage_of(script: Path, dvc_file: Path | None = None) -> tuple[str, list[str]] | None:
@@ -106,6 +159,8 @@ def whole_params() -> DictConfig:
 
 def setting(cfg: DictConfig, key: str):
     """`key` from the stage's own parameters when they hold it, else from the whole parameters."""
+    if _note is not None:
+        _note(key)
     value = OmegaConf.select(cfg, key, default=None)
     return value if value is not None else OmegaConf.select(whole_params(), key)
 
@@ -168,7 +223,14 @@ def stage_entry(run: Callable[[DictConfig], object]) -> Callable[[], None]:
         global _WHOLE
         _WHOLE = load_params(overrides)
         declared = dvc_stage_of(Path(sys.argv[0]))
-        run(stage_params(_WHOLE, declared[1]) if declared else _WHOLE)
+        view = stage_params(_WHOLE, declared[1]) if declared else _WHOLE
+        trace = os.environ.get("QI_PARAMS_READ")
+        if not (trace and declared):
+            run(view)
+            return
+        view._set_flag(TRACE_FLAG, True)
+        _trace_reads(trace, *declared)
+        run(view)
 
     return main
 
