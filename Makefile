@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what is missing first (scripts/setup.sh).
-.PHONY: setup repro test test-fast bench exps report
+.PHONY: setup repro test test-fast bench exps report mlflow
 
 # Stage commands in dvc.yaml say `python`: make it this project's virtual environment.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -30,3 +30,10 @@ exps:
 # The figures in README.md and docs/, rewritten from metrics/ (tests/test_readme.py checks they agree).
 report: setup
 	.venv/bin/python scripts/report.py --write
+
+# The MLflow UI on the project's store. MLflow 3.17 opens an experiment on its (empty) GenAI
+# overview in a fresh browser: this prints the address of the experiment's runs view first.
+mlflow: setup
+	@.venv/bin/python -c "import mlflow, yaml; name = yaml.safe_load(open('params.yaml'))['mlflow']['experiment']; e = mlflow.MlflowClient('sqlite:///mlflow.db').get_experiment_by_name(name); print(f'the runs of {name}: http://127.0.0.1:5000/#/experiments/{e.experiment_id}/runs' if e else 'no runs yet: make repro first')"
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+

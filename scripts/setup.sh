@@ -5,7 +5,7 @@
 #   QI_WHEEL_CACHE  where the portable llama-cpp-python wheel is kept between clones
 #                   (default ~/.cache/qi-expert/wheels); building it takes ~5 min on 2 cores.
 #   QI_TORCH_INDEX_URL  GPU machine: PyTorch's wheel index for your CUDA version; torch 2.13.0
-#                   comes from there instead of the CPU wheel (README, "GPU machines").
+#                   comes from there instead of the CPU wheel (docs/scaling.md, "GPU machines").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

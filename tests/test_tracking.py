@@ -75,6 +75,9 @@ def test_a_stage_against_a_tracking_server_nests_under_its_experiment_run(server
     assert parent.data.tags["lora_r"] == "16" and parent.data.tags["corpus.name"] == "sample"
     children = client.search_runs([experiment.experiment_id], "tags.stage = 'extract'")
     assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    # The parent spans its stage runs: from before the first starts to when the last ends.
+    assert parent.info.start_time <= min(c.info.start_time for c in children)
+    assert parent.info.end_time >= max(c.info.end_time for c in children)
     assert (project / "metrics/extract.json").is_file()
 
     # Headline figures on the parent, dataset inputs and registered versions (as train, eval and gguf log them).
