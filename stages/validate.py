@@ -25,7 +25,7 @@ from collections import Counter
 
 from qi_expert.core import files, tracking
 from qi_expert.core.config import resolve_path, stage_entry
-from qi_expert.data import augment, feedback, validate
+from qi_expert.data import augment, drift, feedback, retrieval, validate
 from qi_expert.typescript import npmdeps, sandbox
 from qi_expert.typescript.sandbox import SandboxError
 from qi_expert.typescript.typecheck import TypeCheckError
@@ -33,6 +33,8 @@ from qi_expert.typescript.typecheck import TypeCheckError
 RECORDS = resolve_path("data/extracted/records.jsonl")
 OUT = resolve_path("data/validated")
 METRICS = resolve_path("metrics/validate.json")
+DRIFT = resolve_path("metrics/drift.json")
+DRIFT_REPORT = resolve_path("reports/drift.md")
 
 
 def run(cfg):
@@ -57,6 +59,8 @@ def run(cfg):
                     dependencies=deps, module_format=sandbox.module_format(project, str(cfg.corpus.module_format)))
                 refused += failed
             admitted = augment.capped(passed, len(accepted) + len(pairs), cfg.augment.max_share)
+        # What the documentation gets wrong about the packages, from the blocks that do not compile.
+        drift_report = drift.report(rejected, retrieval.api_surface(project, build.exports))
         feedback_rows = feedback.read_rows(resolve_path(cfg.feedback.file))
         feedback_ok, feedback_refused = validate.admit_feedback(feedback_rows, project, cfg.corpus.tsconfig, cfg.validate,
                                                                 dependencies=deps)
@@ -92,14 +96,19 @@ def run(cfg):
         files.write_jsonl(OUT / "feedback.jsonl", feedback_ok)
         files.write_jsonl(OUT / "feedback_rejected.jsonl", feedback_refused)
     files.write_json(METRICS, {k: v for k, v in metrics.items() if k != "seconds"})
+    files.write_json(DRIFT, drift_report)
+    files.write_text(DRIFT_REPORT, drift.markdown(drift_report, str(cfg.corpus.name)))
     print(f"validate: {len(accepted)} accepted, {len(rejected)} rejected "
           f"({metrics['rejected_by_reason']}), compile rate {metrics['compile_rate']:.1%}, "
           f"{len(pairs)} counter-example pairs, {len(admitted)} augmented rows admitted "
           f"({len(refused)} refused), {len(feedback_ok)} of {len(feedback_rows)} feedback rows accepted, "
           f"{metrics['seconds']}s")
+    print(f"validate: drift: {drift_report['failing_blocks']} documentation blocks do not compile against the "
+          f"packages ({', '.join(f'{k} {n}' for k, n in drift_report['by_cause'].items())}) -> {DRIFT_REPORT}")
     with tracking.stage_run(cfg, "validate", {"validate": cfg.validate, "augment": cfg.augment,
                                               "feedback": cfg.feedback}) as mlflow:
         tracking.log_counts(mlflow, metrics)
+        tracking.log_counts(mlflow, {"drift": {"failing_blocks": drift_report["failing_blocks"], **drift_report["by_cause"]}})
 
 
 if __name__ == "__main__":

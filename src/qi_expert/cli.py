@@ -8,6 +8,7 @@
     qi-expert serve --log-dir models/served   # ... logging requests, their code checked (monitor.py)
     qi-expert report                   # adherence of the served answers
     qi-expert feedback <id> good|bad|corrected [--code fixed.ts]   # into the training data (feedback.py)
+    qi-expert drift [--since REV]      # docs that do not compile against the packages; the API's changes since REV
 
 Defaults (system prompt, temperature, top_p, context) come from the manifest.json the stage
 writes beside the GGUF files, else from params.yaml; flags override them.
@@ -136,6 +137,38 @@ def _check_settings() -> dict:
     return {"project": resolve_path(cfg.corpus.root), "tsconfig": str(cfg.corpus.tsconfig),
             "forbidden": list(cfg.validate.anti_patterns), "try_catch_allowed_in": list(cfg.validate.try_catch_allowed_in),
             "tracking_uri": tracking.tracking_uri(cfg), "experiment": str(cfg.mlflow.experiment)}
+
+
+def cmd_drift(args) -> int:
+    """The validate stage's drift report (metrics/drift.json); with --since, the @qi packages' public
+    surface now against git revision REV of the checkout, and which failing blocks each change breaks."""
+    import json
+
+    from qi_expert.core.config import load_params, resolve_path
+    from qi_expert.data import drift, retrieval
+    from qi_expert.typescript import typecheck
+
+    cfg = load_params()
+    path = resolve_path("metrics/drift.json")
+    if not path.is_file():
+        print(f"qi-expert drift: {path} does not exist: run `dvc repro validate`", file=sys.stderr)
+        return 1
+    found = json.loads(path.read_text(encoding="utf-8"))
+    if args.since:
+        root, tsconfig = resolve_path(cfg.corpus.root), str(cfg.corpus.tsconfig)
+        exports = lambda folder: typecheck.module_exports(folder, tsconfig, missing_ok=True)  # noqa: E731
+        try:
+            before = drift.surface_at(root, args.since, exports, retrieval.api_surface)
+        except ValueError as e:
+            print(f"qi-expert drift: {e}", file=sys.stderr)
+            return 1
+        found["surface_diff"] = {"since": args.since,
+                                 **drift.surface_diff(before, retrieval.api_surface(root, exports(root)), found)}
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        print(drift.markdown(found, str(cfg.corpus.name), limit=args.limit))
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -270,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--log-dir", default="models/served", help="the server's --log-dir (default %(default)s)")
     fb.add_argument("--file", help="the feedback file (default: feedback.file of params.yaml)")
     fb.set_defaults(func=cmd_feedback)
+
+    dr = sub.add_parser("drift", help="documentation blocks that do not compile against the packages, by cause")
+    dr.add_argument("--since", help="a git revision of the corpus checkout: what the public surface changed since")
+    dr.add_argument("--limit", type=int, default=50, help="blocks to list (default %(default)s)")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_drift)
 
     cfg = sub.add_parser("configure", help="write Claude Code Router and Continue configs for `qi-expert serve`")
     common(cfg)

@@ -340,6 +340,7 @@ class AnswerBuilder:
 
     def __init__(self, project: Path, exports: Mapping[str, Sequence[Mapping]]):
         self.files = CorpusFiles(project)
+        self.exports = exports
         self.qi_files = qi_export_files(exports)
 
     def __call__(self, rec: Mapping) -> str:

@@ -110,8 +110,10 @@ def compile_records(records: Sequence[dict], project: Path, tsconfig: str,
                 result[rid] = {"compiles": True, "context": context, "diagnostics": []}
             else:
                 # The fullest check's errors are the ones to report: the first pass's "cannot find
-                # name" are what this one answered with the file's declarations.
+                # name" are what this one answered with the file's declarations. Their lines are
+                # lines of that check's source (check_source with the support: context "file").
                 result[rid]["diagnostics"] = d
+                result[rid]["context"] = context
             if rid in fixed:
                 result[rid]["fixed"] = fixed[rid]
     return result
