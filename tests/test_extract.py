@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from qi_expert.core.config import ROOT, compose_conf
-from qi_expert.data import extract
+from qi_expert.data import doc_blocks, extract
 from qi_expert.data.corpus import CorpusError
 from qi_expert.typescript import patterns, tsast
 
@@ -413,7 +413,7 @@ def test_a_name_imported_again_from_another_module_is_bound_to_the_later_import(
     imports: list[str] = []
     for statement in ["import { Ok, Err } from '@qi/old/base';", "import { createLogger } from '@qi/old';",
                       "import { Ok, Result } from '@qi/base';", "import { success } from '@qi/base';"]:
-        extract._merge_import(imports, tsast.parse(statement).root_node.children[0])
+        doc_blocks.merge_import(imports, tsast.parse(statement).root_node.children[0])
     assert imports == ["import { Err } from '@qi/old/base';", "import { createLogger } from '@qi/old';",
                        "import { Ok, Result, success } from '@qi/base';"]
 

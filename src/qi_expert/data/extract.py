@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 from tree_sitter import Node
@@ -29,32 +28,10 @@ from qi_expert.data.corpus import (
     markdown_blocks,
     read_text,
 )
+from qi_expert.data.doc_blocks import bound_by, merge_import, package_exports, units_of_block
+from qi_expert.data.testcases import count_test_cases, test_case_unit, test_cases
+from qi_expert.data.units import Unit, jsdoc_before, unit_name, unit_signature, unit_support
 from qi_expert.typescript import patterns, tsast
-
-_TEST_CASES = frozenset({"test", "it"})
-_HOOKS = frozenset({"beforeEach", "afterEach", "beforeAll", "afterAll"})
-_TEST_REFS = "[(identifier) (property_identifier) (type_identifier)] @name"
-
-
-@dataclass
-class Unit:
-    kind: str  # function | arrow_function | class | method | test_case | block
-    name: str
-    code: str
-    start_line: int
-    end_line: int
-    jsdoc: str = ""
-    signature: str = ""
-    class_name: str = ""
-    support: list[str] = field(default_factory=list)  # declarations from its own file it uses
-    role: str = ""  # "" | counter_example | corrected
-    nodes: list[Node] = field(default_factory=list)  # import statements + the unit's own nodes
-    imports: list[str] = field(default_factory=list)  # import statements it compiles with
-    describe: list[str] = field(default_factory=list)  # a test case's describe titles, outermost first
-
-    @property
-    def lines(self) -> int:
-        return len(self.code.splitlines()) if self.kind == "test_case" else self.end_line - self.start_line + 1
 
 
 @dataclass
@@ -75,41 +52,9 @@ class ExtractReport:
     test_cases_in_records: int = 0
 
 
-# ---------------------------------------------------------------- helpers on one parsed file
+# ---------------------------------------------------------------- the corpus
 
-def _clean_jsdoc(comment: str) -> str:
-    lines = []
-    for line in comment.strip().removeprefix("/**").removesuffix("*/").splitlines():
-        line = line.strip().removeprefix("*").strip()
-        if line:
-            lines.append(line)
-    return " ".join(lines)
-
-
-def _jsdoc_before(node: Node) -> str:
-    prev = node.prev_named_sibling
-    if prev is not None and prev.type == "comment" and prev.end_point[0] + 1 >= node.start_point[0]:
-        t = tsast.text(prev)
-        if t.startswith("/**"):
-            return _clean_jsdoc(t)
-    return ""
-
-
-def _signature(decl: Node, body: Node | None) -> str:
-    if body is None:
-        return ""
-    head = decl.text[: body.start_byte - decl.start_byte].decode("utf-8", "replace")
-    head = " ".join(head.split())
-    return head.removesuffix("=>").strip() if head.endswith("=>") else head
-
-
-def _name(decl: Node) -> str:
-    return tsast.text(decl.child_by_field_name("name"))
-
-
-def _support(unit_node: Node, declarations: dict[str, Node]) -> list[str]:
-    """Declarations of the same file the unit needs (`validate` falls back to these when the unit alone does not compile)."""
-    return [tsast.text(n) for n in tsast.dependencies(unit_node, declarations)]
+_TEST_REFS = "[(identifier) (property_identifier) (type_identifier)] @name"
 
 
 def units_of_file(root: Node) -> list[Unit]:
@@ -121,35 +66,35 @@ def units_of_file(root: Node) -> list[Unit]:
         decl = child.child_by_field_name("declaration") if child.type == "export_statement" else child
         if decl is None:
             continue
-        jsdoc = _jsdoc_before(child)
+        jsdoc = jsdoc_before(child)
         start, end = child.start_point[0] + 1, child.end_point[0] + 1
         if decl.type == "function_declaration":
-            units.append(Unit("function", _name(decl), tsast.text(child), start, end, jsdoc,
-                              _signature(child, decl.child_by_field_name("body")),
-                              support=_support(child, declarations)))
+            units.append(Unit("function", unit_name(decl), tsast.text(child), start, end, jsdoc,
+                              unit_signature(child, decl.child_by_field_name("body")),
+                              support=unit_support(child, declarations)))
         elif decl.type == "lexical_declaration":
             for d in decl.named_children:
                 value = d.child_by_field_name("value")
                 if d.type == "variable_declarator" and value is not None and value.type in ("arrow_function", "function_expression"):
                     units.append(Unit("arrow_function", tsast.text(d.child_by_field_name("name")), tsast.text(child),
-                                      start, end, jsdoc, _signature(child, value.child_by_field_name("body")),
-                                      support=_support(child, declarations)))
+                                      start, end, jsdoc, unit_signature(child, value.child_by_field_name("body")),
+                                      support=unit_support(child, declarations)))
         elif decl.type in ("class_declaration", "abstract_class_declaration"):
-            class_name = _name(decl)
-            class_support = _support(child, declarations)
+            class_name = unit_name(decl)
+            class_support = unit_support(child, declarations)
             units.append(Unit("class", class_name, tsast.text(child), start, end, jsdoc,
-                              _signature(decl, decl.child_by_field_name("body")), support=class_support))
+                              unit_signature(decl, decl.child_by_field_name("body")), support=class_support))
             body = decl.child_by_field_name("body")
             for member in body.named_children if body is not None else []:
                 if member.type == "method_definition":
-                    units.append(Unit("method", _name(member), tsast.text(member), member.start_point[0] + 1,
-                                      member.end_point[0] + 1, _jsdoc_before(member),
-                                      _signature(member, member.child_by_field_name("body")), class_name,
+                    units.append(Unit("method", unit_name(member), tsast.text(member), member.start_point[0] + 1,
+                                      member.end_point[0] + 1, jsdoc_before(member),
+                                      unit_signature(member, member.child_by_field_name("body")), class_name,
                                       # A method compiles inside its class: the class is its context.
                                       support=[tsast.text(child)] + class_support, nodes=imports + [member]))
         elif decl.type == "expression_statement":
-            for path, case in _test_cases(child, []):
-                units.append(_test_case_unit(path, case, declarations, imports))
+            for path, case in test_cases(child, []):
+                units.append(test_case_unit(path, case, declarations, imports))
     for u in units:
         if not u.nodes:
             u.nodes = imports + [next(c for c in root.children if c.start_point[0] + 1 == u.start_line)]
@@ -157,321 +102,6 @@ def units_of_file(root: Node) -> list[Unit]:
     return units
 
 
-# ---------------------------------------------------------------- test cases
-
-_MODIFIERS = frozenset({"skip", "only", "skipIf", "runIf", "each", "concurrent", "sequential", "todo", "fails"})
-
-
-def _test_call(stmt: Node) -> tuple[str, Node] | None:
-    """(callee, call) for a statement `name(...)`: describe, it, test, a hook, anything called.
-
-    Vitest/Jest modifiers count as their test function: `it.skip(...)`, `describe.skipIf(c)(...)`,
-    `it.each(table)(...)` are `it`/`describe` calls whose title and callback are the last call's.
-    """
-    call = stmt.named_children[0] if stmt.type == "expression_statement" and stmt.named_children else None
-    if call is None or call.type != "call_expression":
-        return None
-    fn = call.child_by_field_name("function")
-    while fn is not None and fn.type != "identifier":
-        if fn.type == "call_expression":
-            fn = fn.child_by_field_name("function")
-        elif fn.type == "member_expression" and tsast.text(fn.child_by_field_name("property")) in _MODIFIERS:
-            fn = fn.child_by_field_name("object")
-        else:
-            return None
-    return (tsast.text(fn), call) if fn is not None else None
-
-
-def _title(call: Node) -> str:
-    args = call.child_by_field_name("arguments")
-    return tsast.text(args.named_children[0]).strip("'\"`") if args is not None and args.named_children else ""
-
-
-def _callback_body(call: Node) -> Node | None:
-    args = call.child_by_field_name("arguments")
-    for a in reversed(args.named_children if args is not None else []):
-        if a.type in ("arrow_function", "function_expression"):
-            body = a.child_by_field_name("body")
-            return body if body is not None and body.type == "statement_block" else None
-    return None
-
-
-def _test_cases(stmt: Node, path: list[tuple[Node, Node]]) -> Iterable[tuple[list[tuple[Node, Node]], Node]]:
-    """Each it/test statement under `stmt` with its describe path [(describe statement, body)].
-
-    A loop that declares test cases (`for (const c of cases) it(...)`) is one test case: the loop
-    is what makes its cases.
-    """
-    called = _test_call(stmt)
-    if called is None:
-        if stmt.type in ("for_statement", "for_in_statement") and _count_test_cases(stmt):
-            yield path, stmt
-        return
-    name, call = called
-    if name in _TEST_CASES:
-        yield path, stmt
-    elif name == "describe" and (body := _callback_body(call)) is not None:
-        for s in body.named_children:
-            yield from _test_cases(s, path + [(stmt, body)])
-
-
-def _indent(node: Node) -> str:
-    return " " * node.start_point[1]  # the statement's column (indentation is re-made with spaces)
-
-
-def _test_case_unit(path: list[tuple[Node, Node]], case: Node, declarations: dict[str, Node],
-                    imports: list[Node]) -> Unit:
-    """One test case as a module of its own: its describe blocks (titles kept), the setup it uses
-    from each of them (hooks, and the declarations the case or that setup refers to), and the case.
-
-    A long describe block is no longer one unit too long to keep: each case is cut out with what
-    it needs, and still compiles and runs alone.
-    """
-    setup: list[Node] = []  # candidates, outermost first
-    for _, body in path:
-        for s in body.named_children:
-            called = _test_call(s)
-            if s.type == "comment" or (called is not None and called[0] in _TEST_CASES | {"describe"}):
-                continue
-            setup.append(s)
-    picked = {id(s) for s in setup if s.type == "expression_statement"}  # hooks and other calls: setup
-    used = tsast.referenced_names(case)
-    for s in setup:
-        if id(s) in picked:
-            used |= tsast.referenced_names(s)
-    changed = True
-    while changed:
-        changed = False
-        for s in setup:
-            if id(s) not in picked and used.intersection(tsast.declared_names(s)):
-                picked.add(id(s))
-                used |= tsast.referenced_names(s)
-                changed = True
-    lines: list[str] = []
-    for depth, (describe, body) in enumerate(path):
-        lines.append(_indent(describe) + describe.text[: body.start_byte - describe.start_byte + 1].decode("utf-8"))
-        lines += [_indent(s) + tsast.text(s) for s in body.named_children if id(s) in picked]
-    lines.append(_indent(case) + tsast.text(case))
-    for describe, body in reversed(path):
-        lines.append(_indent(describe) + describe.text[body.end_byte - 1 - describe.start_byte:].decode("utf-8"))
-    kept = [s for s in setup if id(s) in picked]
-    # The file's declarations the case, its setup or its describe headers use
-    # (`describe.skipIf(!(await isRedisAvailable()))(...)`).
-    headers = [declarations[n] for d, body in path for n in tsast.referenced_names_outside(d, body)
-               if n in declarations]
-    needed = {id(d): d for n in kept + [case] for d in tsast.dependencies(n, declarations)}
-    needed |= {id(d): d for h in headers for d in [h, *tsast.dependencies(h, declarations)]}
-    support = [tsast.text(n) for n in sorted(needed.values(), key=lambda d: d.start_byte)]
-    called = _test_call(case) or next((c for n in tsast.walk(case) if n.type == "expression_statement"
-                                       and (c := _test_call(n)) and c[0] in _TEST_CASES), None)
-    return Unit("test_case", _title(called[1]), "\n".join(lines), case.start_point[0] + 1, case.end_point[0] + 1,
-                support=support, nodes=imports + kept + [case],
-                describe=[_title(_test_call(d)[1]) for d, _ in path])
-
-
-def _count_test_cases(root: Node) -> int:
-    return sum(1 for n in tsast.walk(root) if n.type == "expression_statement"
-               and (_test_call(n) or ("",))[0] in _TEST_CASES)
-
-
-# ---------------------------------------------------------------- tutorial blocks
-
-def _marker(comment: str, markers: Sequence[str]) -> bool:
-    low = comment.lower()
-    return any(m in low for m in markers)
-
-
-def units_of_block(block: CodeBlock, root: Node, earlier: dict[str, str], earlier_imports: list[str],
-                   counter_markers: Sequence[str], corrected_markers: Sequence[str],
-                   earlier_imported: set[str] = frozenset(), api: Mapping[str, str] | None = None) -> list[Unit]:
-    """A self-contained block as one unit, or its marked counter-example/corrected parts.
-
-    A tutorial reads like a notebook: a block may use what earlier blocks on the same page
-    declared or imported (`earlier`, `earlier_imported`); it carries those as support and
-    imports. A name the corpus's own @qi packages export (`api`: name -> module) that the page
-    never imports is imported from its package, as the block's reader would. Statements that
-    declare nothing, import nothing and use nothing from the page or the packages are a
-    fragment: completing them would mean inventing code, so they yield no unit. A block of
-    imports alone is a unit: it shows which names come from which @qi module.
-    """
-    api = api or {}
-    children = root.children
-    imports = [c for c in children if c.type == "import_statement"]
-    roles: list[tuple[str, list[Node]]] = []  # (role, statements), in order
-    role = ""
-    for c in children:
-        if c.type == "comment":
-            t = tsast.text(c)
-            if _marker(t, counter_markers):
-                role = "counter_example"
-                roles.append((role, []))
-            elif _marker(t, corrected_markers):
-                role = "corrected"
-                roles.append((role, []))
-            continue
-        if c.type == "import_statement":
-            continue
-        if not roles:
-            roles.append(("", []))
-        roles[-1][1].append(c)
-    # A block whose heading or prose says "anti-pattern" and which breaks a rule on the AST is a
-    # counter-example as a whole, even without a marker comment.
-    if len(roles) == 1 and roles[0][0] == "" and _marker(" ".join(block.headings[-1:]) + " " + block.prose, counter_markers) \
-            and patterns.analyze(block.code).anti_patterns:
-        roles = [("counter_example", roles[0][1])]
-
-    import_text = "\n".join(tsast.text(i) for i in imports)
-    # In a marked block, what comes before the first marker (shared types, helpers) is context
-    # for both halves rather than a unit of its own.
-    preamble: list[str] = []
-    if len(roles) > 1 and roles[0][0] == "":
-        preamble = [tsast.text(s) for s in roles.pop(0)[1]]
-    units = []
-    for role, stmts in roles:
-        stmts = [s for s in stmts if s.type != "empty_statement"]
-        if not stmts:
-            continue
-        used = set()
-        for s in stmts:
-            used |= tsast.referenced_names(s)
-        if not any(s.type in tsast.DECLARATIONS or s.type == "export_statement" for s in stmts) and not imports \
-                and not used & (set(earlier) | set(earlier_imported) | set(api)):
-            continue  # a fragment: statements only, nothing declared or imported, nothing from the page
-        body = block.code.encode("utf-8")[stmts[0].start_byte: stmts[-1].end_byte].decode("utf-8")
-        code = (import_text + "\n\n" + body) if import_text and role != "counter_example" else body
-        # The imports it compiles with: its own block's when the code leaves them out, else
-        # (for a block without imports) those of the blocks above it in the same tutorial.
-        unit_imports = ([tsast.text(i) for i in imports] if code == body else []) if imports else list(earlier_imports)
-        bound_here = {n for s in stmts for n in tsast.declared_names(s)} | _import_names(imports)
-        # The earlier blocks' declarations it uses, and those they use in turn (a type that names
-        # QiError needs QiError too), in page order.
-        # A name the unit declares, its preamble declares or an import binds is not taken from
-        # an earlier block (the page's own sketch of `type Result` never shadows the real one).
-        not_taken = bound_here | set(earlier_imported) | {n for p in preamble for n in _declared_in(p)}
-        needed = used.union(*(_names_in(p) for p in preamble))
-        picked: set[str] = set()
-        while new := {src for name, src in earlier.items()
-                      if name in needed and name not in not_taken and src not in picked}:
-            picked |= new
-            needed = needed.union(*(_names_in(src) for src in new))
-        support = preamble + [src for src in dict.fromkeys(earlier.values()) if src in picked]
-        provided = bound_here | set(earlier) | (set() if imports else set(earlier_imported))
-        if imports:  # its own imports replace the page's: keep those of the page's its support needs
-            page_imports, bound_now = _imports_of(needed - provided, earlier_imports)
-            unit_imports += page_imports
-            provided |= bound_now
-        unit_imports += _api_imports(sorted(needed - provided), api)
-        names = [n for s in stmts for n in tsast.declared_names(s)]
-        units.append(Unit("block", names[0] if names else "", code, block.first_line + stmts[0].start_point[0],
-                          block.first_line + stmts[-1].end_point[0], role=role, support=list(dict.fromkeys(support)),
-                          nodes=imports + stmts, imports=unit_imports))
-    if not roles and imports:
-        units.append(Unit("block", "", import_text, block.first_line + imports[0].start_point[0],
-                          block.first_line + imports[-1].end_point[0], nodes=list(imports)))
-    return units
-
-
-@lru_cache(maxsize=4096)
-def _names_in(src: str) -> frozenset[str]:
-    """The names a declaration's source uses (referenced_names of its parse)."""
-    return frozenset(tsast.referenced_names(tsast.parse(src).root_node))
-
-
-@lru_cache(maxsize=4096)
-def _declared_in(src: str) -> frozenset[str]:
-    return frozenset(n for c in tsast.parse(src).root_node.children for n in tsast.declared_names(c))
-
-
-def _imports_of(names: set[str], statements: Sequence[str]) -> tuple[list[str], set[str]]:
-    """Of the page's import statements (as _merge_import keeps them), those binding `names`, each
-    cut down to those names (a named import) or whole when all it binds is wanted; and the names
-    they bind."""
-    out, bound_now = [], set()
-    for statement in statements:
-        node = tsast.parse(statement).root_node.children[0]
-        specs = [n for n in tsast.walk(node) if n.type == "import_specifier"]
-        bound = _bound_by(node)
-        if statement.startswith("import { ") and len(specs) == len(bound) and bound & names:
-            wanted = [tsast.text(n) for n in specs if tsast.text(n).split()[-1] in names]
-            out.append(f"import {{ {', '.join(wanted)} }} from {tsast.text(node.child_by_field_name('source'))};")
-            bound_now |= bound & names
-        elif bound and bound <= names:
-            out.append(statement)
-            bound_now |= bound
-    return out, bound_now
-
-
-def _api_imports(names: Sequence[str], api: Mapping[str, str]) -> list[str]:
-    """`import { a, b } from "@qi/x";` for the names the packages export, one statement per module."""
-    by_module: dict[str, list[str]] = {}
-    for name in names:
-        if name in api:
-            by_module.setdefault(api[name], []).append(name)
-    return [f"import {{ {', '.join(ns)} }} from \"{m}\";" for m, ns in sorted(by_module.items())]
-
-
-def package_exports(files: Iterable[tuple[SourceFile, Node]], layout: Layout) -> dict[str, str]:
-    """Names the @qi packages' sources export at top level -> the package's module name."""
-    module_of = {folder: name for name, folder in layout.packages.items()}
-    api: dict[str, str] = {}
-    for f, root in files:
-        folder = next((d for d in layout.package_dirs if f.rel.startswith(d + "/")), None)
-        if f.kind != "implementation" or folder is None:
-            continue
-        module = module_of.get(folder) or "@qi/" + PurePosixPath(folder.removesuffix("/src")).name
-        for child in root.children:
-            if child.type == "export_statement":
-                for name in tsast.declared_names(child):
-                    api.setdefault(name, module)
-    return api
-
-
-def _bound_by(stmt: Node) -> set[str]:
-    """Every name an import statement binds: named, default and namespace imports."""
-    return _import_names([stmt]) | {tsast.text(n) for n in tsast.walk(stmt) if n.type == "identifier"
-                                    and n.parent.type in ("import_clause", "namespace_import")}
-
-
-def _import_names(imports: Sequence[Node]) -> set[str]:
-    return {tsast.text(n.child_by_field_name("alias") or n.child_by_field_name("name"))
-            for i in imports for n in tsast.walk(i) if n.type == "import_specifier"}
-
-
-def _merge_import(imports: list[str], stmt: Node) -> None:
-    """Add an import statement to a list, merging named imports of a module already there.
-
-    Two blocks importing `success` from '@qi/base' must not give one snippet two `success`; a name
-    imported again from another module is bound to the later one (a page showing an old package
-    name, then the new one), as a notebook's later cell rebinds it.
-    """
-    source = tsast.text(stmt.child_by_field_name("source"))
-    specs = [tsast.text(n) for n in tsast.walk(stmt) if n.type == "import_specifier"]
-    whole = tsast.text(stmt)
-    clause = next((c for c in stmt.named_children if c.type == "import_clause"), None)
-    only_named = clause is not None and all(c.type == "named_imports" for c in clause.named_children)
-    if not specs or not only_named or whole.startswith("import type"):
-        if whole not in imports:
-            imports.append(whole)
-        return
-    prefix = "import { "
-    rebound = {sp.split()[-1] for sp in specs}
-    for i, existing in enumerate(imports):
-        if existing.startswith(prefix) and " } from " in existing and not existing.endswith(f" }} from {source};"):
-            have, _, module = existing[len(prefix):].rpartition(" } from ")
-            kept = [h for h in have.split(", ") if h.split()[-1] not in rebound]
-            imports[i] = f"{prefix}{', '.join(kept)} }} from {module}" if kept else ""
-    imports[:] = [i for i in imports if i]
-    for i, existing in enumerate(imports):
-        if existing.startswith(prefix) and existing.endswith(f" }} from {source};"):
-            have = existing[len(prefix):-len(f" }} from {source};")].split(", ")
-            names = {h.split()[-1] for h in have}
-            have += [sp for sp in specs if sp.split()[-1] not in names]
-            imports[i] = f"{prefix}{', '.join(have)} }} from {source};"
-            return
-    imports.append(f"{prefix}{', '.join(dict.fromkeys(specs))} }} from {source};")
-
-
-# ---------------------------------------------------------------- the corpus
 
 def record_id(source_file: str, code: str, seen: set[str]) -> str:
     """Content hash; the same code twice in one file gets a numbered suffix (still stable)."""
@@ -553,8 +183,8 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
                 md_units += [(f, block, u) for u in units]
                 for c in broot.children:
                     if c.type == "import_statement":
-                        _merge_import(earlier_imports, c)
-                        earlier_imported |= _bound_by(c)
+                        merge_import(earlier_imports, c)
+                        earlier_imported |= bound_by(c)
                     for name in tsast.declared_names(c):
                         earlier.setdefault(name, tsast.text(c))
     tested = _test_references(parsed)
@@ -597,7 +227,7 @@ def extract_corpus(root: Path, cfg, tsconfig: str = "tsconfig.json") -> tuple[li
 
     for f, tree_root in parsed:
         if f.kind == "test":
-            report.test_cases += _count_test_cases(tree_root)
+            report.test_cases += count_test_cases(tree_root)
         for u in units_of_file(tree_root):
             rec = add(f, u, {"jsdoc": u.jsdoc, "signature": u.signature, "class_name": u.class_name,
                              "describe": u.describe, "readme": readmes.get(f.app_dir, "")})
