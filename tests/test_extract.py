@@ -447,3 +447,59 @@ const parsed = asObject({ a: 1 });
     assert parsed["support"] == ["type Raw = Record<string, unknown>;",
                                  "const asObject = (raw: unknown): Result<Raw> => success(raw as Raw);"]
     assert parsed["imports"] == ["import { type Result, success } from '@qi/base';"]
+
+
+NESTED = {
+    # The library: a nested project, its package named without a @qi/ scope, subpath exports, its
+    # own tsconfig aliasing its folders; no tsconfig at the checkout's root.
+    "lib/package.json": '{"name": "qicore", "exports": {"./base": "./src/base/index.ts", "./core": "./src/core/index.ts"}}',
+    "lib/tsconfig.json": '{"compilerOptions": {"strict": true, "baseUrl": ".", "paths": {"@qicore/*": ["./src/*"]}}}',
+    "lib/src/base/index.ts": (
+        "export type Result<T> = { tag: 'success'; value: T } | { tag: 'failure'; error: string };\n\n"
+        "/** A success. */\nexport function success<T>(value: T): Result<T> {\n  return { tag: 'success', value };\n}\n\n"
+        "/** A failure. */\nexport function failure<T>(error: string): Result<T> {\n  return { tag: 'failure', error };\n}\n"),
+    "lib/src/core/index.ts": (
+        "import { success, type Result } from '@qicore/base';\n\n"
+        "/** A logger, or why not. */\nexport function createLogger(level: string): Result<{ level: string }> {\n"
+        "  const logger = { level };\n  return success(logger);\n}\n"),
+    "lib/tests/base.test.ts": (
+        "import { describe, expect, it } from 'vitest';\nimport { success } from '@qicore/base';\n\n"
+        "describe('success', () => {\n  it('holds its value', () => {\n    const r = success(2);\n"
+        "    expect(r.tag).toBe('success');\n  });\n});\n"),
+    # A consumer app importing the library under other aliases, and its own app-internal alias.
+    "app/demo/package.json": '{"name": "demo"}',
+    "app/demo/tsconfig.json": ('{"compilerOptions": {"baseUrl": ".", "paths": {"@qi/core/base": ["../../lib/src/base/index.ts"], '
+                               '"@qi/core": ["../../lib/src/core/index.ts"], "@/*": ["./src/*"]}}}'),
+    "app/demo/README.md": "# Demo\n\nParses prices with Results.\n",
+    "app/demo/src/util.ts": "export function twice(n: number): number {\n  const two = 2;\n  return n * two;\n}\n",
+    "app/demo/src/main.ts": (
+        "import { success, failure, type Result } from '@qi/core/base';\nimport { twice } from '@/util';\n\n"
+        "export function parsePrice(text: string): Result<number> {\n  const n = Number(text);\n"
+        "  return Number.isFinite(n) ? success(twice(n)) : failure('not a number');\n}\n"),
+    "docs/guide.md": ("# Guide\n\nResults:\n\n```ts\nimport { success } from '@qi/core/base';\n\n"
+                      "export function one() {\n  const r = success(1);\n  return r;\n}\n```\n"),
+    "vitest.config.ts": "export default {};\n",
+}
+
+
+def test_a_library_in_a_nested_project_is_found_by_the_imports_that_use_it(tmp_path):
+    """A checkout whose library lives in a nested project (no @qi/ name, subpath exports, aliases in
+    nested tsconfigs, none at the root): its source is implementation, and every kind is present."""
+    root = tmp_path / "nested"
+    more = {f"lib/src/core/part{i}.ts": f"/** Part {i}. */\nexport function part{i}(n: number): number {{\n  const k = {i};\n  return n + k;\n}}\n"
+            for i in range(5)}
+    for rel, text in {**NESTED, **more}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    records, report = extract.extract_corpus(root, CFG)
+    assert report.layout.package_dirs == ["lib/src"] and "nested" in report.layout.found_by
+    # The specifiers other folders use for it; the app's own `@/*` alias is not a library.
+    assert set(report.layout.packages) == {"@qi/core/base", "@qicore/base"}
+    kinds = {r["source_file"]: r["source_kind"] for r in records}
+    assert kinds["lib/src/base/index.ts"] == kinds["lib/src/core/index.ts"] == "implementation"
+    assert kinds["lib/tests/base.test.ts"] == "test" and kinds["app/demo/src/main.ts"] == "app"
+    assert kinds["docs/guide.md"] == "tutorial"
+    assert all(kinds[rel] == "implementation" for rel in more)
+    typescript = [rel for rel in {**NESTED, **more} if rel.endswith(".ts")]
+    assert report.unclassified == {"vitest.config.ts": "tool configuration"}  # each with its reason
+    assert len(report.unclassified) / len(typescript) < 0.1  # one tool config of 11 files

@@ -150,8 +150,61 @@ def layout_of(root: Path, tsconfig: str = "tsconfig.json", exclude: Sequence[str
             packages[name] = (src if (root / src).is_dir() else folder).as_posix()
     if packages:
         return Layout(sorted(set(packages.values())), packages, "package.json")
+    nested = _nested_libraries(root, exclude)
+    if nested:
+        return Layout(sorted(set(nested.values())), nested,
+                      "nested package.json exports and tsconfig paths, by the imports other folders use")
     folders = sorted(p.relative_to(root).as_posix() for p in root.glob(CONVENTIONAL_PACKAGE_GLOB) if p.is_dir())
     return Layout(folders, {}, "conventional layout (the corpus declares no @qi package)")
+
+
+# An import or re-export's module specifier, a dynamic import's, a require's.
+_SPECIFIER = re.compile(r"""(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+|\brequire\s*\(\s*)["']([^"'.][^"']*)["']""")
+
+
+def _nested_libraries(root: Path, exclude: Sequence[str]) -> dict[str, str]:
+    """{specifier: source folder} of the libraries a checkout keeps in nested projects: a package.json
+    below the root with `exports` (any name; `name` and `name/<subpath>` are its specifiers), and
+    the `paths` aliases of every tsconfig below the root (`@qicore/*` -> `lib/src/*`). A candidate
+    is a library when a file outside its folder imports it: an app's own `@/*` alias, used only
+    inside the app, is not. Folders inside another library's folder are that library."""
+    candidates: list[tuple[str, bool, str]] = []  # (specifier or alias prefix, is a prefix, folder)
+    for rel, pkg in _package_jsons(root, exclude):
+        name, exports = pkg.get("name"), pkg.get("exports")
+        if "/" not in rel or not isinstance(name, str) or not exports:
+            continue
+        folder = PurePosixPath(rel).parent
+        source = (folder / "src") if (root / folder / "src").is_dir() else folder
+        candidates.append((name, True, source.as_posix()))
+    for path in sorted(root.rglob("tsconfig*.json")):
+        rel = path.relative_to(root).as_posix()
+        if "node_modules" in path.parts or any(fnmatch.fnmatchcase(rel, g) for g in exclude):
+            continue
+        for alias, targets in _tsconfig_paths(root, rel).items():
+            for target in targets[:1]:
+                prefix = alias.endswith("/*")
+                candidates.append((alias.removesuffix("/*") if prefix else alias, prefix,
+                                   _source_folder(target) if prefix or not target.endswith(".ts")
+                                   else PurePosixPath(target).parent.as_posix()))
+    if not candidates:
+        return {}
+    used: dict[str, str] = {}
+    for path in sorted(root.rglob("*.ts")):
+        rel = path.relative_to(root).as_posix()
+        if "node_modules" in path.parts or any(fnmatch.fnmatchcase(rel, g) for g in exclude):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for spec in _SPECIFIER.findall(text):
+            for name, prefix, folder in candidates:
+                hit = spec == name or (prefix and spec.startswith(name + "/")) or (not prefix and spec == name)
+                if hit and folder and not rel.startswith(folder + "/"):
+                    used.setdefault(spec, folder)
+    outer = sorted(set(used.values()), key=len)
+    top = {f: next(o for o in outer if f == o or f.startswith(o + "/")) for f in used.values()}
+    return {spec: top[folder] for spec, folder in sorted(used.items())}
 
 
 @functools.lru_cache(maxsize=4096)
