@@ -50,7 +50,8 @@ from qi_expert.core import files
 # (qi_expert picks the wait policy at import).
 from qi_expert.core.config import load_params, resolve_path  # noqa: E402
 from qi_expert.generation import basemodel
-from qi_expert.train import axolotl_config, report, training  # noqa: E402
+from qi_expert.train import axolotl_config, training  # noqa: E402
+from qi_expert.train import report as train_report  # noqa: E402
 
 
 def axolotl_run(cfg, steps: int, workdir: Path, validate: bool = False) -> dict:
@@ -67,9 +68,9 @@ def axolotl_run(cfg, steps: int, workdir: Path, validate: bool = False) -> dict:
     env = training.axolotl_env({"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"})
     training.run_axolotl("preprocess", path, env)
     training.run_axolotl("train", path, env)
-    report = report.plugin_report(workdir / "out", training.TOKEN_REPORT)
+    report = train_report.plugin_report(workdir / "out", training.TOKEN_REPORT)
     if validate:
-        rows = report.loss_rows(report.trainer_state(workdir / "out"))
+        rows = train_report.loss_rows(train_report.trainer_state(workdir / "out"))
         report["val_loss"] = {r["step"]: r["val_loss"] for r in rows if r["val_loss"] != ""}
     return report
 

@@ -52,7 +52,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
 
     qc, ec = cfg.gguf.quant_eval, cfg.eval
     manifest = gguf.read_manifest(folder / gguf.MANIFEST)
-    files = {str(k): folder / manifest["files"][k] for k in qc.files}
+    ggufs = {str(k): folder / manifest["files"][k] for k in qc.files}
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
     if qc.limit is not None:
         tasks = tasks[: int(qc.limit)]
@@ -70,7 +70,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
     budget = bench.token_budget(ec.max_new_tokens, bench.load_tasks(resolve_path(ec.benchmark)), tokenizer,
                                 float(ec.budget_quantile))
     return quantcost.score_gguf(
-        files, tokenizer, tasks, system_prompt=str(cfg.format.system_prompt),
+        ggufs, tokenizer, tasks, system_prompt=str(cfg.format.system_prompt),
         max_new_tokens=budget, no_repeat_ngram=int(ec.no_repeat_ngram), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
         try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
