@@ -253,6 +253,29 @@ def test_quantization_cost_against_the_eval_stages_tuned_rows(exported, tokenize
         quantcost.score_gguf({"q4_k_m": out / "qi-tiny-q4_k_m.gguf"}, tokenizer, tasks, reference_rows=eval_rows[:1], **kw)
 
 
+def test_the_gguf_stage_reads_the_eval_stages_tuned_rows(tiny, tmp_path, monkeypatch):
+    """The stage's own path to that reference (gguf.quant_eval.reference=eval, the default): the tuned
+    rows of data/eval/results.jsonl reach the scorer, the other arms' do not."""
+    import importlib.util
+
+    from qi_expert.core import files
+    from qi_expert.core.config import load_params
+
+    spec = importlib.util.spec_from_file_location("gguf_stage", ROOT / "stages" / "gguf_export.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    folder = tmp_path / "gguf"
+    files.write_json(folder / "manifest.json", {"files": {k: f"m-{k}.gguf" for k in ("f16", "q8_0", "q4_k_m")}})
+    files.write_jsonl(tmp_path / "results.jsonl", [{"model": m, "task_id": "t"} for m in ("base", "tuned", "tuned+verify")])
+    monkeypatch.setattr(stage, "EVAL_RESULTS", tmp_path / "results.jsonl")
+    seen = {}
+    monkeypatch.setattr(stage.quantcost, "score_gguf", lambda ggufs, tokenizer, tasks, **kw: seen.update(kw, ggufs=ggufs))
+    cfg = load_params(["gguf.quant_eval.reference=eval"])
+    stage.quantization_cost(cfg, folder, tiny[0])  # the tiny model's tokenizer
+    assert seen["reference_rows"] == [{"model": "tuned", "task_id": "t"}]
+    assert sorted(seen["ggufs"]) == sorted(str(k) for k in cfg.gguf.quant_eval.files)
+
+
 def test_modelfiles(exported):
     out, m = exported
     default = (out / "Modelfile").read_text()

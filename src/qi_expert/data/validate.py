@@ -224,7 +224,7 @@ def validate(records: list[dict], project: Path, tsconfig: str, cfg,
         "compile_rate": round(n_compiled / checked, 4) if checked else 0.0,
         # Of the answers built from records that compile in their file: the share that compile alone.
         "self_contained_rate": round(sum(1 for d in alone.values() if not d) / len(alone), 4) if alone else 0.0,
-        "compiled_with_file_context": sum(1 for c in compiled.values() if c["context"] == "file"),
+        "compiled_with_file_context": sum(1 for c in compiled.values() if c["compiles"] and c["context"] == "file"),
         "compiled_after_type_import_fix": sum(1 for c in compiled.values() if c.get("fixed") and c["compiles"]),
         "rejected_by_reason": dict(sorted(reasons.items())),
         "not_self_contained_by_cause": dict(sorted(Counter(r["reason"].split(":")[1] for r in rejected
