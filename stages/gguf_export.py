@@ -73,7 +73,7 @@ def quantization_cost(cfg, folder: Path, tokenizer_dir: Path) -> tuple[list[dict
         ggufs, tokenizer, tasks, system_prompt=str(cfg.format.system_prompt),
         max_new_tokens=budget, no_repeat_ngram=int(ec.no_repeat_ngram), project=resolve_path(cfg.corpus.root),
         tsconfig=str(cfg.corpus.tsconfig), timeout=float(ec.timeout_seconds), memory_mb=int(ec.memory_mb),
-        try_catch_allowed_in=cfg.validate.try_catch_allowed_in, n_ctx=int(cfg.gguf.n_ctx),
+        try_catch_allowed_in=cfg.validate.try_catch_allowed_in, isolation=str(ec.sandbox), n_ctx=int(cfg.gguf.n_ctx),
         n_threads=int(cfg.gguf.n_threads or 0) or None, reference_rows=reference_rows, cache=bool(ec.cache),
         module_format=sandbox.module_format(resolve_path(cfg.corpus.root), str(cfg.corpus.module_format)),
         dependencies=npmdeps.install(resolve_path(cfg.corpus.root)) if cfg.corpus.install_dependencies else None)

@@ -23,6 +23,7 @@ from qi_expert.core import files, lifetime, tracking
 from qi_expert.core.config import compose_conf
 
 
+
 @pytest.fixture(scope="module")
 def checkout(make_checkout, run_stage, tmp_path_factory) -> Path:
     """This project's code, config and sample corpus, extracted once (validate reads data/extracted)."""
@@ -53,6 +54,7 @@ def _outputs(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_an_interrupted_stage_fails_and_its_rerun_equals_an_uninterrupted_run(run_stage, checkout, sig, tmp_path, left_running):
     shutil.rmtree(checkout / "data/validated", ignore_errors=True)
     (checkout / "metrics/validate.json").unlink(missing_ok=True)
@@ -103,6 +105,7 @@ def test_mlflow_run_of_an_interrupted_stage_ends_killed_and_of_an_error_failed()
     assert status == {"validate": "KILLED", "format": "FAILED"}
 
 
+@pytest.mark.slow
 def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(run_stage, checkout, tmp_path):
     if not (checkout / "data/validated/accepted.jsonl").is_file():
         assert run_stage(checkout, "validate", env=_mlflow(tmp_path)).returncode == 0
@@ -118,6 +121,7 @@ def test_an_unwritable_mlflow_store_fails_the_stage_with_one_clear_message(run_s
 
 # --- killed outright, a full disk ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_point_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(run_stage, checkout, tmp_path,
                                                                                                     left_running):
     """SIGKILL runs none of the stage's code: what must hold then is what the kernel and the file
@@ -155,6 +159,7 @@ def _can_mount_tmpfs() -> bool:
 
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs user and mount namespaces (unshare -rm) for a small tmpfs")
+@pytest.mark.slow
 def test_a_full_disk_fails_the_stage_with_one_line_and_leaves_nothing_half_written(run_stage, checkout, tmp_path):
     """data/validated on a 64 KiB tmpfs (in a private mount namespace): the first large output
     fills it. The stage exits 1 naming the file and the cause, without a traceback, leaves no

@@ -693,6 +693,8 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     root = make_checkout("served")
     env = stage_env(root, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
     run = lambda stage: launch_stage(root, stage, env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}, timeout=600)
+    cli = lambda *args: subprocess.run([sys.executable, "-m", "qi_expert.cli", *args], cwd=root, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=600)
     assert run("extract").returncode == 0
     log_dir = root / "models" / "served"
     port = _free_port()
@@ -720,7 +722,7 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     assert checked["id"] == request_id and checked["compiled"] is False  # a random tiny model writes no module
     assert [r.info.run_name for r in runs] == ["serve:qi-tiny:q8_0"] and "served.compiled" in runs[0].data.metrics
 
-    report = run("-m", "qi_expert.cli", "report", "--log-dir", str(log_dir), "--json")
+    report = cli("report", "--log-dir", str(log_dir), "--json")
     assert report.returncode == 0, report.stderr
     summary = json.loads(report.stdout)
     assert summary["requests"] == 1 and summary["checked"] == 1 and summary["trained_system_prompt"] == 1
@@ -732,10 +734,10 @@ def test_served_request_is_logged_checked_and_its_correction_reaches_the_trainin
     (tmp_path / "fixed.ts").write_text(FIXED)
     (tmp_path / "broken.ts").write_text(FIXED.replace("success(value)", "success(valu)"))
     for verdict, code in (("corrected", "fixed.ts"), ("corrected", "broken.ts"), ("bad", None)):
-        done = run("-m", "qi_expert.cli", "feedback", request_id[:8], verdict, "--log-dir", str(log_dir),
+        done = cli("feedback", request_id[:8], verdict, "--log-dir", str(log_dir),
                    *(["--code", str(tmp_path / code)] if code else []))
         assert done.returncode == 0, done.stderr
-    refused = run("-m", "qi_expert.cli", "feedback", "nope", "good", "--log-dir", str(log_dir))
+    refused = cli("feedback", "nope", "good", "--log-dir", str(log_dir))
     assert refused.returncode == 1 and "no request with id 'nope'" in refused.stderr
 
     assert run("validate").returncode == 0

@@ -51,6 +51,7 @@ def server(tmp_path_factory):
     log.close()
 
 
+@pytest.mark.slow
 def test_a_stage_against_a_tracking_server_nests_under_its_experiment_run(server, tmp_path):
     import mlflow
 
