@@ -9,6 +9,7 @@
     qi-expert report                   # adherence of the served answers
     qi-expert feedback <id> good|bad|corrected [--code fixed.ts]   # into the training data (feedback.py)
     qi-expert drift [--since REV]      # docs that do not compile against the packages; the API's changes since REV
+    qi-expert patterns [--history N]   # @qi pattern usage by kind, training gaps, trends over N sampled commits
 
 Defaults (system prompt, temperature, top_p, context) come from the manifest.json the stage
 writes beside the GGUF files, else from params.yaml; flags override them.
@@ -171,6 +172,47 @@ def cmd_drift(args) -> int:
     return 0
 
 
+def cmd_patterns(args) -> int:
+    """Pattern usage in the extracted records, where training rows or benchmark tasks are few, and
+    (--history N) the usage at N sampled commits of the corpus checkout with its trends."""
+    import json
+
+    from qi_expert.core import files
+    from qi_expert.core.config import load_params, resolve_path
+    from qi_expert.data import bench, evolution, extract, revisions
+
+    cfg = load_params()
+    records_file, accepted_file = resolve_path("data/extracted/records.jsonl"), resolve_path("data/validated/accepted.jsonl")
+    for f in (records_file, accepted_file):
+        if not f.is_file():
+            print(f"qi-expert patterns: {f} does not exist: run `dvc repro validate`", file=sys.stderr)
+            return 1
+    out = {"usage": evolution.usage(files.read_jsonl(records_file)),
+           "gaps": evolution.gaps(files.read_jsonl(accepted_file), bench.load_tasks(resolve_path(cfg.eval.benchmark)),
+                                  args.minimum)}
+    if args.history:
+        root, tsconfig = resolve_path(cfg.corpus.root), str(cfg.corpus.tsconfig)
+        count = lambda tree: evolution.counts_of(extract.extract_corpus(tree, cfg.extract, tsconfig)[0])  # noqa: E731
+        try:
+            points = evolution.history(root, revisions.sampled_commits(root, args.history), count, evolution.code_key())
+        except ValueError as e:
+            print(f"qi-expert patterns: {e}", file=sys.stderr)
+            return 1
+        out["history"], out["trends"] = points, evolution.trends(points)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    kinds = sorted({k for by_kind in out["usage"].values() for k in by_kind})
+    print("| pattern | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds))
+    for p, by_kind in out["usage"].items():
+        print(f"| {p} | " + " | ".join(str(by_kind.get(k, 0)) for k in kinds) + " |")
+    for g in out["gaps"]:
+        print(f"gap: {g['pattern']}: {g['training_records']} accepted training records, {g['benchmark_tasks']} benchmark tasks")
+    for p, t in out.get("trends", {}).items():
+        print(f"trend: {p}: {t['first']:.1%} -> {t['last']:.1%} of the records ({t['trend']})")
+    return 0
+
+
 def cmd_report(args) -> int:
     import json
 
@@ -309,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--limit", type=int, default=50, help="blocks to list (default %(default)s)")
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_drift)
+
+    pa = sub.add_parser("patterns", help="@qi pattern usage by kind, training gaps, trends over the git history")
+    pa.add_argument("--history", type=int, default=0, help="sample this many commits of the corpus checkout")
+    pa.add_argument("--minimum", type=int, default=10, help="fewer training records or tasks than this is a gap")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_patterns)
 
     cfg = sub.add_parser("configure", help="write Claude Code Router and Continue configs for `qi-expert serve`")
     common(cfg)

@@ -23,13 +23,11 @@ imports a missing module is that, whatever else fails after it).
 from __future__ import annotations
 
 import re
-import subprocess
-import tarfile
-import tempfile
 from collections import Counter
-from io import BytesIO
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from qi_expert.data.revisions import tree_at
 
 CAUSES = {
     "missing_module": frozenset({2307, 2792}),
@@ -115,27 +113,9 @@ def report(rejected: Iterable[Mapping], api: Sequence[Mapping]) -> dict:
 
 def surface_at(corpus_root: Path, rev: str, exports, api_surface) -> list[dict]:
     """The @qi packages' API surface as it was at git revision `rev` of the checkout holding
-    `corpus_root`: that commit's files under the corpus (git archive, nothing checked out), read
-    the same way as now (`exports`: typecheck.module_exports, `api_surface`: retrieval.api_surface)."""
-    corpus_root = Path(corpus_root).resolve()
-    git = lambda *args: subprocess.run(["git", "-C", str(corpus_root), *args], capture_output=True, check=True).stdout  # noqa: E731
-    try:
-        top = Path(git("rev-parse", "--show-toplevel").decode().strip())
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        raise ValueError(f"{corpus_root} is not in a git checkout: the surface at {rev!r} needs its history") from e
-    sub = corpus_root.relative_to(top).as_posix()
-    try:  # from the top: pathspecs are relative to git's working folder
-        archive = subprocess.run(["git", "-C", str(top), "archive", "--format=tar", rev, "--", sub],
-                                 capture_output=True, check=True).stdout
-    except subprocess.CalledProcessError as e:
-        raise ValueError(f"git archive {rev} of {corpus_root}: {e.stderr.decode().strip()}") from e
-    with tempfile.TemporaryDirectory(prefix="qi-surface-") as tmp:
-        with tarfile.open(fileobj=BytesIO(archive)) as tar:
-            tar.extractall(tmp, filter="data")
-        old_root = Path(tmp) / sub
-        # The compiler resolves packages the corpus imports from the checkout's own node_modules.
-        if (corpus_root / "node_modules").exists() and not (old_root / "node_modules").exists():
-            (old_root / "node_modules").symlink_to(corpus_root / "node_modules")
+    `corpus_root` (revisions.tree_at), read the same way as now (`exports`:
+    typecheck.module_exports, `api_surface`: retrieval.api_surface)."""
+    with tree_at(corpus_root, rev) as old_root:
         return api_surface(old_root, exports(old_root))
 
 
