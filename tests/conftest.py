@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -77,13 +78,19 @@ def params_unread(root: Path, stage: str) -> list[str]:
     return [k for k in rows[0]["listed"] if not is_read(k)]
 
 
+@functools.cache
+def _params():
+    """The project's composed params, once per session (params_unread asks per listed key)."""
+    from qi_expert.core.config import load_params
+
+    return load_params([])
+
+
 def _is_group(row: dict, key: str) -> bool:
     """Whether a listed key names a group of params (its reads are its own keys)."""
     from omegaconf import DictConfig, OmegaConf
 
-    from qi_expert.core.config import load_params
-
-    return isinstance(OmegaConf.select(load_params([]), key), DictConfig)
+    return isinstance(OmegaConf.select(_params(), key), DictConfig)
 
 
 def launch_stage(root: Path, stage: str, *overrides: str, env: dict | None = None, timeout: float = 900,
