@@ -6,11 +6,13 @@
     python stages/eval.py eval.adapter=null 'eval.arms=[base]'   # the base model alone
     python stages/eval.py eval.predictions=preds.jsonl    # score {task_id, completion} rows, no model
 
-1. the tasks (data/qi-bench), 2. the completions: every arm generates (evaluation/arms.py) or a
+1. the tasks: the hand-written benchmark (data/qi-bench) and the corpus's own tests (eval.corpus_benchmark,
+held out by format; skipped with a predictions file), then for each 2. the completions: every arm generates (evaluation/arms.py) or a
 predictions file is read, 3. scoring: compile, @qi compliance by the checker's symbols, the test
 run apart from the completion (evaluation/scoring.py), 4. the figures: rates per arm and paired
 comparisons (evaluation/summary.py), 5. outputs: data/eval/results.jsonl (one row per task, arm
-and sample), metrics/eval.json, metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with
+and sample; corpus_results.jsonl for the corpus benchmark), metrics/eval.json (the corpus benchmark
+under corpus_benchmark), metrics/eval_by_category.csv (DVC bar plot) and an MLflow run with
 the results as artifacts.
 """
 
@@ -40,10 +42,37 @@ def run(cfg):
     ec = cfg.eval
     t_start = time.perf_counter()
 
-    # 1. The tasks.
+    # 1. The tasks: the hand-written benchmark, and the corpus's own tests (format holds them out).
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
     if ec.limit is not None:
         tasks = tasks[: int(ec.limit)]
+    corpus_tasks = []
+    if ec.corpus_benchmark and not ec.predictions:  # (a predictions file answers the hand-written tasks)
+        corpus_tasks = bench.load_tasks(resolve_path(ec.corpus_benchmark))[: ec.limit and int(ec.limit)]
+
+    # 2.-4. Completions, scoring and figures, per benchmark.
+    rows, metrics = evaluate(cfg, tasks)
+    if corpus_tasks:
+        print(f"eval: the corpus benchmark: {len(corpus_tasks)} tasks ({ec.corpus_benchmark})")
+        corpus_rows, metrics["corpus_benchmark"] = evaluate(cfg, corpus_tasks)
+        files.write_jsonl(OUT / "corpus_results.jsonl", corpus_rows)
+    metrics["timing"]["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+
+    # 5. Outputs: files, the console, MLflow.
+    files.write_jsonl(OUT / "results.jsonl", rows)
+    files.write_json(METRICS, metrics)
+    files.write_text(PLOTS, summary.category_table({m: metrics[m] for m in metrics["models"]}))
+    print_summary(metrics)
+    if corpus_tasks:
+        print("eval: the corpus benchmark:")
+        print_summary(metrics["corpus_benchmark"])
+    log_to_mlflow(cfg, metrics)
+
+
+def evaluate(cfg, tasks: list[dict]) -> tuple[list[dict], dict]:
+    """Steps 2-4 for one benchmark: (one result row per task, arm and sample; its metrics)."""
+    ec = cfg.eval
+    t_start = time.perf_counter()
     metrics: dict = {"benchmark_tasks": len(tasks)}
     timing: dict = {}
     generation: dict = {}
@@ -106,13 +135,7 @@ def run(cfg):
     timing["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     metrics["timing"] = timing
     metrics["models"] = models
-
-    # 5. Outputs: files, the console, MLflow.
-    files.write_jsonl(OUT / "results.jsonl", rows)
-    files.write_json(METRICS, metrics)
-    files.write_text(PLOTS, summary.category_table({m: metrics[m] for m in models}))
-    print_summary(metrics)
-    log_to_mlflow(cfg, metrics)
+    return rows, metrics
 
 def print_summary(metrics: dict) -> None:
     for m in metrics["models"]:
@@ -137,6 +160,17 @@ def print_summary(metrics: dict) -> None:
     print(f"eval: {metrics['timing']['wall_seconds']:.1f}s wall")
 
 
+def headline(metrics: dict, prefix: str = "") -> dict:
+    """The figures experiments are compared by: per arm, `{prefix}{arm}.{figure}`."""
+    return {f"{prefix}{arm}.{name}": value for arm in metrics["models"]
+            for name, value in (("compile_rate", metrics[arm]["compile_rate"]),
+                                ("compliance_rate", metrics[arm]["compliance_rate"]),
+                                ("pass_at_1", metrics[arm]["pass@1"]),
+                                ("reference_loss", metrics[arm]["graded"].get("reference_loss")),
+                                ("syntax_valid_rate", metrics[arm]["graded"].get("syntax_valid_rate")))
+            if value is not None}
+
+
 def log_to_mlflow(cfg, metrics: dict) -> None:
     params = {"eval": cfg.eval, "base_model": cfg.model.base_model, "seed": cfg.seed}
     with tracking.stage_run(cfg, "eval", params) as mlflow:
@@ -146,14 +180,9 @@ def log_to_mlflow(cfg, metrics: dict) -> None:
         mlflow.set_tags({tracking.safe_name(f"significant.{pair}"): ", ".join(n for n, d in ms.items() if d["significant"]) or "none"
                          for pair, ms in metrics["paired"].items()})
         # The figures experiments are compared by, per arm, on the experiment's parent run.
-        tracking.log_headline_active(mlflow, {
-            f"{arm}.{name}": value for arm in metrics["models"]
-            for name, value in (("compile_rate", metrics[arm]["compile_rate"]),
-                                ("compliance_rate", metrics[arm]["compliance_rate"]),
-                                ("pass_at_1", metrics[arm]["pass@1"]),
-                                ("reference_loss", metrics[arm]["graded"].get("reference_loss")),
-                                ("syntax_valid_rate", metrics[arm]["graded"].get("syntax_valid_rate")))
-            if value is not None})
+        tracking.log_headline_active(mlflow, headline(metrics))
+        if "corpus_benchmark" in metrics:
+            tracking.log_headline_active(mlflow, headline(metrics["corpus_benchmark"], prefix="corpus."))
         # Every completion, readable side by side in the MLflow UI's artifact table view.
         rows = list(files.read_jsonl(OUT / "results.jsonl"))
         mlflow.log_table({"task": [r["task_id"] for r in rows], "category": [r["category"] for r in rows],
@@ -164,6 +193,8 @@ def log_to_mlflow(cfg, metrics: dict) -> None:
         tracking.log_datasets(mlflow.MlflowClient(), mlflow.active_run().info.run_id,
                               {"evaluation": resolve_path(cfg.eval.benchmark)})
         mlflow.log_artifact(str(OUT / "results.jsonl"))
+        if (OUT / "corpus_results.jsonl").is_file() and "corpus_benchmark" in metrics:
+            mlflow.log_artifact(str(OUT / "corpus_results.jsonl"))
         mlflow.log_artifact(str(PLOTS))
         mlflow.log_artifact(str(METRICS))
 

@@ -132,7 +132,7 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         if code.strip():
             # Code with type errors runs too (transpiled as it is), only to observe which @qi calls
             # its inputs execute (compliance); its verdict stays "not_compiled", never passed.
-            jobs.append((i, (f"c{i}", code, task["test"])))
+            jobs.append((i, (f"c{i}", code, task["test"], task.get("withheld"))))
     t0 = time.perf_counter()
     info["module_format"] = module_format
     with sandbox.Sandbox(project, tsconfig, timeout=timeout, memory_mb=memory_mb, isolation=info["isolation"],
@@ -157,6 +157,9 @@ def score(items: Sequence[Mapping], tasks: Mapping[str, Mapping], *, project: Pa
         # run on the task's inputs (code that never ran ran none).
         row["compliance"] = compliance(row["code"], tasks[row["task_id"]], allowed, facts[i],
                                        executed=(r.qi_calls or {}) if r is not None else {})
+        # A corpus task's completion that called the package's own unit (withheld from it) did not write it.
+        if r is not None and (r.qi_calls or {}).get(sandbox.Sandbox.WITHHELD_CALL):
+            row["test"]["status"], row["test"]["withheld_called"] = "fail", True
         # A tampering completion never counts as passed, whatever its test run reported.
         row["passed"] = row["test"]["status"] == "pass" and not row["compliance"]["tampering"]
         row["forbidden_found"] = row["compliance"]["forbidden_found"]

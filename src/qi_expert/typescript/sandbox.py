@@ -456,8 +456,11 @@ class Sandbox:
 
 
     # -- the isolated verdict -------------------------------------------------------------
-    def run_isolated(self, jobs: Sequence[tuple[str, str, str]]) -> list[RunResult]:
-        """[(name, solution_ts, test_ts)] -> one RunResult each: the verdict decided outside the code under test.
+    # judge.cjs counts the completion's calls to a withheld @qi name under this key.
+    WITHHELD_CALL = "qi-eval:withheld"
+
+    def run_isolated(self, jobs: Sequence[tuple]) -> list[RunResult]:
+        """[(name, solution_ts, test_ts[, withheld])] -> one RunResult each: the verdict decided outside the code under test.
 
         The completion runs alone in its sandbox (host.cjs: its module and nothing else); the test
         runs in a second sandbox (judge.cjs), with the completion's exports reached through two pipes
@@ -465,13 +468,18 @@ class Sandbox:
         finished test are never in the completion's sandbox, and nothing crosses but serialised
         values and requests, so the completion cannot rewrite what judges it. The result's stdout is
         the completion's output then the test's; stderr the test's failure then the completion's.
+        `withheld` ({package: [names]}): names the judge's packages do not serve the completion; a
+        call the completion makes to one of them anyway shows in `qi_calls` under WITHHELD_CALL.
         """
         assert self.root is not None, "use Sandbox as a context manager"
         ext = ".mjs" if self.module_format == "esm" else ".js"
         pairs, files = [], []
-        for name, solution, test in jobs:
+        for name, solution, test, *rest in jobs:
             code_dir, judge_dir = self.run_dir(name), self.run_dir(f"{name}.judge")
             pairs.append((code_dir, judge_dir))
+            if rest and rest[0]:
+                # {package: [names]} the judge does not serve the completion (a corpus task's unit).
+                (judge_dir / "withheld.json").write_text(json.dumps(rest[0]), encoding="utf-8")
             files.append({"source": solution, "out": str(code_dir / f"solution{ext}"), "fileName": str(code_dir / "solution.ts")})
             files.append({"source": test, "out": str(judge_dir / f"test{ext}"), "fileName": str(judge_dir / "test.ts"),
                           "track": True})
