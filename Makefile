@@ -23,9 +23,11 @@ bench: setup
 
 # The experiments side by side, the swept params and the headline figures only (dvc exp show
 # lists hundreds of columns: every stage's counts). Pass more with EXPS_ARGS="-A --md".
-EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(model\.name|lora_r|lora_alpha|learning_rate)$$|val_loss_final$$|^(base|tuned)(\+retrieval)?(\+verify)?\.(compile_rate|compliance_rate|pass@1|graded\.reference_loss)$$
+# Then the spread across seeds of every setting run with several (scripts/seeds.py).
+EXPS_KEEP := Experiment|Created|params.yaml:(adapter|max_steps)|^(seed|model\.name|lora_r|lora_alpha|learning_rate)$$|val_loss_final$$|^(corpus_benchmark\.)?(base|tuned)(\+retrieval)?(\+verify)?\.(compile_rate|compliance_rate|pass@1|graded\.reference_loss)$$
 exps:
 	.venv/bin/dvc exp show --no-pager --drop '.*' --keep '$(EXPS_KEEP)' $(EXPS_ARGS)
+	.venv/bin/python scripts/seeds.py
 
 # The figures in README.md and docs/, rewritten from metrics/ (tests/test_readme.py checks they agree).
 report: setup

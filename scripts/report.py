@@ -11,6 +11,11 @@ tests/test_readme.py checks it still is. The blocks, and where they live (BLOCKS
 - eval-table (README, "Results"): the headline figures per eval arm (with each arm's decoding
   cost), and the paired comparisons that say what the fine-tune and checking before answering add
   (delta, 95% interval, exact p; bold where significant), from metrics/eval.json;
+- corpus-table (README, "Results"): the second benchmark, the corpus's own tests, from
+  metrics/eval.json (corpus_benchmark), metrics/format.json and metrics/validate.json;
+- parts-table (README, "Results"): each arm on the hand-written benchmark's dev and test parts;
+- seeds-table (README, "Results"): the headline figures' spread across seeds, from
+  metrics/seeds.json (scripts/seeds.py --write);
 - run-cost (README, "Quick start"): how long the run in metrics/ took, stage by stage, from
   metrics/train.json, metrics/eval.json and metrics/gguf.json;
 - data-figures (docs/stages.md): what extract, validate, format and index produced;
@@ -63,11 +68,11 @@ def _rate(value: float, n: int) -> str:
     return f"{round(value * n)} of {n}"
 
 
-def tables(metrics: dict) -> str:
+def tables(metrics: dict, rows=ROWS, pairs=PAIRS) -> str:
     """The README's results: per-arm figures, then the paired comparisons."""
     arms = [a for a in metrics["models"]]
     out = ["| measure | " + " | ".join(f"`{a}`" for a in arms) + " |", "|---|" + "---|" * len(arms)]
-    for label, read in ROWS:
+    for label, read in rows:
         cells = []
         for a in arms:
             try:
@@ -77,7 +82,7 @@ def tables(metrics: dict) -> str:
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += ["", "| paired, same tasks | " + " | ".join(label for _, label in MEASURES) + " |",
             "|---|" + "---|" * len(MEASURES)]
-    for pair in PAIRS:
+    for pair in pairs:
         if pair not in metrics.get("paired", {}):
             continue
         cells = []
@@ -90,6 +95,51 @@ def tables(metrics: dict) -> str:
             text = f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], {pv}"
             cells.append(f"**{text}**" if p.get("significant") else text)
         out.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def corpus_table(metrics: dict, formatted: dict, validated: dict) -> str:
+    """The corpus benchmark (metrics/eval.json: corpus_benchmark): where its tasks came from, then
+    the headline rows and the pairs that say what the fine-tune and checking add."""
+    cb, fb = metrics.get("corpus_benchmark"), formatted.get("corpus_bench", {})
+    checked = validated.get("corpus_bench", {}).get("checked", {})
+    head = (f"{fb.get('candidates', 0)} units of the @qi packages that a corpus test case calls pass their tests "
+            f"(and a do-nothing stub fails them; {checked.get('reference_fails', 0)} more whose reference fails were left out); "
+            f"format held out the {fb.get('tasks', 0)} in {fb.get('files', 0)} of their {fb.get('candidate_files', 0)} files, "
+            f"with {fb.get('derived_rows_left_out', 0)} training rows derived from them and {fb.get('decontaminated_rows', 0)} near copies.")
+    if not cb:
+        return head + "\n\nThe eval did not score it (eval.corpus_benchmark: null, or a predictions file)."
+    return head + "\n\n" + tables(cb, ROWS[:6], ["tuned vs base", "tuned+verify vs tuned", "tuned+retrieval vs tuned"])
+
+
+def parts_table(metrics: dict) -> str:
+    """Each arm on the hand-written benchmark's dev part (settings are chosen there) and its test part."""
+    parts = metrics.get("parts")
+    if not parts:
+        return "The eval in metrics/ predates the dev/test parts."
+    dev, test = parts["dev"], parts["test"]
+    out = [f"| arm | dev ({dev['tasks']} tasks): compiles, complies, reference loss "
+           f"| test ({test['tasks']} tasks): compiles, complies, reference loss |", "|---|---|---|"]
+    cell = lambda s: (f"{_rate(s['compile_rate'], s['tasks'])}, {_rate(s['compliance_rate'], s['tasks'])}, "
+                      + (f"{s['graded']['reference_loss']:.3f}" if s["graded"].get("reference_loss") is not None else "-"))
+    for arm in metrics["models"]:
+        out.append(f"| `{arm}` | {cell(dev[arm])} | {cell(test[arm])} |")
+    return "\n".join(out)
+
+
+def seeds_table(seeds: dict | None) -> str:
+    """metrics/seeds.json (scripts/seeds.py --write): each figure's mean and spread across seeds,
+    beside one run's task-level 95% interval."""
+    if not seeds:
+        return "Not measured yet: `dvc exp run --queue -S seed=1,2,3 && dvc queue start`, then `python scripts/seeds.py --write metrics/seeds.json`."
+    group = seeds[0]
+    out = [f"Seeds {', '.join(str(s) for s in group['seeds'])}, the `tuned` arm:", "",
+           "| benchmark | arm | figure | mean | sd across seeds | range | one run's 95% interval (tasks) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in (r for r in group["rows"] if r["arm"] == "tuned"):  # the arm the seed trains (base only samples)
+        ci = f"+/-{r['task_ci95_half_width']:.3f}" if r["task_ci95_half_width"] is not None else "-"
+        out.append(f"| {r['benchmark']} ({r['tasks']}) | `{r['arm']}` | {r['figure']} | {r['mean']:.3f} | {r['sd']:.3f} "
+                   f"| {r['min']:.3f}-{r['max']:.3f} | {ci} |")
     return "\n".join(out)
 
 
@@ -293,6 +343,10 @@ def _json(root: Path, name: str) -> dict:
 
 BLOCKS: dict[str, tuple[str, Callable[[Path], str]]] = {  # name -> (file, writer)
     "eval-table": ("README.md", lambda r: tables(_json(r, "eval.json"))),
+    "corpus-table": ("README.md", lambda r: corpus_table(_json(r, "eval.json"), _json(r, "format.json"), _json(r, "validate.json"))),
+    "parts-table": ("README.md", lambda r: parts_table(_json(r, "eval.json"))),
+    "seeds-table": ("README.md", lambda r: seeds_table(json.loads((r / "metrics/seeds.json").read_text())
+                                                       if (r / "metrics/seeds.json").is_file() else None)),
     "run-cost": ("README.md", lambda r: run_cost(_json(r, "train.json"), _json(r, "eval.json"), _json(r, "gguf.json"))),
     "data-figures": ("docs/stages.md", lambda r: data_figures(_json(r, "extract.json"), _json(r, "validate.json"),
                                                               _json(r, "format.json"), _json(r, "index.json"))),

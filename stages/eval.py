@@ -52,6 +52,9 @@ def run(cfg):
 
     # 2.-4. Completions, scoring and figures, per benchmark.
     rows, metrics = evaluate(cfg, tasks)
+    # The hand-written benchmark's dev part chooses settings (decoding, the retrieval block:
+    # bench.split); its test part is where a setting chosen so is reported.
+    metrics["parts"] = parts(cfg, tasks, rows, metrics["models"])
     if corpus_tasks:
         print(f"eval: the corpus benchmark: {len(corpus_tasks)} tasks ({ec.corpus_benchmark})")
         corpus_rows, metrics["corpus_benchmark"] = evaluate(cfg, corpus_tasks)
@@ -136,6 +139,22 @@ def evaluate(cfg, tasks: list[dict]) -> tuple[list[dict], dict]:
     metrics["timing"] = timing
     metrics["models"] = models
     return rows, metrics
+
+
+def parts(cfg, tasks: list[dict], rows: list[dict], models: list[str]) -> dict:
+    """Each arm's figures on the benchmark's dev and test parts, and the paired comparisons on test."""
+    ks = sorted({int(k) for k in cfg.eval.k})
+    out: dict = {}
+    for name, part in zip(("dev", "test"), bench.split(tasks)):
+        ids = {t["id"] for t in part}
+        mine = [r for r in rows if r["task_id"] in ids]
+        out[name] = {"tasks": len(ids), **{m: summary.summarize([r for r in mine if r["model"] == m], ks) for m in models}}
+        if name == "test":
+            out[name]["paired"] = {f"{a} vs {b}": summary.paired_comparison([r for r in mine if r["model"] == a],
+                                                                            [r for r in mine if r["model"] == b], seed=int(cfg.seed))
+                                   for a, b in summary.comparisons(models)}
+    return out
+
 
 def print_summary(metrics: dict) -> None:
     for m in metrics["models"]:

@@ -503,3 +503,23 @@ def test_a_library_in_a_nested_project_is_found_by_the_imports_that_use_it(tmp_p
     typescript = [rel for rel in {**NESTED, **more} if rel.endswith(".ts")]
     assert report.unclassified == {"vitest.config.ts": "tool configuration"}  # each with its reason
     assert len(report.unclassified) / len(typescript) < 0.1  # one tool config of 11 files
+
+
+def test_the_compile_check_resolves_every_alias_the_checkouts_tsconfigs_declare(tmp_path):
+    """The nested layout: no tsconfig at the root; the library's aliases (@qicore/*) and the app's
+    (@qi/core/base, @qi/core) each declared in their own tsconfig, all resolved in one program."""
+    from qi_expert.typescript import typecheck
+
+    root = tmp_path / "nested"
+    for rel, text in NESTED.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    found = typecheck.check({
+        "app_alias": "import { success } from '@qi/core/base';\nexport const x = success(1);\n",
+        "app_package": "import { createLogger } from '@qi/core';\nexport const y = createLogger('info');\n",
+        "library_alias": "import { failure } from '@qicore/base';\nexport const z = failure<number>('no');\n",
+        "missing_name": "import { nothing } from '@qi/core/base';\nexport const n = nothing;\n",
+    }, root, "tsconfig.json", exports=["@qi/core/base", "@qicore/base"])
+    assert found["app_alias"] == found["app_package"] == found["library_alias"] == []
+    assert [d["code"] for d in found["missing_name"]] == [2305]  # resolved, and the name is checked
+    assert {e["name"] for e in found["__exports__"]["@qicore/base"]} == {"Result", "success", "failure"}

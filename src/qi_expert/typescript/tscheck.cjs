@@ -15,6 +15,54 @@
 const path = require("path");
 const ts = require("typescript");
 
+// Every tsconfig.json of the checkout but node_modules, build output and hidden folders.
+function checkoutTsconfigs(project) {
+  const found = [];
+  const walk = (dir) => {
+    let entries;
+    try { entries = require("fs").readdirSync(dir, { withFileTypes: true }); } catch { return; }
+    for (const e of entries) {
+      if (e.isDirectory()) {
+        if (!["node_modules", "dist", "build", "coverage"].includes(e.name) && !e.name.startsWith(".")) walk(path.join(dir, e.name));
+      } else if (e.name === "tsconfig.json") {
+        found.push(path.join(dir, e.name));
+      }
+    }
+  };
+  walk(project);
+  return found.sort();
+}
+
+// The `paths` aliases of the corpus's tsconfig and of every other tsconfig in the checkout (a
+// library in a nested project aliasing its own folders, apps importing it under their aliases),
+// each target made absolute from the tsconfig that declares it, so the one program resolves
+// every specifier some folder of the checkout uses. The corpus's tsconfig comes first; an alias
+// two tsconfigs declare tries the targets in that order (the compiler takes the first that exists).
+function withCheckoutAliases(options, project, configPath) {
+  const merged = {};
+  const add = (paths, base) => {
+    for (const [alias, targets] of Object.entries(paths || {})) {
+      const list = merged[alias] || (merged[alias] = []);
+      for (const t of targets) {
+        const abs = path.resolve(base, t);
+        if (!list.includes(abs)) list.push(abs);
+      }
+    }
+  };
+  add(options.paths, options.pathsBasePath || options.baseUrl || project);
+  for (const other of checkoutTsconfigs(project)) {
+    if (path.resolve(other) === path.resolve(configPath)) continue;
+    const read = ts.readConfigFile(other, ts.sys.readFile);
+    if (read.error || !read.config) continue;  // a tsconfig the compiler cannot read adds no alias
+    const dir = path.dirname(other);
+    const parsed = ts.parseJsonConfigFileContent({ compilerOptions: read.config.compilerOptions || {}, extends: read.config.extends,
+                                                   files: [] }, ts.sys, dir);
+    add(parsed.options.paths, parsed.options.pathsBasePath || parsed.options.baseUrl || dir);
+  }
+  if (!Object.keys(merged).length) return options;
+  return Object.assign({}, options, { paths: merged, pathsBasePath: project });
+}
+
 function main(input) {
   const project = path.resolve(input.project);
   const configPath = path.join(project, input.tsconfig || "tsconfig.json");
@@ -25,6 +73,7 @@ function main(input) {
     if (read.error) throw new Error(ts.flattenDiagnosticMessageText(read.error.messageText, "\n"));
     options = ts.parseJsonConfigFileContent(read.config, ts.sys, project).options;
   }
+  options = withCheckoutAliases(options, project, configPath);
   const overrides = ts.convertCompilerOptionsFromJson(input.options || {}, project).options;
   options = Object.assign({}, options, overrides, {
     noEmit: true, composite: false, declaration: false, declarationMap: false, incremental: false,
