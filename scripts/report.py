@@ -155,18 +155,30 @@ def _min(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def run_cost(train: dict, evals: dict, gguf: dict) -> str:
-    """How long each stage of the run in metrics/ took, as the stages recorded it."""
+def _eval_seconds(evals: dict) -> dict:
+    """One benchmark's eval time, by what it went to, as the eval recorded it (generation seconds
+    come with cached completions too: the time they took when they were made)."""
     arms = evals["models"]
     plain = [a for a in arms if "verify" not in evals[a]["generation"]]
     verified = [a for a in arms if "verify" in evals[a]["generation"]]
     tasks = evals["benchmark_tasks"]
-    generation = sum(evals[a]["generation"]["seconds"] for a in plain)
-    refloss = sum(evals[a]["generation"].get("reference_loss_seconds", 0.0) for a in plain)
-    verify = sum(evals[a]["generation"]["verify"]["seconds_per_task"] * tasks for a in verified)
     timing = evals.get("timing", {})
-    other = sum(timing.get(k, 0.0) for k in ("load_seconds", "adapter_seconds", "compile_seconds", "test_seconds"))
-    eval_total = generation + refloss + verify + other
+    out = {"arms": arms, "plain": plain, "verified": verified, "tasks": tasks,
+           "generation": sum(evals[a]["generation"]["seconds"] for a in plain),
+           "refloss": sum(evals[a]["generation"].get("reference_loss_seconds", 0.0) for a in plain),
+           "verify": sum(evals[a]["generation"]["verify"]["seconds_per_task"] * tasks for a in verified),
+           "other": sum(timing.get(k, 0.0) for k in ("load_seconds", "adapter_seconds", "compile_seconds", "test_seconds"))}
+    out["total"] = out["generation"] + out["refloss"] + out["verify"] + out["other"]
+    return out
+
+
+def run_cost(train: dict, evals: dict, gguf: dict) -> str:
+    """How long each stage of the run in metrics/ took, as the stages recorded it."""
+    e = _eval_seconds(evals)
+    arms, plain, verified, tasks = e["arms"], e["plain"], e["verified"], e["tasks"]
+    generation, refloss, verify, other = e["generation"], e["refloss"], e["verify"], e["other"]
+    corpus = _eval_seconds(evals["corpus_benchmark"]) if evals.get("corpus_benchmark") else None
+    eval_total = e["total"] + (corpus["total"] if corpus else 0.0)
 
     seconds = gguf.get("seconds", {})
     convert = (seconds.get("merge", 0.0) + seconds.get("convert_wall", 0.0)
@@ -189,7 +201,8 @@ def run_cost(train: dict, evals: dict, gguf: dict) -> str:
         f"{train['tokens_per_second']:.1f} tokens/s), peak memory {train['peak_memory_mb']:,.0f} MB |",
         f"| eval | {_s(eval_total)} | {len(arms)} arms on {tasks} tasks: greedy generation {_s(generation)} "
         f"({len(plain)} arms), reference loss {_s(refloss)}{verified_text}; loading, compiling "
-        f"and the sandboxed tests {_s(other)} |",
+        f"and the sandboxed tests {_s(other)}"
+        + (f"; the corpus benchmark ({corpus['tasks']} tasks, the same arms) {_s(corpus['total'])}" if corpus else "") + " |",
         f"| gguf | {_s(gguf_total)} | merge, conversion and quantization {_s(convert)}; the quantization "
         f"cost's llama.cpp passes over the benchmark ({', '.join('`' + f + '`' for f in files)}, side by side) {_s(quant)} |",
         f"| train + eval + gguf | {_s(total)} (about {_min(total)}) | the sum of the above; the data stages and prepare "

@@ -2,7 +2,8 @@
 
 An arm is a name from `eval.arms`: `base` (the base model), `tuned` (base + the train stage's
 adapter), and either with `+retrieval` (the pattern store's nearest @qi API entries and training
-examples put before the task). Every arm answers the same tasks through the one generation path
+examples put before the task), `+verify` (candidates checked before one is the answer: verify.py)
+and `+names` (decoding constrained to the @qi names the packages export: generation/qi_names.py). Every arm answers the same tasks through the one generation path
 (decoding.complete on the transformers backend, under the eval's StopPolicy), so their differences
 are the model's and the context's alone; arms of one model share one loaded model (the adapter is
 merged once, after the base arms).
@@ -17,11 +18,12 @@ from typing import Mapping, Sequence
 
 from qi_expert.core import gencache
 from qi_expert.data import prompting, retrieval
-from qi_expert.generation import basemodel, decoding, models, refloss, transformers_backend
+from qi_expert.generation import basemodel, decoding, models, qi_names, refloss, transformers_backend
 
 MODELS = ("base", "tuned")
 RETRIEVAL = "retrieval"
 VERIFY = "verify"
+NAMES = "names"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Arm:
     model: str  # base | tuned
     retrieval: bool
     verify: bool = False  # candidates checked by the compiler and the rules before one is the answer
+    names: bool = False  # decoding may write only @qi names the packages export (qi_names.py)
 
 
 def parse_arms(names: Sequence[str], *, adapter) -> list[Arm]:
@@ -38,12 +41,12 @@ def parse_arms(names: Sequence[str], *, adapter) -> list[Arm]:
     for raw in names:
         name = str(raw)
         model, *extras = name.split("+")
-        if model not in MODELS or any(e not in (RETRIEVAL, VERIFY) for e in extras) or len(set(extras)) != len(extras):
+        if model not in MODELS or any(e not in (RETRIEVAL, VERIFY, NAMES) for e in extras) or len(set(extras)) != len(extras):
             raise ValueError(f"eval.arms: unknown arm {name!r}; arms are {', '.join(MODELS)}, "
-                             f"optionally with +{RETRIEVAL} and/or +{VERIFY} (e.g. tuned+{RETRIEVAL}+{VERIFY})")
+                             f"optionally with +{RETRIEVAL}, +{VERIFY} and/or +{NAMES} (e.g. tuned+{RETRIEVAL}+{VERIFY})")
         if model == "tuned" and not adapter:
             raise ValueError(f"eval.arms has {name!r} but eval.adapter is null: drop the tuned arms or set the adapter")
-        arms.append(Arm(name, model, RETRIEVAL in extras, VERIFY in extras))
+        arms.append(Arm(name, model, RETRIEVAL in extras, VERIFY in extras, NAMES in extras))
     if len({a.name for a in arms}) != len(arms):
         raise ValueError(f"eval.arms names an arm twice: {list(names)}")
     return sorted(arms, key=lambda a: MODELS.index(a.model))
@@ -85,6 +88,8 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
     # fp32 model (the adapter is merged into the fp32 weights). The reference loss is scored by the
     # same decoding model on its own prefill of each prompt (refloss.answer_nll).
     precision = basemodel.cpu_precision(str(ec.get("cpu_precision", "fp32")), "eval.cpu_precision")
+    # The +names arms' constraint: the corpus's @qi export lists, as the compiler resolves them.
+    names = _qi_names(cfg, tokenizer) if any(a.names for a in arms) else None
     out: dict = {}
     current = "base"
     decoder = None
@@ -103,8 +108,9 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
         folders = [base_folder, *([adapter] if arm.model == "tuned" else [])]
         answers = ([refloss.answer_text(tokenizer, m, p, t["reference"]) if t.get("reference") else None
                     for m, p, t in zip(messages, prompts, tasks)] if ec.reference_loss else None)
+        constraint = names if arm.names else None
         gen = _generate_cached(decoder, tokenizer, prompts, settings, answers=answers, cache=cache, folders=folders,
-                               precision=precision, progress=decoding.Progress(f"eval: {arm.name}", log=log))
+                               precision=precision, progress=decoding.Progress(f"eval: {arm.name}", log=log), names=constraint)
         info = {"seconds": round(gen.seconds, 2), "new_tokens": gen.total_new_tokens,
                 "tokens_per_second": round(gen.tokens_per_second, 2),
                 "precision": precision,
@@ -119,7 +125,7 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
             timing[f"reference_loss_seconds.{arm.name}"] = gen.stats.get("reference_loss_seconds")
         if arm.verify:
             gen, info["verify"] = _verified(decoder, tokenizer, tasks, messages, prompts, gen, settings, cfg,
-                                            cache=cache, folders=folders, precision=precision, log=log)
+                                            cache=cache, folders=folders, precision=precision, log=log, names=constraint)
         items = [{"model": arm.name, "task_id": t["id"], "sample": s, "completion": c, "prompt": p,
                   "new_tokens": gen.new_tokens[i][s], "reference_nll": nll[i] if nll else None,
                   **({"retrieved": hits[i]} if arm.retrieval and hits else {}),
@@ -135,7 +141,7 @@ def run(cfg, tasks: Sequence[dict], arms: Sequence[Arm], *, base: Path | str, ad
 
 def _verified(decoder, tokenizer, tasks: Sequence[dict], messages: list[list[dict]], prompts: list[str],
               greedy: decoding.Generation, settings: dict, cfg, *, cache: bool, folders: list, precision: str,
-              log=print) -> tuple[decoding.Generation, dict]:
+              log=print, names: qi_names.QiNames | None = None) -> tuple[decoding.Generation, dict]:
     """A verified arm's answers: the greedy completion, then for the tasks it does not settle
     eval.verify.n - 1 seeded samples, then up to eval.verify.rounds repair turns; every candidate is
     judged by verify.check (the compiler and the rules, never the task's test) and the first that
@@ -184,7 +190,7 @@ def _verified(decoder, tokenizer, tasks: Sequence[dict], messages: list[list[dic
         sampled = _generate_cached(decoder, tokenizer, [prompts[i] for i in open_],
                                    {**settings, "n_samples": n - 1, "temperature": float(vc.temperature)},
                                    answers=None, cache=cache, folders=folders, precision=precision,
-                                   progress=decoding.Progress(f"eval: verify: {n - 1} samples a task", log=log))
+                                   progress=decoding.Progress(f"eval: verify: {n - 1} samples a task", log=log), names=names)
         add(sampled, open_, f"{n} candidates")
     for r in range(rounds):
         open_ = [i for i in range(len(tasks)) if not any(v["ok"] for v in verdicts[i])]
@@ -199,7 +205,7 @@ def _verified(decoder, tokenizer, tasks: Sequence[dict], messages: list[list[dic
             spent[i]["rounds"] += 1
         repaired = _generate_cached(decoder, tokenizer, turns, {**settings, "n_samples": 1}, answers=None, cache=cache,
                                     folders=folders, precision=precision,
-                                    progress=decoding.Progress(f"eval: verify: repair round {r + 1}", log=log))
+                                    progress=decoding.Progress(f"eval: verify: repair round {r + 1}", log=log), names=names)
         add(repaired, open_, f"repair round {r + 1}")
     picks = [verify.choose(v) for v in verdicts]
     answers = [[candidates[i][k]] for i, k in enumerate(picks)]
@@ -221,10 +227,21 @@ def _verified(decoder, tokenizer, tasks: Sequence[dict], messages: list[list[dic
     return decoding.Generation(answers, new_tokens, seconds, {**greedy.stats, "verified": True}), cost
 
 
+def _qi_names(cfg, tokenizer) -> qi_names.QiNames:
+    from qi_expert.core.config import resolve_path
+    from qi_expert.typescript import typecheck
+
+    exports = typecheck.module_exports(resolve_path(cfg.corpus.root), str(cfg.corpus.tsconfig))
+    return qi_names.QiNames(tokenizer, {m: [e["name"] for e in entries or []] for m, entries in exports.items()})
+
+
 def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, answers: list | None, cache: bool,
-                     folders: list, precision: str, progress=None) -> decoding.Generation:
+                     folders: list, precision: str, progress=None, names: qi_names.QiNames | None = None) -> decoding.Generation:
     """decoding.complete on the transformers backend (with the answers' reference loss), cached by
-    content: the base arms' completions and losses do not change across a sweep."""
+    content: the base arms' completions and losses do not change across a sweep. `names`: the @qi
+    names constraint (its export lists and code are then part of the key)."""
+    if names is not None:
+        settings = {**settings, "qi_names": f"{names.digest}:{qi_names.code_digest()}"}
     scoring = {"reference_answers": list(answers)} if answers is not None else {}
     key = gencache.key([Path(f) for f in folders], prompts, {**settings, "precision": precision, **scoring}) if cache else None
     hit = gencache.load(key) if key else None
@@ -233,6 +250,9 @@ def _generate_cached(model, tokenizer, prompts: list[str], settings: dict, *, an
                                    answer_nll=hit.get("answer_nll"))
     policy = decoding.StopPolicy.eval(tokenizer, settings["max_new_tokens"], model=model,
                                       no_repeat_ngram=settings.get("no_repeat_ngram", 0))
+    if names is not None:
+        policy = qi_names.NamesPolicy(policy.max_new_tokens, policy.eos, policy.check, policy.backend_eos,
+                                      policy.no_repeat_ngram, names=names)
     backend = transformers_backend.Transformers(model, batch_size=settings["batch_size"], pad_id=tokenizer.pad_token_id,
                                                 progress=progress)
     gen = decoding.complete(backend, tokenizer, prompts, policy, n_samples=settings["n_samples"],
