@@ -134,11 +134,11 @@ def seeds_table(seeds: dict | None) -> str:
         return "Not measured yet: `dvc exp run --queue -S seed=1,2,3 && dvc queue start`, then `python scripts/seeds.py --write metrics/seeds.json`."
     group = seeds[0]
     out = [f"Seeds {', '.join(str(s) for s in group['seeds'])}, the `tuned` arm:", "",
-           "| benchmark | arm | figure | mean | sd across seeds | range | one run's 95% interval (tasks) |",
-           "|---|---|---|---|---|---|---|"]
-    for r in (r for r in group["rows"] if r["arm"] == "tuned"):  # the arm the seed trains (base only samples)
-        ci = f"+/-{r['task_ci95_half_width']:.3f}" if r["task_ci95_half_width"] is not None else "-"
-        out.append(f"| {r['benchmark']} ({r['tasks']}) | `{r['arm']}` | {r['figure']} | {r['mean']:.3f} | {r['sd']:.3f} "
+           "| benchmark (tasks) | figure | mean | sd across seeds | range | one run's 95% interval (Wilson, tasks) |",
+           "|---|---|---|---|---|---|"]
+    for r in (r for r in group["rows"] if r["arm"] == "tuned" and r["figure"] != "pass@1"):  # the arm the seed trains
+        ci = f"[{r['task_ci95'][0]:.3f}, {r['task_ci95'][1]:.3f}]" if r["task_ci95"] is not None else "-"
+        out.append(f"| {r['benchmark']} ({r['tasks']}) | {r['figure']} | {r['mean']:.3f} | {r['sd']:.3f} "
                    f"| {r['min']:.3f}-{r['max']:.3f} | {ci} |")
     return "\n".join(out)
 

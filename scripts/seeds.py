@@ -10,8 +10,9 @@ whose eval metrics exist, and groups the runs whose params are equal except `see
 arm list: a seed run may score fewer arms). For each figure an arm has in every run of a group
 (compile, compliance, pass@1 as rates; reference loss and the syntax-valid share), on each
 benchmark, it prints the mean, the standard deviation and the range across seeds, next to the
-task-level 95% interval of one run (Wilson, at the benchmark's task count, for a rate): when the
-seeds' spread is of the interval's size, a difference between two single runs says little.
+task-level 95% interval of one run (Wilson, at the benchmark's task count, for a share of the
+tasks; none for the reference loss): when the seeds' spread is of the interval's size, a
+difference between two single runs says little.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 IGNORED = ("seed", "eval.arms")
 RATES = ("compile_rate", "compliance_rate", "pass@1")
 GRADED = ("reference_loss", "syntax_valid_rate")
+# Shares of the tasks (one completion a task), whose one-run interval is a binomial one.
+SHARES = RATES + ("syntax_valid_rate",)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -55,6 +58,8 @@ def runs(exp_show: list) -> list[dict]:
     for baseline in exp_show:
         add(baseline, baseline.get("name") or str(baseline.get("rev", ""))[:7])
         for exp in baseline.get("experiments") or []:
+            if ((exp.get("executor") or {}).get("state") or "success") not in ("success",):
+                continue  # queued or still running: its figures are its baseline's until it ends
             for rev in exp.get("revs") or []:
                 add(rev, rev.get("name") or exp.get("name") or str(rev.get("rev", ""))[:7])
     # The same run can appear twice (the workspace and the commit it equals): keep one per seed and setting.
@@ -69,13 +74,15 @@ def _setting(run: dict) -> str:
                       sort_keys=True, default=str)
 
 
-def wilson_half_width(p: float, n: int) -> float:
-    """Half the width of the 95% Wilson interval of a rate p seen on n tasks."""
+def wilson(p: float, n: int) -> list[float]:
+    """The 95% Wilson interval [low, high] of a share p seen on n tasks (not centred on p)."""
     if n <= 0:
-        return float("nan")
+        return [float("nan"), float("nan")]
     z = 1.96
     denom = 1 + z * z / n
-    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 def spread(group: list[dict]) -> list[dict]:
@@ -83,7 +90,9 @@ def spread(group: list[dict]) -> list[dict]:
     rows = []
     for bench, pick in (("hand-written", lambda m: m), ("corpus", lambda m: m.get("corpus_benchmark") or {})):
         sections = [pick(r["eval"]) for r in group]
-        arms = [a for a in (sections[0].get("models") or []) if all(a in s for s in sections)]
+        # The arms every run scored (`dvc exp show` keeps numbers only: no `models` list).
+        is_arm = lambda v: isinstance(v, dict) and "compile_rate" in v and "completions" in v  # (not `delta`)
+        arms = [a for a, v in sections[0].items() if is_arm(v) and all(is_arm(s.get(a)) for s in sections)]
         for arm in arms:
             for figure in RATES + GRADED:
                 values = [(s[arm] if figure in RATES else s[arm].get("graded", {})).get(figure) for s in sections]
@@ -94,7 +103,7 @@ def spread(group: list[dict]) -> list[dict]:
                 rows.append({"benchmark": bench, "arm": arm, "figure": figure, "seeds": len(values),
                              "tasks": n, "mean": mean, "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
                              "min": min(values), "max": max(values),
-                             "task_ci95_half_width": wilson_half_width(mean, n) if figure in RATES else None})
+                             "task_ci95": wilson(mean, n) if figure in SHARES else None})
     return rows
 
 
@@ -108,11 +117,11 @@ def groups(all_runs: list[dict]) -> list[list[dict]]:
 def table(group: list[dict], rows: list[dict]) -> str:
     seeds = ", ".join(str(r["params"].get("seed")) for r in group)
     out = [f"seeds {seeds} ({', '.join(r['name'] for r in group)}):",
-           f"  {'benchmark':13s} {'arm':22s} {'figure':18s} {'mean':>7s} {'sd':>7s} {'range':>15s} {'tasks 95% +/-':>14s}"]
+           f"  {'benchmark':13s} {'arm':22s} {'figure':18s} {'mean':>7s} {'sd':>7s} {'range':>15s} {'one run, 95% (tasks)':>20s}"]
     for r in rows:
-        ci = f"{r['task_ci95_half_width']:.3f}" if r["task_ci95_half_width"] is not None else "-"
+        ci = f"[{r['task_ci95'][0]:.3f}, {r['task_ci95'][1]:.3f}]" if r["task_ci95"] is not None else "-"
         out.append(f"  {r['benchmark']:13s} {r['arm']:22s} {r['figure']:18s} {r['mean']:7.3f} {r['sd']:7.3f} "
-                   f"{r['min']:7.3f}-{r['max']:<7.3f} {ci:>14s}")
+                   f"{r['min']:7.3f}-{r['max']:<7.3f} {ci:>20s}")
     return "\n".join(out)
 
 

@@ -156,3 +156,41 @@ def test_rows_derived_from_a_held_out_unit_are_named():
     held = [{"record_id": "u", "test_ids": ["t"]}]
     records = [{"id": "u"}, {"id": "t"}, {"id": "v", "parent_id": "u"}, {"id": "w", "parent_id": "x"}, {"id": "x"}]
     assert corpus_tasks.derived_ids(held, records) == {"u", "t", "v"}
+
+
+VITEST_FILTER = '''import { describe, it, expect, vi } from "vitest";
+import { filter, success, validationError } from "@qi/base";
+
+describe("filter", () => {
+  it("calls the predicate once and keeps big values", () => {
+    const big = vi.fn((n: number) => n > 10);
+    expect(filter(big, validationError("small"), success(40))).toEqual(success(40));
+    expect(big).toHaveBeenCalledOnce();
+    expect(big).toHaveBeenCalledWith(40);
+  });
+});
+'''
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="the isolated runner needs bubblewrap")
+def test_a_vitest_test_case_runs_on_node_test_with_jests_expect(qi_files):
+    """The corpus's vitest test cases (describe/it/expect/vi from "vitest") run in the judge."""
+    unit, *_ = _records()
+    vitest_case = {"id": "v0", "source_kind": "test", "unit": "test_case", "name": "v0", "module": VITEST_FILTER,
+                   "source_file": "lib/tests/filter.test.ts"}
+    tasks, _ = corpus_tasks.candidates([unit, vitest_case], qi_files, ["throw"])
+    assert 'from "vitest"' in tasks[0]["test"] and 'import { filter } from "./solution";' in tasks[0]["test"]
+    wrong = {**tasks[0], "id": "wrong", "reference": FILTER.replace("predicate(result.value)", "(predicate(result.value), predicate(result.value))")}
+    with sandbox.Sandbox(SAMPLE_CORPUS, "tsconfig.json", timeout=10) as sb:
+        usable, counts = corpus_tasks.checked([tasks[0], wrong], sb)
+    # The reference passes; calling the predicate twice fails toHaveBeenCalledOnce.
+    assert counts == {"reference_fails": 1, "usable": 1} and usable[0]["id"] == tasks[0]["id"]
+
+
+def test_merged_test_cases_keep_no_export_of_their_own(qi_files):
+    """A test module that exports a helper (qi-v2-qicore's do) still merges: blocks cannot export."""
+    unit, first, second, _ = _records()
+    second = {**second, "module": TEST_FILTER_2.replace('const small = validationError("odd");',
+                                                         'export const small = validationError("odd");')}
+    task = corpus_tasks.candidates([unit, first, second], qi_files, ["throw"])[0][0]
+    assert "export " not in task["test"] and 'const small = validationError("odd");' in task["test"]

@@ -63,6 +63,21 @@ def _rewire(test_module: str, name: str, package: str) -> tuple[list[str], str] 
     return out, body
 
 
+def _unexported(body: str) -> str:
+    """A test module's body with its own exports dropped (`export const X` -> `const X`): it is run,
+    not imported, and a block (below) cannot hold an export."""
+    root = tsast.parse(body).root_node
+    data = body.encode("utf-8")
+    out, at = bytearray(), 0
+    for c in root.children:
+        if c.type != "export_statement":
+            continue
+        decl = c.child_by_field_name("declaration")
+        out += data[at:c.start_byte] + (tsast.text(decl).encode("utf-8") if decl is not None else b"")
+        at = c.end_byte
+    return (out + data[at:]).decode("utf-8")
+
+
 def _merge(parts: Sequence[tuple[list[str], str]]) -> str | None:
     """One test module from several test cases' (imports, body): the imports united per module, each
     body in a block of its own (their local declarations may share names). None when two of them
@@ -88,7 +103,7 @@ def _merge(parts: Sequence[tuple[list[str], str]]) -> str | None:
         return None  # one local name from two modules
     lines = whole + [f'import {{ {", ".join(modules._specifier_text(n, l, t) for l, (n, t) in specs.items())} }} from "{m}";'
                      for m, specs in named.items()]
-    bodies = [body.strip() for _, body in parts]
+    bodies = [_unexported(body).strip() for _, body in parts]
     block = bodies[0] if len(bodies) == 1 else "\n\n".join("{\n" + b + "\n}" for b in bodies)
     return "\n".join(lines) + "\n\n" + block + "\n"
 

@@ -312,11 +312,33 @@ class Sandbox:
                 break
         for script in RUNTIME_JS:  # the runners, the membrane, the guard, the ES-module hooks, the net block
             shutil.copyfile(JS_DIR / script, runtime / script)
+        self._vitest(modules)
         (self.root / "runs").mkdir()
         for p in [runtime, *runtime.rglob("*")]:  # readable by `nobody`, whatever the umask
             if not p.is_symlink():
                 p.chmod(0o755 if p.is_dir() else 0o644)
         return self
+
+    def _vitest(self, modules: Path) -> None:
+        """`vitest` for the corpus's own test cases: sandbox_js/vitest.cjs (node:test with Jest's `expect`
+        and `jest-mock`, from the project's pinned toolchain, read-only). It replaces a vitest the
+        corpus's dependencies bring: vitest's own API works only inside its runner (imported by plain
+        node it stops with "Vitest failed to access its internal state")."""
+        toolchain = node.modules()
+        if toolchain is None or not (toolchain / "expect").is_dir() or not (toolchain / "jest-mock").is_dir():
+            return  # without them a vitest test fails to load, and the corpus benchmark leaves it out
+        shim = modules / "vitest"
+        if shim.is_symlink():
+            shim.unlink()
+        shim.mkdir()
+        (shim / "package.json").write_text('{"name": "vitest", "main": "index.cjs"}\n', encoding="utf-8")
+        shutil.copyfile(JS_DIR / "vitest.cjs", shim / "index.cjs")
+        for name in ("expect", "jest-mock"):
+            if (modules / name).is_symlink():
+                (modules / name).unlink()
+            (modules / name).symlink_to((toolchain / name).resolve())
+        # Their own dependencies resolve from where they lie: the toolchain's node_modules, read-only.
+        self.read_paths.append(toolchain.resolve())
 
     def __exit__(self, *exc) -> None:
         if self._tmp is not None:

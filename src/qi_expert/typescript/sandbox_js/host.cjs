@@ -16,7 +16,12 @@ const esm = process.argv[4] === "esm";
 const qiPackages = JSON.parse(process.argv[5] || "[]");
 
 const membrane = createMembrane("c", readFd, writeFd, { onClosed: () => process.exit(0) });
-const served = new Map(qiPackages.map((name) => [name, membrane.requestModule(name)]));
+// A package the judge could not load (an npm dependency the corpus did not install) is not served:
+// a completion importing it fails to load, as it would anywhere; the others are unaffected.
+const served = new Map();
+for (const name of qiPackages) {
+  try { served.set(name, membrane.requestModule(name)); } catch {}
+}
 Object.defineProperty(globalThis, Symbol.for("qi-eval.module"), { value: (name) => served.get(name) });
 const load = Module._load;
 Module._load = function (request, parent, isMain) {

@@ -40,7 +40,15 @@ if (esm) {
   Module.register(require("url").pathToFileURL(path.join(__dirname, "esm-hooks.mjs")).href,
     { data: { consume: [TEST_URL], allow: ALLOW } });
 }
-require("./guard.cjs").install(ALLOW);
+// A test written for vitest gets its stand-in (vitest.cjs, from the runtime's node_modules), loaded
+// here before the guard closes the modules Jest's `expect` reads (`module`); the test's own import
+// then finds it loaded. Other tests do not pay for it.
+if (/\bvitest\b/.test(fs.readFileSync(TEST, "utf8"))) {
+  try { require("vitest"); } catch {}  // (when it cannot load, the test's import fails: a failed test)
+}
+// The guard closes those modules once the @qi packages are loaded (below): they are the corpus's own
+// code, and a real @qi/core loads its dependencies' modules (pino reads worker_threads) as it starts.
+const closeModules = () => require("./guard.cjs").install(ALLOW);
 
 // The @qi packages, loaded here and served to the completion (membrane.cjs, "M"). Every @qi
 // function or method the completion calls runs here and is counted by its @qi name: which @qi calls
@@ -99,7 +107,7 @@ const membrane = createMembrane("j", readFd, writeFd, {
   },
 });
 
-preload.then(judge);
+preload.then(() => { closeModules(); judge(); });
 
 function judge() {
 
