@@ -16,7 +16,7 @@ def _git(root: Path, *args: str) -> None:
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=root, check=True, capture_output=True)
 
 
-def test_usage_gaps_and_the_trend_over_two_commits(tmp_path):
+def test_usage_gaps_and_the_trend_over_two_commits(tmp_path, monkeypatch):
     """The sample corpus without its config app, then with it: config management emerges."""
     repo = tmp_path / "repo"
     corpus = repo / "typescript"
@@ -47,3 +47,14 @@ def test_usage_gaps_and_the_trend_over_two_commits(tmp_path):
     assert trend["config_management"]["trend"] == "emerging", trend["config_management"]
     # A rerun reads each commit's counts from the cache: nothing is extracted again.
     assert evolution.history(corpus, commits, count, "test", log=lambda line: None) == points and len(counted) == 2
+
+    # What is new since the last run: the first run remembers the newest commit; a run after a
+    # new commit reports what it added.
+    monkeypatch.setenv("QI_CACHE_DIR", str(tmp_path / "cache"))
+    first = evolution.since_last(corpus, points[0])  # a run that ended on the first commit
+    assert first == {"last": None, "head": commits[0]["commit"]}
+    new = evolution.since_last(corpus, points[-1])
+    assert new["last"] == commits[0]["commit"] and new["head"] == commits[-1]["commit"]
+    assert new["records"] == points[-1]["records"] - points[0]["records"] > 0
+    assert new["by_pattern"]["config_management"] > 0
+    assert evolution.since_last(corpus, points[-1])["by_pattern"] == {}  # nothing new the next time

@@ -199,6 +199,8 @@ def cmd_patterns(args) -> int:
             print(f"qi-expert patterns: {e}", file=sys.stderr)
             return 1
         out["history"], out["trends"] = points, evolution.trends(points)
+        if points:
+            out["since_last"] = evolution.since_last(root, points[-1])
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -210,6 +212,15 @@ def cmd_patterns(args) -> int:
         print(f"gap: {g['pattern']}: {g['training_records']} accepted training records, {g['benchmark_tasks']} benchmark tasks")
     for p, t in out.get("trends", {}).items():
         print(f"trend: {p}: {t['first']:.1%} -> {t['last']:.1%} of the records ({t['trend']})")
+    new = out.get("since_last")
+    if new and new["last"] is None:
+        print(f"since the last run: none before; {new['head'][:8]} remembered")
+    elif new and new["last"] == new["head"]:
+        print(f"since the last run: nothing new ({new['head'][:8]} again)")
+    elif new:
+        print(f"since the last run ({new['last'][:8]} -> {new['head'][:8]}): {new['records']:+d} records; "
+              + (", ".join(f"{p} {d:+d}" for p, d in new["by_pattern"].items()) or "no pattern type changed")
+              + (f"; new pattern types: {', '.join(new['new_patterns'])}" if new["new_patterns"] else ""))
     return 0
 
 

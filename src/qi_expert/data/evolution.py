@@ -9,7 +9,9 @@ over the checkout's git history (`qi-expert patterns`).
   share of the records grew by more than `threshold` from the first sampled commit to the last is
   emerging, one whose share fell by as much declining. Each commit's counts are kept in the cache
   ($QI_CACHE_DIR/pattern_history), keyed by the commit and the extraction code, so a rerun after a
-  new commit extracts only the new one.
+  new commit extracts only the new one;
+- since the last run: the newest commit's counts against those of the commit the previous run over
+  the checkout ended on (what is new since it was last processed).
 """
 
 from __future__ import annotations
@@ -73,6 +75,22 @@ def trends(points: Sequence[Mapping], threshold: float = 0.05) -> dict[str, dict
         out[p] = {"first": round(a, 4), "last": round(b, 4),
                   "trend": "emerging" if b - a > threshold else "declining" if a - b > threshold else "steady"}
     return out
+
+
+def since_last(corpus_root: Path, head: Mapping) -> dict:
+    """What is new at `head` (the newest sampled commit) since the commit the previous run over this
+    checkout processed: records per pattern type added or gone, pattern types that were not used at
+    all before. Remembers `head` for the next run ($QI_CACHE_DIR/pattern_history)."""
+    key = hashlib.sha256(f"last-processed\0{Path(corpus_root).resolve()}".encode()).hexdigest()
+    last = gencache.load(key, kind="pattern_history")
+    gencache.store(key, {k: head[k] for k in ("commit", "date", "records", "counts")}, kind="pattern_history")
+    if last is None:
+        return {"last": None, "head": head["commit"]}
+    before, now = last.get("counts", {}), head.get("counts", {})
+    changed = {p: now.get(p, 0) - before.get(p, 0) for p in sorted(set(before) | set(now)) if now.get(p, 0) != before.get(p, 0)}
+    return {"last": last["commit"], "last_date": last.get("date"), "head": head["commit"],
+            "records": head.get("records", 0) - last.get("records", 0), "by_pattern": changed,
+            "new_patterns": sorted(p for p in now if now[p] and not before.get(p))}
 
 
 def counts_of(records: Sequence[Mapping]) -> dict:
