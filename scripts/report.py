@@ -103,8 +103,9 @@ def corpus_table(metrics: dict, formatted: dict, validated: dict) -> str:
     the headline rows and the pairs that say what the fine-tune and checking add."""
     cb, fb = metrics.get("corpus_benchmark"), formatted.get("corpus_bench", {})
     checked = validated.get("corpus_bench", {}).get("checked", {})
-    head = (f"{fb.get('candidates', 0)} units of the @qi packages that a corpus test case calls pass their tests "
-            f"(and a do-nothing stub fails them; {checked.get('reference_fails', 0)} more whose reference fails were left out); "
+    fails = checked.get("reference_fails", 0)
+    head = (f"{fb.get('candidates', 0)} units of the @qi packages that a corpus test case calls pass their tests, "
+            f"and a do-nothing stub fails them ({fails} more, whose reference fails, {'was' if fails == 1 else 'were'} left out); "
             f"format held out the {fb.get('tasks', 0)} in {fb.get('files', 0)} of their {fb.get('candidate_files', 0)} files, "
             f"with {fb.get('derived_rows_left_out', 0)} training rows derived from them and {fb.get('decontaminated_rows', 0)} near copies.")
     if not cb:

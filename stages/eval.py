@@ -48,7 +48,11 @@ def run(cfg):
         tasks = tasks[: int(ec.limit)]
     corpus_tasks = []
     if ec.corpus_benchmark and not ec.predictions:  # (a predictions file answers the hand-written tasks)
-        corpus_tasks = bench.load_tasks(resolve_path(ec.corpus_benchmark))[: ec.limit and int(ec.limit)]
+        path = resolve_path(ec.corpus_benchmark)
+        if not path.is_file():
+            raise FileNotFoundError(f"eval.corpus_benchmark: {path} does not exist: the format stage writes it "
+                                    "(`dvc repro format`), or set eval.corpus_benchmark=null")
+        corpus_tasks = bench.load_tasks(path)[: ec.limit and int(ec.limit)]
 
     # 2.-4. Completions, scoring and figures, per benchmark.
     rows, metrics = evaluate(cfg, tasks)

@@ -673,9 +673,19 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     base, adapter = tiny_model
     bench_path = BENCHMARK if BENCHMARK.is_file() else dev_tasks[0]
     stage = _stage(monkeypatch, tmp_path)
+    # The corpus benchmark: one task of the sample corpus's own (test_corpus_tasks builds it).
+    from test_corpus_tasks import _records
+
+    from qi_expert.data import corpus_tasks, modules
+    from qi_expert.typescript import typecheck
+
+    qi_files = modules.qi_export_files(typecheck.module_exports(CORPUS))
+    corpus_bench = tmp_path / "corpus-bench.yaml"
+    corpus_bench.write_text(yaml.safe_dump([corpus_tasks.benchmark_task(t)
+                                            for t in corpus_tasks.candidates(_records(), qi_files, ["throw"])[0]]))
     cfg = load_params([f"model.base_model={base}", f"eval.adapter={adapter}", f"eval.benchmark={bench_path}",
                        "eval.limit=3", "eval.max_new_tokens=12", "eval.batch_size=2",
-                       f"eval.retrieval.store={sample_store}"])
+                       f"eval.retrieval.store={sample_store}", f"eval.corpus_benchmark={corpus_bench}"])
     stage.run(cfg)
 
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
@@ -718,6 +728,13 @@ def test_eval_stage_on_a_tiny_model(tiny_model, sample_store, dev_tasks, tmp_pat
     prompt = by[("base", first)]["prompt"]
     assert cfg.format.system_prompt[:40] in prompt and "<|im_start|>assistant" in prompt
     assert (tmp_path / "metrics" / "eval_by_category.csv").read_text().startswith("category,model,pass@1")
+    # Both benchmarks, every arm; the dev and test parts of the hand-written one.
+    corpus = metrics["corpus_benchmark"]
+    assert corpus["benchmark_tasks"] == 1 and corpus["models"] == arms and corpus["tuned"]["completions"] == 1
+    assert "tuned vs base" in corpus["paired"] and corpus["verdict_by_task"] == {"corpus-lib-base-src-result-filter": "isolated"}
+    assert len(list(files.read_jsonl(tmp_path / "eval" / "corpus_results.jsonl"))) == len(arms)
+    parts = metrics["parts"]
+    assert parts["dev"]["tasks"] + parts["test"]["tasks"] == 3 and set(arms) <= set(parts["test"])
 
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -797,7 +814,8 @@ def test_sigkill_leaves_the_previous_results_and_the_rerun_reuses_the_finished_a
     base, adapter = tiny_model
     root = make_checkout("eval-stage")
     overrides = [f"model.base_model={base}", f"eval.adapter={adapter}", f"eval.benchmark={BENCHMARK}", "eval.limit=3",
-                 "eval.max_new_tokens=12", "eval.batch_size=2", f"eval.retrieval.store={sample_store}"]
+                 "eval.max_new_tokens=12", "eval.batch_size=2", f"eval.retrieval.store={sample_store}",
+                 "eval.corpus_benchmark=null"]
 
     def run(cache: str, background: bool = False):
         return run_stage(root, "eval", *overrides, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",

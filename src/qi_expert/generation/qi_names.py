@@ -81,33 +81,41 @@ class QiNames:
         return None
 
     # -- which tokens may come next -------------------------------------------------------------
+    @staticmethod
+    def _name_run(ident: str, piece: str, prefixes: frozenset[str]) -> tuple[str, int] | None:
+        """`ident` extended by the identifier characters `piece` starts with: (the name so far, where
+        the piece goes on), or None when no allowed name starts so."""
+        for i, ch in enumerate(piece):
+            if not _IDENT.match(ch):
+                return ident, i
+            ident += ch
+            if ident not in prefixes:
+                return None
+        return ident, len(piece)
+
     def _names_ok(self, ident: str, piece: str, names: frozenset[str], prefixes: frozenset[str]) -> bool:
         """Inside `import { ... }`: names, the keywords, whitespace and commas, up to the `}`."""
-        for ch in piece:
-            if _IDENT.match(ch):
-                ident += ch
-                if ident not in prefixes:
-                    return False
-                continue
+        while piece:
+            run = self._name_run(ident, piece, prefixes)
+            if run is None:
+                return False
+            ident, at = run
+            if at == len(piece):
+                return True
             if ident == "as":
                 return True  # the alias that follows is free
+            ch = piece[at]
             if (ident and ident not in names and ident not in KEYWORDS) or not (ch.isspace() or ch in ",}"):
                 return False
-            ident = ""
             if ch == "}":
                 return True
+            ident, piece = "", piece[at + 1:]
         return True
 
     def _member_ok(self, ident: str, piece: str, names: frozenset[str], prefixes: frozenset[str]) -> bool:
         """After `qi.`: one name of the namespace's module, then anything."""
-        for ch in piece:
-            if _IDENT.match(ch):
-                ident += ch
-                if ident not in prefixes:
-                    return False
-                continue
-            return ident in names
-        return True
+        run = self._name_run(ident, piece, prefixes)
+        return run is not None and (run[1] == len(piece) or run[0] in names)
 
     def _module_ok(self, allowed: Sequence[str], partial: str, piece: str) -> bool:
         text = partial + piece
