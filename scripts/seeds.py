@@ -26,8 +26,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Params that do not make two runs a different setting: the seed itself, and which arms were scored.
-IGNORED = ("seed", "eval.arms")
+# Params that do not make two runs a different setting: the seed itself, which arms were scored,
+# and the settings of the +retrieval and +verify arms alone (a seed run may score only base and tuned;
+# two runs that both score those arms with other settings are not told apart: keep them equal).
+IGNORED = ("seed", "eval.arms", "eval.retrieval", "eval.verify")
 RATES = ("compile_rate", "compliance_rate", "pass@1")
 GRADED = ("reference_loss", "syntax_valid_rate")
 # Shares of the tasks (one completion a task), whose one-run interval is a binomial one.
@@ -56,7 +58,8 @@ def runs(exp_show: list) -> list[dict]:
             found.append({"name": name, "rev": data.get("rev") or entry.get("rev"), "params": _flat(params), "eval": metrics})
 
     for baseline in exp_show:
-        add(baseline, baseline.get("name") or str(baseline.get("rev", ""))[:7])
+        rev = str(baseline.get("rev", ""))
+        add(baseline, baseline.get("name") or (rev if rev == "workspace" else rev[:7]))
         for exp in baseline.get("experiments") or []:
             if ((exp.get("executor") or {}).get("state") or "success") not in ("success",):
                 continue  # queued or still running: its figures are its baseline's until it ends
