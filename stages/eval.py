@@ -41,6 +41,8 @@ PLOTS = resolve_path("metrics/eval_by_category.csv")
 def run(cfg):
     ec = cfg.eval
     t_start = time.perf_counter()
+    if not ec.predictions:  # bad arms fail before any file or model is read
+        eval_arms.parse_arms(ec.arms, adapter=ec.adapter)
 
     # 1. The tasks: the hand-written benchmark, and the corpus's own tests (format holds them out).
     tasks = bench.load_tasks(resolve_path(ec.benchmark))
