@@ -8,14 +8,16 @@
 // package through the membrane, so every @qi call this process makes is performed, and counted,
 // in the judge's process.
 //
-//   node host.cjs READ_FD WRITE_FD commonjs|esm '["@qi/base", ...]'
+//   node host.cjs READ_FD,WAIT_FD WRITE_FD commonjs|esm '["@qi/base", ...]'
 const Module = require("module");
 const { createMembrane } = require("./membrane.cjs");
-const [readFd, writeFd] = process.argv.slice(2, 4).map(Number);
+// READ_FD,WAIT_FD: the pipe from the other side, opened twice (sandbox.py: polled, and blocking).
+const [readFd, waitFd] = process.argv[2].split(",").map(Number);
+const writeFd = Number(process.argv[3]);
 const esm = process.argv[4] === "esm";
 const qiPackages = JSON.parse(process.argv[5] || "[]");
 
-const membrane = createMembrane("c", readFd, writeFd, { onClosed: () => process.exit(0) });
+const membrane = createMembrane("c", readFd, writeFd, { waitFd, onClosed: () => process.exit(0) });
 // A package the judge could not load (an npm dependency the corpus did not install) is not served:
 // a completion importing it fails to load, as it would anywhere; the others are unaffected.
 const served = new Map();
@@ -47,8 +49,5 @@ if (esm) {
   try { loaded = require(solution); } catch (e) { ok = false; hello(false, e); }
   if (ok) hello(true, loaded);
 }
-// The judge's requests arrive on the pipe; answer them until the judge is gone. After a burst, wait
-// up to LINGER_MS for the next request before yielding to the event loop (measured on the benchmark's
-// 108 references and wrong solutions: see benchmarks/sandbox_overhead.py).
-const LINGER_MS = 0.5;
-setInterval(() => membrane.pump(LINGER_MS), 1);
+// The judge's requests arrive on the pipe; answer them until the judge is gone (onClosed: exit).
+membrane.listen();

@@ -3,7 +3,7 @@
 // reached only through the membrane (membrane.cjs); prints the run's nonce when the test module
 // loaded completely and every top-level promise it started settled without a rejection.
 //
-//   node judge.cjs READ_FD WRITE_FD commonjs|esm   (the nonce on stdin; cwd: the judge's folder)
+//   node judge.cjs READ_FD,WAIT_FD WRITE_FD commonjs|esm   (the nonce on stdin; cwd: the judge's folder)
 //
 // Nothing of the completion runs here: what it returns arrives as data rebuilt from this
 // process's own built-ins, or as handles whose every use is a request to the completion's process.
@@ -14,7 +14,9 @@ const { createMembrane } = require("./membrane.cjs");
 const { readNonce, watch } = require("./verdict.cjs");
 
 const writeSync = fs.writeSync;
-const [readFd, writeFd] = process.argv.slice(2, 4).map(Number);
+// READ_FD,WAIT_FD: the pipe from the other side, opened twice (sandbox.py: polled, and blocking).
+const [readFd, waitFd] = process.argv[2].split(",").map(Number);
+const writeFd = Number(process.argv[3]);
 const esm = process.argv[4] === "esm";
 const qiPackages = JSON.parse(process.argv[5] || "[]");
 const NONCE = readNonce();
@@ -90,11 +92,13 @@ const preload = esm
 
 // While a promise of the completion is pending here, poll the pipe for its settlement (and for the
 // completion's calls back into the test meanwhile).
-let pumping = null;
+// (The pipe holds this process's event loop open only while such a promise is pending.)
+let listening = null;
 const membrane = createMembrane("j", readFd, writeFd, {
+  waitFd,
   onPending: (n) => {
-    if (n > 0 && pumping === null) pumping = setInterval(() => membrane.pump(), 1);
-    else if (n === 0 && pumping !== null) { clearInterval(pumping); pumping = null; }
+    if (listening === null) return;
+    if (n > 0) listening.ref(); else listening.unref();
   },
   onModule: (name) => {
     if (!packages.has(name)) throw new Error("qi-eval: " + name + " is not a @qi package this judge serves");
@@ -107,7 +111,13 @@ const membrane = createMembrane("j", readFd, writeFd, {
   },
 });
 
-preload.then(() => { closeModules(); judge(); });
+preload.then(() => {
+  closeModules();
+  // (Only now: the completion's requests for the @qi packages are answered from `packages`.)
+  listening = membrane.listen();
+  listening.unref();
+  judge();
+});
 
 function judge() {
 
