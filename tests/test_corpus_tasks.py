@@ -92,6 +92,32 @@ def test_a_task_is_usable_when_its_reference_passes_and_a_stub_fails(qi_files):
     assert usable[0]["id"] == tasks[0]["id"] and usable[0]["required_calls"] == ["failure"]
 
 
+TEST_FILTER_HANGS = '''import { test } from "node:test";
+import { filter, success, validationError } from "@qi/base";
+
+test("filter, once a timer the run never waits for fires", async () => {
+  await new Promise((resolve) => setTimeout(resolve, 60_000));
+  filter(() => true, validationError("late"), success(1));
+});
+'''
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="the isolated runner needs bubblewrap")
+def test_a_case_the_reference_fails_alone_is_dropped_not_the_task(qi_files):
+    records = _records()
+    records.insert(2, {**records[1], "id": "t-hangs", "module": TEST_FILTER_HANGS})
+    tasks, _ = corpus_tasks.candidates(records, qi_files, ["throw"])
+    assert tasks[0]["test_ids"] == ["t0", "t-hangs", "t1"]
+    with sandbox.Sandbox(SAMPLE_CORPUS, "tsconfig.json", timeout=2) as sb:
+        usable, counts = corpus_tasks.checked(tasks, sb)
+    # The merged test timed out on the one case; the two others are the task's test now.
+    assert counts == {"cases_dropped": 1, "usable": 1, "usable_with_cases_dropped": 1}
+    task = usable[0]
+    assert "60_000" not in task["test"] and "too small" in task["test"] and "earlier" in task["test"]
+    assert task["cases_dropped"] == 1 and "_cases" not in task and task["required_calls"] == ["failure"]
+    assert task["test_ids"] == ["t0", "t-hangs", "t1"]  # (all three stay out of training: derived_ids)
+
+
 # A completion that hands back the package's own unit instead of writing it: none may pass.
 BORROWED = {
     "import": 'import { filter as real } from "@qi/base";\nexport const filter = real;\n',
