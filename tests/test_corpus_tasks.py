@@ -118,6 +118,18 @@ def test_a_case_the_reference_fails_alone_is_dropped_not_the_task(qi_files):
     assert task["test_ids"] == ["t0", "t-hangs", "t1"]  # (all three stay out of training: derived_ids)
 
 
+def test_cases_kept_are_those_that_passed_alone_quickest_first_within_the_budget():
+    from types import SimpleNamespace as Run
+
+    cases = ["a", "b", "c", "d", "e"]
+    runs = [Run(status="pass", seconds=3.2), Run(status="pass", seconds=0.4), Run(status="timeout", seconds=10.0),
+            Run(status="pass", seconds=2.2), Run(status="fail", seconds=0.3)]
+    # Beyond the 0.2 s start-up: b 0.2, d 2.0, a 3.0; a budget of 5 s takes b and d, not a as well.
+    assert corpus_tasks._within(cases, runs, start=0.2, budget=5.0) == ["b", "d"]
+    assert corpus_tasks._within(cases, runs, start=0.2, budget=5.2) == ["a", "b", "d"]
+    assert corpus_tasks._within(cases, runs, start=0.2, budget=0.1) == []
+
+
 # A completion that hands back the package's own unit instead of writing it: none may pass.
 BORROWED = {
     "import": 'import { filter as real } from "@qi/base";\nexport const filter = real;\n',
