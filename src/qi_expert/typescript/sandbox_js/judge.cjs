@@ -90,9 +90,9 @@ const preload = esm
   ? Promise.all(qiPackages.map((name) => import(name).then((m) => packages.set(name, served(name, m)), () => {})))
   : Promise.resolve(qiPackages.forEach((name) => { try { packages.set(name, served(name, require(name))); } catch {} }));
 
-// While a promise of the completion is pending here, poll the pipe for its settlement (and for the
-// completion's calls back into the test meanwhile).
-// (The pipe holds this process's event loop open only while such a promise is pending.)
+// While a promise of the completion is pending here, the pipe (membrane.listen) wakes this process
+// for its settlement and for the completion's calls back into the test meanwhile; it holds the
+// event loop open only while such a promise is pending.
 let listening = null;
 const membrane = createMembrane("j", readFd, writeFd, {
   waitFd,

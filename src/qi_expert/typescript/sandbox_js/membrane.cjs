@@ -26,10 +26,10 @@
 // the membrane (a request "M"): every @qi call the completion makes is a call the judge performs
 // and counts, so which @qi functions ran is observed outside the completion's realm.
 //
-// Framing: one JSON message per line. The pipes are non-blocking; a side waiting for a reply
-// polls its pipe, answering the other side's nested requests meanwhile (a callback into the test
-// while the test waits for the completion), and sleeps 50 us between empty reads (Atomics.wait);
-// a side waiting on its event loop is woken by the pipe itself (listen()).
+// Framing: one JSON message per line. A side waiting for a reply sleeps in read() on a blocking
+// second open of its pipe (options.waitFd), answering the other side's nested requests meanwhile
+// (a callback into the test while the test waits for the completion); a side waiting on its event
+// loop is woken by the pipe itself (listen()). Without waitFd it polls, 50 us between empty reads.
 
 const fs = require("fs");
 const net = require("net");  // (loaded before the guard refuses it to the code of a test run)
@@ -525,9 +525,9 @@ function createMembrane(side, readFd, writeFd, options = {}) {
   // the read end) and pump() answers what arrived. A socket's chunk is appended to what the
   // synchronous reads above buffered, in the order read: libuv reads only while no JavaScript
   // runs, and a chunk is handed over at once (flowing mode, nothing left in the stream's buffer).
-  // It replaced a 1 ms timer whose pump lingered 0.5 ms for the next message, polling: the two
-  // processes of a test run then used ~150 ms of CPU between them, and the isolated verdict cost
-  // 1.8-2.1x the in-realm runner (benchmarks/sandbox_overhead.py, 108 runs, 2 cores).
+  // It replaced a 1 ms timer whose pump lingered 0.5 ms for the next message: with the blocking
+  // waits and sandbox.py's pidfd, a test pair run alone went from 152 to ~110 ms; the CPU a pair
+  // uses did not move (benchmarks/sandbox_overhead.py: the second node process is most of it).
   // The caller holds the returned socket: unref() it while nothing is awaited from the other side.
   function listen() {
     const socket = new net.Socket({ fd: readFd, readable: true, writable: false });
