@@ -9,8 +9,10 @@ default: bubblewrap, nobody, rlimits, node's permission model, the compiler in t
 compile seconds (best of --repeat) and whether the verdicts agree: every reference passes, every
 wrong solution fails. A third row runs bwrap with the in-realm runner the eval used before the
 isolated verdict (Sandbox.run_tests: test and completion in one node process), to show what the
-second process and the membrane cost. Wall seconds swing with a neighbour's load on a shared
-machine; the test runs' CPU seconds (the whole machine's, from /proc/stat) swing less.
+second process and the membrane cost. Then the floor of a process per realm (one sandboxed node
+that does nothing) and the median latency of one run at a time. Wall seconds swing with a
+neighbour's load on a shared machine; the test runs' CPU seconds (the whole machine's, from
+/proc/stat) swing less.
 """
 
 from __future__ import annotations
@@ -83,7 +85,22 @@ def main() -> int:
     print(f"one sandboxed `node -e 0` (prlimit, bubblewrap, node's permission model): {idle * 1e3:.1f} ms CPU; "
           f"a second one per test alone makes the in-realm runner's CPU "
           f"{(old['test_cpu_seconds'] + idle * len(items)) / old['test_cpu_seconds']:.2f}x")
+    # Latency: one run at a time (what `qi-expert serve` waits for while it checks an answer).
+    iso, realm = latency(tasks, isolated, in_realm)
+    print(f"one run at a time, the 54 references, median: isolated verdict {iso * 1e3:.0f} ms, "
+          f"in-realm runner {realm * 1e3:.0f} ms")
     return 0 if all(ok for _, ok, _ in results.values()) else 1
+
+
+def latency(tasks: list[dict], isolated, in_realm) -> tuple[float, float]:
+    """Median seconds of a reference's test run, one at a time: (isolated verdict, in-realm runner)."""
+    import statistics
+
+    jobs = [(t["id"], t["reference"], t["test"]) for t in tasks]
+    with sandbox.Sandbox(ROOT / "data/sample/typescript", workers=1) as sb:
+        iso = isolated(sb, [(f"i-{name}", *rest) for name, *rest in jobs])
+        realm = in_realm(sb, [(f"r-{name}", *rest) for name, *rest in jobs])
+    return statistics.median(r.seconds for r in iso), statistics.median(r.seconds for r in realm)
 
 
 def idle_process_cpu_seconds(n: int = 40) -> float:
